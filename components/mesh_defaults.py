@@ -1,0 +1,72 @@
+"""MeshDefaults: the mesh-wide Consul settings every mesh VM relies on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_consul as consul
+
+from components.spec import PROJECT
+
+# What Consul DNS needs under the default token: the node identity gives a node no read on other
+# nodes, and without node read DNS answers nothing for them.
+DNS_READ_RULES = """\
+node_prefix "" {
+  policy = "read"
+}
+service_prefix "" {
+  policy = "read"
+}
+"""
+
+
+@dataclass
+class MeshDefaultsArgs:
+    mesh_destinations_only: bool
+    """When true, proxies reach only mesh destinations: other outbound traffic is refused."""
+    protocols: Mapping[str, str]
+    """Service name -> protocol (http, http2, grpc, tcp), written as each service's service-defaults."""
+    dns_policy_name: str
+    """Name of the ACL policy giving DNS its read rights; unique within the Consul cluster."""
+    datacenter: str
+    """Datacenter the DNS policy applies in."""
+
+
+class MeshDefaults(pulumi.ComponentResource):
+    """The `mesh` config entry, one `service-defaults` per service, and the DNS read policy."""
+
+    dns_policy_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: MeshDefaultsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{PROJECT}:index:MeshDefaults", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        consul.ConfigEntry(
+            f"{name}-mesh",
+            kind="mesh",
+            name="mesh",
+            config_json=json.dumps({"TransparentProxy": {"MeshDestinationsOnly": args.mesh_destinations_only}}),
+            opts=child,
+        )
+        for service in sorted(args.protocols):
+            consul.ConfigEntry(
+                f"{name}-{service}-defaults",
+                kind="service-defaults",
+                name=service,
+                config_json=json.dumps({"Protocol": args.protocols[service]}),
+                opts=child,
+            )
+        policy = consul.AclPolicy(
+            f"{name}-dns-read",
+            name=args.dns_policy_name,
+            description=f"{PROJECT}: node and service read for Consul DNS under the default token",
+            rules=DNS_READ_RULES,
+            datacenters=[args.datacenter],
+            opts=child,
+        )
+
+        self.dns_policy_name = policy.name
+        self.register_outputs({"dnsPolicyName": self.dns_policy_name})

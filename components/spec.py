@@ -1,0 +1,584 @@
+"""The mesh spec: stack config turned into plain, validated dataclasses.
+
+Nothing here declares a Pulumi resource. The program builds a `MeshSpec` before it declares
+anything, so a stack with bad config fails with every problem listed and nothing half-created, and
+every rule below is unit-tested without the Pulumi runtime.
+
+Raw config arrives as it does from `pulumi config`: strings, with structured keys (`services`,
+`intentions`, lists) as JSON text. Already-decoded values are accepted too, which keeps tests short.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROJECT = "consul-tproxy-vms"
+
+# A service is reachable as <name>.virtual.consul only if its name is a DNS label.
+DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+DATACENTER = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
+VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+ACTIONS = ("allow", "deny")
+PROTOCOLS = ("http", "http2", "grpc", "tcp")
+
+# Ports the VM recipe itself uses. An application on one of them would collide with SSH, the
+# Consul agent or Envoy (see components/templates and scripts/).
+SSH_PORT = 22
+ENVOY_PUBLIC_PORT = 21000
+ENVOY_OUTBOUND_PORT = 15001
+ENVOY_ADMIN_PORT = 19000
+RESERVED_PORTS = {
+    SSH_PORT: "SSH",
+    8300: "Consul server RPC",
+    8301: "Consul LAN gossip",
+    8500: "Consul HTTP API",
+    8502: "Consul gRPC (Envoy xDS)",
+    8600: "Consul DNS",
+    ENVOY_OUTBOUND_PORT: "Envoy outbound listener",
+    ENVOY_ADMIN_PORT: "Envoy admin",
+    ENVOY_PUBLIC_PORT: "Envoy public listener",
+}
+
+# Envoy minor versions HashiCorp supports per Consul minor (envoyextensions/xdscommon/ENVOY_VERSIONS
+# at each Consul release tag). A pair outside this table fails at program time rather than on the VM.
+SUPPORTED_ENVOY = {
+    "1.22": ("1.38", "1.37", "1.35"),
+    "1.21": ("1.38", "1.37", "1.35"),
+    "1.20": ("1.33", "1.32", "1.31", "1.30"),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "datacenter": "dc1",
+    "consulVersion": "1.22.1",
+    "envoyVersion": "1.35.3",
+    "meshDestinationsOnly": False,
+    "instanceType": "t3.small",
+    "adminCidrs": [],
+    "sshKeyName": "",
+    "amiId": "",
+    "vpcId": "",
+    "subnetId": "",
+    "consulCaPem": "",
+    "intentions": [],
+}
+REQUIRED = ("services", "consulHttpAddr", "consulRetryJoin", "consulToken")
+SECRET_KEYS = ("consulToken", "consulGossipKey")
+TOP_LEVEL_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED) | frozenset(SECRET_KEYS)
+
+SERVICE_KEYS = frozenset(
+    {
+        "port",
+        "nodeName",
+        "protocol",
+        "upstreams",
+        "command",
+        "packages",
+        "healthCheckPath",
+        "instanceType",
+        "excludeInboundPorts",
+        "excludeOutboundPorts",
+        "excludeOutboundCidrs",
+        "excludeUids",
+    }
+)
+INTENTION_KEYS = frozenset({"source", "destination", "action", "description"})
+DEMO_HEALTH_PATH = "/health"
+
+
+class MeshSpecError(ValueError):
+    """Bad stack config. The message lists every problem found, each naming its key and value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        listed = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid stack config for {PROJECT} ({len(problems)} problems):\n{listed}")
+
+
+@dataclass(frozen=True)
+class RedirectExclusions:
+    """Traffic `consul connect redirect-traffic` must leave alone, beyond what every VM excludes."""
+
+    inbound_ports: tuple[int, ...] = ()
+    outbound_ports: tuple[int, ...] = ()
+    outbound_cidrs: tuple[str, ...] = ()
+    uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """The application beside the sidecar. `command=None` runs the bundled demo app."""
+
+    command: str | None = None
+    packages: tuple[str, ...] = ()
+    health_check_path: str | None = DEMO_HEALTH_PATH
+
+    @property
+    def is_demo(self) -> bool:
+        return self.command is None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One mesh service, which gets one VM."""
+
+    name: str
+    port: int
+    node_name: str = ""
+    protocol: str = "http"
+    upstreams: tuple[str, ...] = ()
+    app: AppSpec = field(default_factory=AppSpec)
+    instance_type: str = DEFAULTS["instanceType"]
+    exclusions: RedirectExclusions = field(default_factory=RedirectExclusions)
+
+    def __post_init__(self) -> None:
+        if not self.node_name:
+            object.__setattr__(self, "node_name", self.name)
+
+    @property
+    def virtual_hostname(self) -> str:
+        return f"{self.name}.virtual.consul"
+
+    @property
+    def proxy_id(self) -> str:
+        return f"{self.name}-sidecar-proxy"
+
+
+@dataclass(frozen=True)
+class IntentionSpec:
+    """Whether `source` may open connections to `destination`."""
+
+    source: str
+    destination: str
+    action: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ConsulClusterSpec:
+    """How agents and the Pulumi consul provider reach the Consul servers."""
+
+    http_addr: str
+    retry_join: tuple[str, ...]
+    ca_pem: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.http_addr.split("://", 1)[0]
+
+    @property
+    def address(self) -> str:
+        """host:port, as the consul provider's `address` wants it."""
+        return self.http_addr.split("://", 1)[1].rstrip("/")
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    """The whole stack: validated config with defaults applied."""
+
+    services: Mapping[str, ServiceSpec]
+    intentions: tuple[IntentionSpec, ...]
+    consul: ConsulClusterSpec
+    datacenter: str = DEFAULTS["datacenter"]
+    consul_version: str = DEFAULTS["consulVersion"]
+    envoy_version: str = DEFAULTS["envoyVersion"]
+    mesh_destinations_only: bool = DEFAULTS["meshDestinationsOnly"]
+    admin_cidrs: tuple[str, ...] = ()
+    ssh_key_name: str | None = None
+    ami_id: str | None = None
+    vpc_id: str | None = None
+    subnet_id: str | None = None
+
+
+class _Problems:
+    """Collects problems so one run reports all of them."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, key: str, value: Any, why: str) -> None:
+        self.items.append(f"{key}: {json.dumps(value, default=str)} {why}")
+
+
+def _decode(raw: Any, key: str, problems: _Problems) -> Any:
+    """Structured config arrives as JSON text from `pulumi config`; decode it once, here."""
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    if not text or text[0] not in "[{":
+        return raw
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        problems.add(key, raw, f"is not valid JSON ({err.msg})")
+        return None
+
+
+def _string(
+    raw: Any, key: str, problems: _Problems, pattern: re.Pattern[str] | None = None, what: str = ""
+) -> str | None:
+    if not isinstance(raw, str):
+        problems.add(key, raw, "must be a string")
+        return None
+    if pattern is not None and not pattern.match(raw):
+        problems.add(key, raw, f"is not {what}")
+        return None
+    return raw
+
+
+def _bool(raw: Any, key: str, problems: _Problems) -> bool | None:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    problems.add(key, raw, "must be true or false")
+    return None
+
+
+def _int(raw: Any, key: str, problems: _Problems, low: int, high: int, what: str) -> int | None:
+    # bool is an int in Python, and JSON numbers may arrive as floats (Pulumi's engine does that).
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        problems.add(key, raw, f"must be an integer ({what})")
+        return None
+    if not low <= raw <= high:
+        problems.add(key, raw, f"is out of range: {what} is {low}-{high}")
+        return None
+    return raw
+
+
+def _list(raw: Any, key: str, problems: _Problems) -> list[Any]:
+    raw = _decode(raw, key, problems)
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.add(key, raw, "must be a list")
+        return []
+    return raw
+
+
+def _ports(raw: Any, key: str, problems: _Problems) -> tuple[int, ...]:
+    ports = (_int(p, f"{key}[{i}]", problems, 1, 65535, "a TCP port") for i, p in enumerate(_list(raw, key, problems)))
+    return tuple(sorted({p for p in ports if p is not None}))
+
+
+def _cidr(raw: Any, key: str, problems: _Problems) -> str | None:
+    if not isinstance(raw, str):
+        problems.add(key, raw, "must be a CIDR string such as 10.0.0.0/16")
+        return None
+    try:
+        return str(ipaddress.ip_network(raw, strict=True))
+    except ValueError as err:
+        problems.add(key, raw, f"is not a CIDR ({err})")
+        return None
+
+
+def _cidrs(raw: Any, key: str, problems: _Problems) -> tuple[str, ...]:
+    cidrs = (_cidr(c, f"{key}[{i}]", problems) for i, c in enumerate(_list(raw, key, problems)))
+    return tuple(sorted({c for c in cidrs if c is not None}))
+
+
+def _unknown_keys(obj: Mapping[str, Any], allowed: frozenset[str], key: str, problems: _Problems) -> None:
+    for name in sorted(set(obj) - allowed):
+        problems.add(f"{key}.{name}", obj[name], f"is not a known key (known: {', '.join(sorted(allowed))})")
+
+
+def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problems) -> ServiceSpec | None:
+    key = f"services.{name}"
+    if not isinstance(name, str) or not DNS_LABEL.match(name):
+        problems.add(
+            f"services.{name}",
+            name,
+            "is not a valid service name: use a DNS label (lowercase letters, digits and '-', "
+            "starting with a letter, at most 63 characters) so <name>.virtual.consul resolves",
+        )
+        return None
+    if not isinstance(raw, Mapping):
+        problems.add(key, raw, "must be an object such as {port: 8080}")
+        return None
+    _unknown_keys(raw, SERVICE_KEYS, key, problems)
+    before = len(problems.items)
+
+    port = None
+    if "port" not in raw:
+        problems.add(f"{key}.port", None, "is missing: every service needs the port its application listens on")
+    else:
+        port = _int(raw["port"], f"{key}.port", problems, 1, 65535, "a TCP port")
+        if port in RESERVED_PORTS:
+            problems.add(f"{key}.port", port, f"is reserved on mesh VMs for {RESERVED_PORTS[port]}")
+
+    node_name = raw.get("nodeName", name)
+    if _string(node_name, f"{key}.nodeName", problems, DNS_LABEL, "a DNS label") is None:
+        node_name = name
+    protocol = raw.get("protocol", "http")
+    if protocol not in PROTOCOLS:
+        problems.add(f"{key}.protocol", protocol, f"is not one of {', '.join(PROTOCOLS)}")
+
+    upstreams = []
+    for i, up in enumerate(_list(raw.get("upstreams", []), f"{key}.upstreams", problems)):
+        if _string(up, f"{key}.upstreams[{i}]", problems, DNS_LABEL, "a service name") is not None:
+            upstreams.append(up)
+
+    command = raw.get("command")
+    if command is not None and (not isinstance(command, str) or not command.startswith("/") or "\n" in command):
+        problems.add(f"{key}.command", command, "must be a one-line command starting with an absolute path")
+    packages = []
+    for i, pkg in enumerate(_list(raw.get("packages", []), f"{key}.packages", problems)):
+        if (
+            _string(
+                pkg,
+                f"{key}.packages[{i}]",
+                problems,
+                re.compile(r"^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:*-]+)?$"),
+                "a Debian package name (optionally name=version)",
+            )
+            is not None
+        ):
+            packages.append(pkg)
+    health = raw.get("healthCheckPath", DEMO_HEALTH_PATH if command is None else None)
+    if (
+        health is not None
+        and _string(
+            health,
+            f"{key}.healthCheckPath",
+            problems,
+            re.compile(r"^/[^\s\"']*$"),
+            "an absolute URL path such as /health",
+        )
+        is None
+    ):
+        health = None
+
+    instance_type = raw.get("instanceType", default_instance_type)
+    _string(
+        instance_type,
+        f"{key}.instanceType",
+        problems,
+        re.compile(r"^[a-z0-9-]+\.[a-z0-9]+$"),
+        "an EC2 instance type such as t3.small",
+    )
+    uids = (
+        _int(u, f"{key}.excludeUids[{i}]", problems, 0, 2**31 - 1, "a user ID")
+        for i, u in enumerate(_list(raw.get("excludeUids", []), f"{key}.excludeUids", problems))
+    )
+    exclusions = RedirectExclusions(
+        inbound_ports=_ports(raw.get("excludeInboundPorts", []), f"{key}.excludeInboundPorts", problems),
+        outbound_ports=_ports(raw.get("excludeOutboundPorts", []), f"{key}.excludeOutboundPorts", problems),
+        outbound_cidrs=_cidrs(raw.get("excludeOutboundCidrs", []), f"{key}.excludeOutboundCidrs", problems),
+        uids=tuple(sorted({u for u in uids if u is not None})),
+    )
+    if len(problems.items) != before or port is None:
+        return None
+    return ServiceSpec(
+        name=name,
+        port=port,
+        node_name=node_name,
+        protocol=protocol,
+        upstreams=tuple(upstreams),
+        app=AppSpec(command=command, packages=tuple(packages), health_check_path=health),
+        instance_type=instance_type,
+        exclusions=exclusions,
+    )
+
+
+def _intentions(raw: Any, services: Mapping[str, Any], problems: _Problems) -> tuple[IntentionSpec, ...]:
+    result: list[IntentionSpec] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, item in enumerate(_list(raw, "intentions", problems)):
+        key = f"intentions[{i}]"
+        if not isinstance(item, Mapping):
+            problems.add(key, item, "must be an object such as {source: web, destination: api, action: allow}")
+            continue
+        _unknown_keys(item, INTENTION_KEYS, key, problems)
+        ok = True
+        for end in ("source", "destination"):
+            name = item.get(end)
+            if name is None:
+                problems.add(f"{key}.{end}", None, "is missing")
+                ok = False
+            elif name not in services:
+                problems.add(
+                    f"{key}.{end}", name, f"is not a service of this stack (services: {', '.join(sorted(services))})"
+                )
+                ok = False
+        action = item.get("action")
+        if action not in ACTIONS:
+            problems.add(f"{key}.action", action, "must be allow or deny")
+            ok = False
+        description = item.get("description", "")
+        if not isinstance(description, str):
+            problems.add(f"{key}.description", description, "must be a string")
+            ok = False
+        if not ok:
+            continue
+        pair = (item["source"], item["destination"])
+        if pair[0] == pair[1]:
+            problems.add(
+                key, dict(item), "names the same service as source and destination: a service always reaches itself"
+            )
+            continue
+        if pair in seen:
+            problems.add(key, dict(item), f"repeats the source/destination pair of intentions[{seen[pair]}]")
+            continue
+        seen[pair] = i
+        result.append(IntentionSpec(source=pair[0], destination=pair[1], action=action, description=description))
+    return tuple(result)
+
+
+def _versions(consul: str | None, envoy: str | None, problems: _Problems) -> None:
+    if consul is None or envoy is None:
+        return
+    consul_minor = ".".join(consul.split(".")[:2])
+    envoy_minor = ".".join(envoy.split(".")[:2])
+    supported = SUPPORTED_ENVOY.get(consul_minor)
+    if supported is not None and envoy_minor not in supported:
+        problems.add(
+            "envoyVersion",
+            envoy,
+            f"is not supported by Consul {consul_minor} (supported Envoy: {', '.join(supported)})",
+        )
+
+
+def _http_addr(raw: Any, problems: _Problems) -> str | None:
+    value = _string(
+        raw,
+        "consulHttpAddr",
+        problems,
+        re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$"),
+        "an address such as https://10.0.1.10:8501",
+    )
+    return value.rstrip("/") if value else None
+
+
+def _is_gossip_key(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and len(base64.b64decode(value, validate=True)) in (16, 24, 32)
+    except ValueError:
+        return False
+
+
+def _optional(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key, DEFAULTS[key])
+    return value or None
+
+
+def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
+    """Build the mesh spec from the project's config values (keys without the project prefix).
+
+    Raises MeshSpecError listing every problem; the caller declares nothing in that case.
+    """
+    problems = _Problems()
+    for name in sorted(set(raw) - TOP_LEVEL_KEYS):
+        problems.add(name, raw[name], f"is not a config key of {PROJECT} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    for name in REQUIRED:
+        if raw.get(name) in (None, ""):
+            problems.add(name, None, "is missing (see README: Configuration)")
+
+    def get(key: str) -> Any:
+        return raw.get(key, DEFAULTS.get(key))
+
+    instance_type = _string(get("instanceType"), "instanceType", problems) or DEFAULTS["instanceType"]
+    services: dict[str, ServiceSpec] = {}
+    raw_services = _decode(raw.get("services"), "services", problems)
+    if raw_services is not None and not isinstance(raw_services, Mapping):
+        problems.add("services", raw_services, "must be a map of service name to {port: ...}")
+        raw_services = {}
+    if raw_services is not None and not raw_services and "services" in raw:
+        problems.add("services", raw_services, "is empty: the mesh needs at least one service")
+    for name in sorted(raw_services or {}, key=str):
+        svc = _service(name, raw_services[name], instance_type, problems)
+        if svc is not None:
+            services[name] = svc
+    known = set(raw_services or {})
+
+    nodes: dict[str, str] = {}
+    for svc in services.values():
+        if svc.node_name in nodes:
+            problems.add(
+                f"services.{svc.name}.nodeName", svc.node_name, f"is already the node of service {nodes[svc.node_name]}"
+            )
+        nodes[svc.node_name] = svc.name
+        for up in svc.upstreams:
+            if up not in known:
+                problems.add(f"services.{svc.name}.upstreams", up, "is not a service of this stack")
+            elif up == svc.name:
+                problems.add(f"services.{svc.name}.upstreams", up, "is the service itself")
+
+    intentions = _intentions(get("intentions"), known, problems)
+    datacenter = _string(
+        get("datacenter"),
+        "datacenter",
+        problems,
+        DATACENTER,
+        "a datacenter name (lowercase letters, digits, '-' and '_')",
+    )
+    consul_version = _string(get("consulVersion"), "consulVersion", problems, VERSION, "a version such as 1.22.1")
+    envoy_version = _string(get("envoyVersion"), "envoyVersion", problems, VERSION, "a version such as 1.35.3")
+    _versions(consul_version, envoy_version, problems)
+    mesh_destinations_only = _bool(get("meshDestinationsOnly"), "meshDestinationsOnly", problems)
+    admin_cidrs = _cidrs(get("adminCidrs"), "adminCidrs", problems)
+
+    http_addr = _http_addr(raw["consulHttpAddr"], problems) if raw.get("consulHttpAddr") else None
+    retry_join = []
+    for i, target in enumerate(_list(raw.get("consulRetryJoin"), "consulRetryJoin", problems)):
+        if (
+            _string(
+                target,
+                f"consulRetryJoin[{i}]",
+                problems,
+                re.compile(r"^[^\s\"'\\]+( [^\s\"'\\]+)*$"),
+                "an address or a cloud auto-join string",
+            )
+            is not None
+        ):
+            retry_join.append(target)
+    if "consulRetryJoin" in raw and raw.get("consulRetryJoin") not in (None, "") and not retry_join:
+        problems.add("consulRetryJoin", raw["consulRetryJoin"], "is empty: agents need at least one server to join")
+    ca_pem = _optional(raw, "consulCaPem")
+    if ca_pem is not None and "-----BEGIN CERTIFICATE-----" not in str(ca_pem):
+        problems.add("consulCaPem", "<text>", "is not a PEM certificate (no BEGIN CERTIFICATE line)")
+
+    gossip_key = raw.get("consulGossipKey")
+    if gossip_key and not _is_gossip_key(gossip_key):
+        # Never echo a secret, even a malformed one.
+        problems.add(
+            "consulGossipKey", "<secret>", "is not a gossip key: base64 of 16, 24 or 32 random bytes (consul keygen)"
+        )
+
+    optional = {}
+    for key, pattern, what in (
+        ("sshKeyName", re.compile(r"^[\x21-\x7e ]{1,255}$"), "an EC2 key pair name"),
+        ("amiId", re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id such as ami-0123456789abcdef0"),
+        ("vpcId", re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC id such as vpc-0123456789abcdef0"),
+        ("subnetId", re.compile(r"^subnet-[0-9a-f]{8,17}$"), "a subnet id such as subnet-0123456789abcdef0"),
+    ):
+        value = _optional(raw, key)
+        optional[key] = _string(value, key, problems, pattern, what) if value is not None else None
+    if optional["vpcId"] and not optional["subnetId"]:
+        problems.add("subnetId", None, "is missing: with vpcId set, name the subnet the VMs go into")
+
+    if problems.items:
+        raise MeshSpecError(problems.items)
+    assert datacenter and consul_version and envoy_version and http_addr is not None
+    assert mesh_destinations_only is not None
+    return MeshSpec(
+        services=services,
+        intentions=intentions,
+        consul=ConsulClusterSpec(http_addr=http_addr, retry_join=tuple(retry_join), ca_pem=ca_pem),
+        datacenter=datacenter,
+        consul_version=consul_version,
+        envoy_version=envoy_version,
+        mesh_destinations_only=mesh_destinations_only,
+        admin_cidrs=admin_cidrs,
+        ssh_key_name=optional["sshKeyName"],
+        ami_id=optional["amiId"],
+        vpc_id=optional["vpcId"],
+        subnet_id=optional["subnetId"],
+    )

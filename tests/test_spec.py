@@ -1,0 +1,222 @@
+"""The mesh spec: defaults, and a clear error naming key and value for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from components.spec import (
+    DEFAULTS,
+    IntentionSpec,
+    MeshSpecError,
+    load_spec,
+)
+from tests.mocks import GOSSIP_KEY, demo_config
+
+
+def config(**overrides: Any) -> dict[str, Any]:
+    base = {**demo_config(), "consulToken": "token"}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def problems(**overrides: Any) -> list[str]:
+    with pytest.raises(MeshSpecError) as caught:
+        load_spec(config(**overrides))
+    return caught.value.problems
+
+
+def test_demo_stack_spec() -> None:
+    spec = load_spec(config())
+    assert sorted(spec.services) == ["api", "web"]
+    web = spec.services["web"]
+    assert (web.port, web.upstreams, web.node_name, web.protocol) == (9090, ("api",), "web", "http")
+    assert web.virtual_hostname == "web.virtual.consul"
+    assert web.proxy_id == "web-sidecar-proxy"
+    assert web.app.is_demo and web.app.health_check_path == "/health"
+    assert spec.intentions == (IntentionSpec("web", "api", "allow", "web calls api"),)
+    assert spec.datacenter == DEFAULTS["datacenter"] == "dc1"
+    assert (spec.consul.scheme, spec.consul.address) == ("https", "10.0.1.10:8501")
+    assert spec.consul.retry_join == ("10.0.1.10",)
+    assert spec.mesh_destinations_only is False
+    assert spec.ami_id is None and spec.vpc_id is None
+
+
+def test_json_text_as_pulumi_gives_it_is_decoded() -> None:
+    raw = config()
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    raw["meshDestinationsOnly"] = "true"
+    spec = load_spec(raw)
+    assert spec.services["api"].port == 9091
+    assert spec.mesh_destinations_only is True
+
+
+def test_engine_floats_are_accepted_as_ports() -> None:
+    spec = load_spec(config(services={"api": {"port": 9091.0}}, intentions=[]))
+    assert spec.services["api"].port == 9091
+
+
+def test_custom_app_options() -> None:
+    spec = load_spec(
+        config(
+            services={
+                "api": {
+                    "port": 8080,
+                    "command": "/usr/bin/myapi --port 8080",
+                    "packages": ["nginx", "libfoo=1.2*"],
+                    "protocol": "grpc",
+                    "nodeName": "api-1",
+                    "instanceType": "m7i.large",
+                    "excludeOutboundCidrs": ["10.9.0.0/16", "10.8.0.0/16"],
+                    "excludeInboundPorts": [9100, 9100],
+                    "excludeUids": [1001],
+                }
+            },
+            intentions=[],
+        )
+    )
+    api = spec.services["api"]
+    assert api.app.command == "/usr/bin/myapi --port 8080" and not api.app.is_demo
+    assert api.app.health_check_path is None  # a TCP check for an app we know nothing about
+    assert api.app.packages == ("nginx", "libfoo=1.2*")
+    assert (api.protocol, api.node_name, api.instance_type) == ("grpc", "api-1", "m7i.large")
+    assert api.exclusions.outbound_cidrs == ("10.8.0.0/16", "10.9.0.0/16")  # sorted: stable rendering
+    assert api.exclusions.inbound_ports == (9100,)
+    assert api.exclusions.uids == (1001,)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("Web", "services.Web: \"Web\" is not a valid service name"),
+        ("web_1", "services.web_1: \"web_1\" is not a valid service name"),
+        ("1web", "services.1web: \"1web\" is not a valid service name"),
+        ("web-", "services.web-: \"web-\" is not a valid service name"),
+        ("a" * 64, f"services.{'a' * 64}: \"{'a' * 64}\" is not a valid service name"),
+    ],
+)
+def test_service_names_must_be_dns_labels(name: str, fragment: str) -> None:
+    found = problems(services={name: {"port": 80}}, intentions=[])
+    assert any(fragment in p for p in found), found
+
+
+def test_longest_dns_label_is_fine() -> None:
+    name = "a" * 63
+    assert name in load_spec(config(services={name: {"port": 80}}, intentions=[])).services
+
+
+@pytest.mark.parametrize(
+    ("port", "fragment"),
+    [
+        (None, "services.api.port: null is missing"),
+        ("8080", 'services.api.port: "8080" must be an integer'),
+        (8080.5, "services.api.port: 8080.5 must be an integer"),
+        (True, "services.api.port: true must be an integer"),
+        (0, "services.api.port: 0 is out of range"),
+        (70000, "services.api.port: 70000 is out of range"),
+        (22, "services.api.port: 22 is reserved on mesh VMs for SSH"),
+        (21000, "services.api.port: 21000 is reserved on mesh VMs for Envoy public listener"),
+        (8500, "services.api.port: 8500 is reserved on mesh VMs for Consul HTTP API"),
+    ],
+)
+def test_bad_ports(port: Any, fragment: str) -> None:
+    svc = {} if port is None else {"port": port}
+    found = problems(services={"api": svc}, intentions=[])
+    assert any(fragment in p for p in found), found
+
+
+def test_no_services() -> None:
+    assert any("services: {} is empty" in p for p in problems(services={}, intentions=[]))
+    assert any("services: null is missing" in p for p in problems(services=None, intentions=[]))
+    assert any("services: [] must be a map" in p for p in problems(services=[], intentions=[]))
+
+
+def test_unknown_keys_in_a_service_and_an_intention_and_top_level() -> None:
+    found = problems(
+        services={"web": {"port": 9090, "prot": 1}, "api": {"port": 9091}},
+        intentions=[{"source": "web", "destination": "api", "action": "allow", "acton": "x"}],
+        datacentre="dc2",
+    )
+    assert any(p.startswith('services.web.prot: 1 is not a known key') for p in found), found
+    assert any(p.startswith('intentions[0].acton: "x" is not a known key') for p in found), found
+    assert any(p.startswith('datacentre: "dc2" is not a config key') for p in found), found
+
+
+def test_intention_problems_are_all_reported_at_once() -> None:
+    found = problems(
+        intentions=[
+            {"source": "web", "destination": "db", "action": "allow"},
+            {"source": "web", "destination": "api", "action": "permit"},
+            {"source": "api", "destination": "api", "action": "allow"},
+            {"source": "web", "destination": "api", "action": "allow"},
+            {"source": "web", "destination": "api", "action": "deny"},
+            {"destination": "api", "action": "deny"},
+            "web->api",
+        ]
+    )
+    expected = [
+        'intentions[0].destination: "db" is not a service of this stack (services: api, web)',
+        'intentions[1].action: "permit" must be allow or deny',
+        "intentions[2]: {",  # the whole intention is named
+        "names the same service as source and destination",
+        "repeats the source/destination pair of intentions[3]",
+        "intentions[5].source: null is missing",
+        'intentions[6]: "web->api" must be an object',
+    ]
+    for fragment in expected:
+        assert any(fragment in p for p in found), (fragment, found)
+    assert len(found) == 6
+
+
+def test_upstreams_must_name_services_of_the_stack() -> None:
+    found = problems(services={"web": {"port": 9090, "upstreams": ["api", "web"]}}, intentions=[])
+    assert 'services.web.upstreams: "api" is not a service of this stack' in "\n".join(found)
+    assert 'services.web.upstreams: "web" is the service itself' in "\n".join(found)
+
+
+def test_duplicate_node_names() -> None:
+    found = problems(services={"web": {"port": 9090}, "api": {"port": 9091, "nodeName": "web"}}, intentions=[])
+    assert any('nodeName: "web" is already the node of service' in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"datacenter": "DC 1"}, 'datacenter: "DC 1" is not a datacenter name'),
+        ({"consulVersion": "1.22"}, 'consulVersion: "1.22" is not a version'),
+        ({"envoyVersion": "1.29.0"}, 'envoyVersion: "1.29.0" is not supported by Consul 1.22'),
+        ({"meshDestinationsOnly": "yes"}, 'meshDestinationsOnly: "yes" must be true or false'),
+        ({"adminCidrs": ["10.0.0.1/8"]}, 'adminCidrs[0]: "10.0.0.1/8" is not a CIDR'),
+        ({"adminCidrs": "0.0.0.0/0"}, 'adminCidrs: "0.0.0.0/0" must be a list'),
+        ({"consulHttpAddr": "10.0.1.10:8501"}, 'consulHttpAddr: "10.0.1.10:8501" is not an address'),
+        ({"consulHttpAddr": None}, "consulHttpAddr: null is missing"),
+        ({"consulRetryJoin": []}, "consulRetryJoin: [] is empty"),
+        ({"consulToken": None}, "consulToken: null is missing"),
+        ({"consulCaPem": "not a cert"}, 'consulCaPem: "<text>" is not a PEM certificate'),
+        ({"amiId": "ubuntu"}, 'amiId: "ubuntu" is not an AMI id'),
+        ({"vpcId": "vpc-0123456789abcdef0"}, "subnetId: null is missing: with vpcId set"),
+        ({"services": "{not json"}, 'services: "{not json" is not valid JSON'),
+    ],
+)
+def test_bad_top_level_values(overrides: dict[str, Any], fragment: str) -> None:
+    found = problems(**overrides)
+    assert any(fragment in p for p in found), found
+
+
+def test_gossip_key_is_checked_but_never_echoed() -> None:
+    assert load_spec(config(consulGossipKey=GOSSIP_KEY))
+    bad = "not-a-key-but-still-secret"
+    with pytest.raises(MeshSpecError) as caught:
+        load_spec(config(consulGossipKey=bad))
+    assert "consulGossipKey" in str(caught.value)
+    assert bad not in str(caught.value)
+
+
+def test_error_message_lists_every_problem() -> None:
+    with pytest.raises(MeshSpecError) as caught:
+        load_spec(config(services={"Web": {"port": 0}, "api": {"port": "x"}}, intentions=[], datacenter="A B"))
+    message = str(caught.value)
+    assert message.startswith("invalid stack config for consul-tproxy-vms (3 problems):")
+    assert message.count("\n  - ") == 3

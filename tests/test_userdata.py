@@ -1,0 +1,208 @@
+"""The user-data renderer, without Pulumi: content, order, determinism, size."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from components.spec import RedirectExclusions
+from components.userdata import (
+    EC2_USER_DATA_LIMIT,
+    HASHICORP_KEY_FINGERPRINT,
+    SCRIPTS,
+    decode_user_data,
+    encode_user_data,
+    redirect_exclusions,
+    render_cloud_config,
+    unpack_cloud_config,
+    vm_files,
+)
+from tests.helpers import CA_PEM, SECRETS, all_recipes, custom_app_recipe, recipe, tls_recipe
+
+
+def files_of(text: str) -> dict[str, str]:
+    return unpack_cloud_config(text)
+
+
+def test_rendering_is_byte_identical_for_identical_input() -> None:
+    for the_recipe, secrets in all_recipes().values():
+        first = render_cloud_config(the_recipe, secrets)
+        again = render_cloud_config(replace(the_recipe), replace(secrets))
+        assert first == again
+        assert encode_user_data(first) == encode_user_data(again)
+
+
+def test_user_data_round_trips_through_gzip_and_base64() -> None:
+    text = render_cloud_config(recipe(), SECRETS)
+    assert decode_user_data(encode_user_data(text)) == text
+
+
+def test_files_in_user_data_equal_the_rendered_files() -> None:
+    for the_recipe, secrets in all_recipes().values():
+        doc = yaml.safe_load(render_cloud_config(the_recipe, secrets))
+        rendered = vm_files(the_recipe, secrets)
+        assert [(f["path"], f["content"], f["permissions"], f["owner"]) for f in doc["write_files"]] == [
+            (f.path, f.content, f.permissions, f.owner) for f in rendered
+        ]
+        # Deferred: written after the packages (which would otherwise ship their own consul.hcl) and
+        # after users and groups exist (owners root:consul, root:envoy).
+        assert all(f["defer"] is True for f in doc["write_files"])
+
+
+def test_boot_order_users_packages_files_then_units() -> None:
+    doc = yaml.safe_load(render_cloud_config(recipe(), SECRETS))
+    users = [u if isinstance(u, str) else u["name"] for u in doc["users"]]
+    assert users == ["default", "consul", "envoy"]  # "default" keeps the image's login user
+    assert doc["groups"] == ["consul", "envoy"]
+    assert all(u["system"] and u["shell"] == "/usr/sbin/nologin" for u in doc["users"][1:])
+    assert doc["apt"]["sources"]["hashicorp"]["keyid"] == HASHICORP_KEY_FINGERPRINT
+    assert doc["packages"][:2] == [["consul", "1.22.1-*"], ["hashicorp-envoy", "1.35.3-*"]]
+    assert doc["package_update"] is True
+    started = [cmd[-1] for cmd in doc["runcmd"] if cmd[:3] == ["systemctl", "enable", "--now"]]
+    # The application starts before Envoy, whose ExecStartPre redirects traffic: after the
+    # redirect, with MeshDestinationsOnly, nothing outside the mesh (apt included) is reachable.
+    assert started == ["consul.service", "mesh-app.service", "envoy@web.service"]
+    assert doc["runcmd"].index(["systemctl", "restart", "systemd-resolved.service"]) < doc["runcmd"].index(
+        ["systemctl", "enable", "--now", "consul.service"]
+    )
+
+
+def test_consul_agent_config() -> None:
+    hcl = files_of(render_cloud_config(recipe(), SECRETS))["/etc/consul.d/consul.hcl"]
+    for line in [
+        'datacenter  = "dc1"',
+        'node_name   = "web"',
+        "server      = false",
+        'client_addr = "127.0.0.1"',
+        'retry_join  = ["10.0.1.10", "consul.internal"]',
+        "grpc = 8502",
+        'default_policy           = "deny"',
+        'agent   = "agent-secret-0001"',
+        'default = "agent-secret-0001"',
+    ]:
+        assert line in hcl, line
+    assert re.search(r"connect \{\s+enabled = true\s+\}", hcl)
+    assert "encrypt" not in hcl and "auto_encrypt" not in hcl and "ca_file" not in hcl
+
+
+def test_gossip_key_and_tls_when_the_cluster_has_them() -> None:
+    secrets = replace(SECRETS, gossip_key="Z29zc2lw")
+    files = files_of(render_cloud_config(tls_recipe(), secrets))
+    hcl = files["/etc/consul.d/consul.hcl"]
+    assert 'encrypt     = "Z29zc2lw"' in hcl
+    assert re.search(r"auto_encrypt \{\s+tls = true\s+\}", hcl)
+    assert 'ca_file         = "/etc/consul.d/ca.pem"' in hcl
+    assert "verify_server_hostname = true" in hcl
+    assert files["/etc/consul.d/ca.pem"] == CA_PEM
+
+
+def test_service_registration_in_transparent_mode() -> None:
+    hcl = files_of(render_cloud_config(recipe(), SECRETS))["/etc/consul.d/service-web.hcl"]
+    assert 'name  = "web"' in hcl and "port  = 9090" in hcl
+    assert 'token = "service-secret-0002"' in hcl
+    assert 'mode = "transparent"' in hcl
+    assert "port = 21000" in hcl  # a fixed public listener, so the security group can name it
+    assert 'http     = "http://127.0.0.1:9090/health"' in hcl
+
+
+def test_custom_app_gets_its_packages_command_and_a_tcp_check() -> None:
+    the_recipe = custom_app_recipe()
+    text = render_cloud_config(the_recipe, SECRETS)
+    doc = yaml.safe_load(text)
+    files = files_of(text)
+    assert ["openjdk-21-jre-headless", "*"] in doc["packages"]
+    assert "ExecStart=/opt/billing/bin/server --listen 127.0.0.1:8080" in files["/etc/systemd/system/mesh-app.service"]
+    assert 'tcp      = "127.0.0.1:8080"' in files["/etc/consul.d/service-billing.hcl"]
+    assert "/usr/local/bin/mesh-demo-app" not in files
+    env = files["/etc/envoy/billing.env"]
+    assert 'REDIRECT_EXCLUDE_INBOUND_PORTS="9100"' in env
+    assert 'REDIRECT_EXCLUDE_OUTBOUND_PORTS="5432"' in env
+    assert 'REDIRECT_EXCLUDE_OUTBOUND_CIDRS="10.0.1.10/32 10.20.0.0/16 169.254.169.254/32"' in env
+    assert 'REDIRECT_EXCLUDE_UIDS="1001"' in env
+
+
+def test_systemd_percent_in_a_command_is_escaped() -> None:
+    the_recipe = custom_app_recipe()
+    app = replace(the_recipe.service.app, command="/usr/bin/date +%s")
+    the_recipe = replace(the_recipe, service=replace(the_recipe.service, app=app))
+    unit = files_of(render_cloud_config(the_recipe, SECRETS))["/etc/systemd/system/mesh-app.service"]
+    assert "ExecStart=/usr/bin/date +%%s" in unit
+
+
+def test_demo_app_calls_its_upstreams_by_virtual_hostname() -> None:
+    files = files_of(render_cloud_config(recipe(), SECRETS))
+    unit = files["/etc/systemd/system/mesh-app.service"]
+    assert 'Environment="UPSTREAM_URIS=http://api.virtual.consul"' in unit
+    assert "Environment=LISTEN_ADDR=127.0.0.1:9090" in unit  # loopback: only Envoy reaches it
+    assert files["/usr/local/bin/mesh-demo-app"] == (SCRIPTS / "mesh-demo-app.py").read_text()
+
+
+def test_envoy_unit_and_its_environment() -> None:
+    files = files_of(render_cloud_config(recipe(), SECRETS))
+    unit = files["/etc/systemd/system/envoy@.service"]
+    for line in [
+        "User=envoy",
+        "EnvironmentFile=/etc/envoy/%i.env",
+        "ExecStartPre=+/usr/local/sbin/consul-redirect-traffic %i",
+        "ExecStart=/usr/bin/consul connect envoy -sidecar-for=%i -admin-bind=127.0.0.1:19000",
+        "ExecStopPost=+/usr/local/sbin/consul-cleanup-traffic",
+        "Restart=on-failure",
+        "RestartSec=5",
+    ]:
+        assert line in unit.splitlines(), line
+    assert re.search(r"^After=.*consul\.service", unit, re.M)
+    assert re.search(r"^Wants=.*consul\.service", unit, re.M)
+    env = files["/etc/envoy/web.env"]
+    # consul connect envoy does not fall back to the agent's default token.
+    assert "CONSUL_HTTP_TOKEN=service-secret-0002" in env.splitlines()
+    assert "CONSUL_GRPC_ADDR=127.0.0.1:8502" in env.splitlines()
+
+
+def test_secret_files_are_not_world_readable() -> None:
+    files = {f.path: f for f in vm_files(tls_recipe(), replace(SECRETS, gossip_key="Z29zc2lw"))}
+    for path, owner in [
+        ("/etc/consul.d/consul.hcl", "root:consul"),
+        ("/etc/consul.d/service-web.hcl", "root:consul"),
+        ("/etc/envoy/web.env", "root:envoy"),
+    ]:
+        assert (files[path].permissions, files[path].owner) == ("0640", owner)
+    holding_secrets = {p for p, f in files.items() if "agent-secret-0001" in f.content or "service-secret-0002" in f.content}
+    assert holding_secrets == {"/etc/consul.d/consul.hcl", "/etc/consul.d/service-web.hcl", "/etc/envoy/web.env"}
+
+
+def test_dns_forwarding_drop_in() -> None:
+    conf = files_of(render_cloud_config(recipe(), SECRETS))["/etc/systemd/resolved.conf.d/consul.conf"]
+    assert conf.splitlines()[1:] == ["[Resolve]", "DNS=127.0.0.1:8600", "DNSSEC=false", "Domains=~consul"]
+
+
+def test_scripts_are_shipped_as_they_are_in_the_repository() -> None:
+    files = files_of(render_cloud_config(recipe(), SECRETS))
+    assert files["/usr/local/sbin/consul-redirect-traffic"] == (SCRIPTS / "consul-redirect-traffic.sh").read_text()
+    assert files["/usr/local/sbin/consul-cleanup-traffic"] == (SCRIPTS / "consul-cleanup-traffic.sh").read_text()
+
+
+def test_exclusions_always_keep_metadata_and_servers_reachable() -> None:
+    assert redirect_exclusions(recipe()).outbound_cidrs == ("10.0.1.10/32", "169.254.169.254/32")
+    auto_join = replace(recipe(), retry_join=("provider=aws tag_key=consul tag_value=dc1",))
+    assert redirect_exclusions(auto_join).outbound_cidrs == ("169.254.169.254/32",)
+
+
+def test_user_data_stays_far_below_the_ec2_limit_with_many_exclusions() -> None:
+    many = RedirectExclusions(
+        inbound_ports=tuple(range(9000, 9020)),
+        outbound_ports=tuple(range(5000, 5020)),
+        outbound_cidrs=tuple(f"10.{i}.0.0/16" for i in range(20)),
+        uids=tuple(range(2000, 2020)),
+    )
+    the_recipe = replace(tls_recipe(), service=replace(tls_recipe().service, exclusions=many))
+    sent = len(encode_user_data(render_cloud_config(the_recipe, SECRETS)))  # base64 of the gzip
+    assert sent < EC2_USER_DATA_LIMIT / 2
+
+
+def test_oversized_user_data_is_refused_at_program_time() -> None:
+    noise = "".join(f"{i:08x}{(i * 7919) % 65521:08x}" for i in range(4000))  # incompressible enough
+    with pytest.raises(ValueError, match="over EC2's limit of 16384"):
+        encode_user_data(f"#cloud-config\n# {noise}\n" * 2)
