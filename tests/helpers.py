@@ -31,8 +31,11 @@ def custom_app_recipe() -> VmRecipe:
         name="billing",
         port=8080,
         upstreams=(),
-        app=AppSpec(command="/opt/billing/bin/server --listen 127.0.0.1:8080", packages=("openjdk-21-jre-headless",),
-                    health_check_path=None),
+        app=AppSpec(
+            command="/opt/billing/bin/server --listen 127.0.0.1:8080",
+            packages=("openjdk-21-jre-headless",),
+            health_check_path=None,
+        ),
         exclusions=RedirectExclusions(
             inbound_ports=(9100,), outbound_ports=(5432,), outbound_cidrs=("10.20.0.0/16",), uids=(1001,)
         ),

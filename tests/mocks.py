@@ -9,6 +9,7 @@ from typing import Any
 
 import pulumi
 import yaml
+from pulumi.runtime.mocks import MockMonitor
 
 from components.spec import PROJECT
 
@@ -30,6 +31,8 @@ class MeshMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[pulumi.runtime.MockResourceArgs] = []
         self.calls: list[pulumi.runtime.MockCallArgs] = []
+        self.parents: dict[str, str] = {}
+        """Resource name -> URN of its parent, recorded by ParentRecordingMonitor."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.resources.append(args)
@@ -66,6 +69,18 @@ class MeshMocks(pulumi.runtime.Mocks):
         return found
 
 
+class ParentRecordingMonitor(MockMonitor):
+    """The mock monitor, also noting each resource's parent (MockResourceArgs does not carry it)."""
+
+    def __init__(self, mocks: MeshMocks) -> None:
+        super().__init__(mocks)
+        self.recorder = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        self.recorder.parents[request.name] = request.parent
+        return super().RegisterResource(request)
+
+
 def demo_config() -> dict[str, Any]:
     """The demo stack's project config (Pulumi.dev.yaml), keys without the project prefix."""
     doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
@@ -75,9 +90,7 @@ def demo_config() -> dict[str, Any]:
 
 def as_pulumi_config(config: dict[str, Any]) -> dict[str, str]:
     """What the Pulumi engine hands a program: namespaced keys, structured values as JSON text."""
-    return {
-        f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items() if v is not None
-    }
+    return {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items() if v is not None}
 
 
 async def value(output: Any) -> Any:
@@ -97,7 +110,9 @@ class MockedTestCase(unittest.IsolatedAsyncioTestCase):
 
     def setUp(self) -> None:
         self.mocks = MeshMocks()
-        pulumi.runtime.set_mocks(self.mocks, project=PROJECT, stack=STACK, preview=False)
+        pulumi.runtime.set_mocks(
+            self.mocks, project=PROJECT, stack=STACK, preview=False, monitor=ParentRecordingMonitor(self.mocks)
+        )
         self.set_config(self.config or {})
 
     def set_config(self, config: dict[str, Any]) -> None:

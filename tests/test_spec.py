@@ -90,11 +90,11 @@ def test_custom_app_options() -> None:
 @pytest.mark.parametrize(
     ("name", "fragment"),
     [
-        ("Web", "services.Web: \"Web\" is not a valid service name"),
-        ("web_1", "services.web_1: \"web_1\" is not a valid service name"),
-        ("1web", "services.1web: \"1web\" is not a valid service name"),
-        ("web-", "services.web-: \"web-\" is not a valid service name"),
-        ("a" * 64, f"services.{'a' * 64}: \"{'a' * 64}\" is not a valid service name"),
+        ("Web", 'services.Web: "Web" is not a valid service name'),
+        ("web_1", 'services.web_1: "web_1" is not a valid service name'),
+        ("1web", 'services.1web: "1web" is not a valid service name'),
+        ("web-", 'services.web-: "web-" is not a valid service name'),
+        ("a" * 64, f'services.{"a" * 64}: "{"a" * 64}" is not a valid service name'),
     ],
 )
 def test_service_names_must_be_dns_labels(name: str, fragment: str) -> None:
@@ -139,7 +139,7 @@ def test_unknown_keys_in_a_service_and_an_intention_and_top_level() -> None:
         intentions=[{"source": "web", "destination": "api", "action": "allow", "acton": "x"}],
         datacentre="dc2",
     )
-    assert any(p.startswith('services.web.prot: 1 is not a known key') for p in found), found
+    assert any(p.startswith("services.web.prot: 1 is not a known key") for p in found), found
     assert any(p.startswith('intentions[0].acton: "x" is not a known key') for p in found), found
     assert any(p.startswith('datacentre: "dc2" is not a config key') for p in found), found
 

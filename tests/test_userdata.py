@@ -169,7 +169,9 @@ def test_secret_files_are_not_world_readable() -> None:
         ("/etc/envoy/web.env", "root:envoy"),
     ]:
         assert (files[path].permissions, files[path].owner) == ("0640", owner)
-    holding_secrets = {p for p, f in files.items() if "agent-secret-0001" in f.content or "service-secret-0002" in f.content}
+    holding_secrets = {
+        p for p, f in files.items() if "agent-secret-0001" in f.content or "service-secret-0002" in f.content
+    }
     assert holding_secrets == {"/etc/consul.d/consul.hcl", "/etc/consul.d/service-web.hcl", "/etc/envoy/web.env"}
 
 

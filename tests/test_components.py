@@ -1,0 +1,214 @@
+"""Each ComponentResource on its own, under Pulumi's mocks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from components.intentions import ServiceIntentions, ServiceIntentionsArgs
+from components.mesh_defaults import DNS_READ_RULES, MeshDefaults, MeshDefaultsArgs
+from components.mesh_vm import AUTO_JOIN_POLICY, MeshVm, MeshVmArgs
+from components.network import MeshNetwork, MeshNetworkArgs
+from components.spec import PROJECT, IntentionSpec
+from components.userdata import decode_user_data
+from tests.helpers import recipe
+from tests.mocks import GOSSIP_KEY, MockedTestCase, is_secret, secret_id_of, value
+from tests.test_program import unwrap
+
+SECRET_MARKER = "4dabf18193072939515e22adb298388d"
+
+
+def vm_args(**overrides: Any) -> MeshVmArgs:
+    args = MeshVmArgs(
+        recipe=recipe(),
+        subnet_id="subnet-0aaaaaaaaaaaaaaaa",
+        vpc_id="vpc-0aaaaaaaaaaaaaaaa",
+        mesh_security_group_id="sg-0mesh",
+        dns_policy_name="dns-read",
+        admin_cidrs=("203.0.113.0/24",),
+    )
+    return replace(args, **overrides)
+
+
+class MeshVmTest(MockedTestCase):
+    async def make(self, **overrides: Any) -> MeshVm:
+        vm = MeshVm("web", vm_args(**overrides))
+        await value([vm.instance_id, vm.private_ip, vm.cloud_config])
+        return vm
+
+    async def test_children_are_parented_to_the_component_and_named_after_it(self) -> None:
+        await self.make()
+        children = [r for r in self.mocks.resources if r.name != "web"]
+        assert children
+        for child in children:
+            assert child.name.startswith("web-"), child.name
+            assert self.mocks.parents[child.name].endswith(f"${PROJECT}:index:MeshVm::web"), child.name
+        component = self.mocks.named("web")
+        assert component.typ == f"{PROJECT}:index:MeshVm" and component.custom is False
+
+    async def test_instance_requires_imdsv2_and_carries_secret_gzip_user_data(self) -> None:
+        vm = await self.make()
+        instance = self.mocks.named("web-instance")
+        assert instance.inputs["metadataOptions"]["httpTokens"] == "required"
+        assert instance.inputs["instanceType"] == "t3.small"
+        assert instance.inputs["ami"] == "ami-0123456789abcdef0"  # looked up: newest Ubuntu LTS
+        assert instance.inputs["iamInstanceProfile"].startswith("web-profile-")  # the profile's name, as EC2 wants
+        assert instance.inputs["vpcSecurityGroupIds"] == ["web-sg-id", "sg-0mesh"]
+        assert instance.inputs["tags"]["consul-tproxy-vms:service"] == "web"
+        assert instance.inputs["rootBlockDevice"]["encrypted"] is True
+        user_data = instance.inputs["userDataBase64"]
+        assert isinstance(user_data, dict) and user_data[SECRET_MARKER]  # sent to the engine as a secret
+        assert decode_user_data(unwrap(user_data)) == await value(vm.cloud_config)
+        assert await is_secret(vm.cloud_config)
+        assert "user_data" not in instance.inputs and "userData" not in instance.inputs
+
+    async def test_ami_lookup_asks_for_canonicals_ubuntu_lts(self) -> None:
+        await self.make()
+        (lookup,) = [c for c in self.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]
+        assert lookup.args["owners"] == ["099720109477"]
+        assert lookup.args["filters"][0]["values"] == ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"]
+
+    async def test_given_ami_is_used_without_lookup(self) -> None:
+        await self.make(ami_id="ami-0fedcba9876543210")
+        assert self.mocks.named("web-instance").inputs["ami"] == "ami-0fedcba9876543210"
+        assert not [c for c in self.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]
+
+    async def test_acl_tokens_node_and_service_identity(self) -> None:
+        await self.make()
+        agent = self.mocks.named("web-agent-token").inputs
+        assert agent["nodeIdentities"] == [{"nodeName": "web", "datacenter": "dc1"}]
+        assert agent["policies"] == ["dns-read"]
+        service = self.mocks.named("web-service-token").inputs
+        assert service["serviceIdentities"] == [{"serviceName": "web", "datacenters": ["dc1"]}]
+        lookups = sorted(c.args["accessorId"] for c in self.mocks.calls if c.token.startswith("consul:"))
+        assert lookups == ["accessor-web-agent-token", "accessor-web-service-token"]
+
+    async def test_secret_ids_stay_secret_in_the_rendered_user_data(self) -> None:
+        vm = await self.make()
+        text = await value(vm.cloud_config)
+        assert secret_id_of("accessor-web-agent-token") in text
+        assert secret_id_of("accessor-web-service-token") in text
+        assert await is_secret(vm.cloud_config)
+        for plain in (vm.instance_id, vm.private_ip, vm.node_name, vm.virtual_hostname, vm.port):
+            assert not await is_secret(plain)
+
+    async def test_gossip_key_is_rendered_and_stays_secret(self) -> None:
+        vm = await self.make(gossip_key=GOSSIP_KEY)
+        assert f'encrypt     = "{GOSSIP_KEY}"' in await value(vm.cloud_config)
+        assert await is_secret(vm.cloud_config)
+
+    async def test_security_group_admits_envoy_and_gossip_from_members_and_ssh_from_admins_only(self) -> None:
+        await self.make(admin_cidrs=("203.0.113.0/24", "198.51.100.7/32"))
+        rules = self.mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        seen = sorted(
+            (
+                r.inputs["ipProtocol"],
+                int(r.inputs["fromPort"]),
+                r.inputs.get("referencedSecurityGroupId") or r.inputs["cidrIpv4"],
+            )
+            for r in rules
+        )
+        assert seen == [
+            ("tcp", 22, "198.51.100.7/32"),
+            ("tcp", 22, "203.0.113.0/24"),
+            ("tcp", 8301, "sg-0mesh"),
+            ("tcp", 21000, "sg-0mesh"),
+            ("udp", 8301, "sg-0mesh"),
+        ]
+        # The application's port is reachable only through Envoy: no rule names it.
+        assert all(int(r.inputs["fromPort"]) != 9090 for r in rules)
+        assert all(r.inputs["fromPort"] == r.inputs["toPort"] for r in rules)
+
+    async def test_no_admin_cidrs_means_no_ssh_rule(self) -> None:
+        await self.make(admin_cidrs=())
+        rules = self.mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        assert all(int(r.inputs["fromPort"]) != 22 for r in rules)
+
+    async def test_iam_policy_only_for_cloud_auto_join(self) -> None:
+        await self.make()
+        assert not self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
+        self.mocks.resources.clear()
+        auto_join = replace(recipe(), retry_join=("provider=aws tag_key=consul-server tag_value=dc1",))
+        vm = MeshVm("api", vm_args(recipe=auto_join))
+        await value(vm.instance_id)
+        (policy,) = self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
+        assert json.loads(policy.inputs["policy"]) == json.loads(AUTO_JOIN_POLICY)
+        assert json.loads(policy.inputs["policy"])["Statement"][0]["Action"] == "ec2:DescribeInstances"
+
+
+class ServiceIntentionsTest(MockedTestCase):
+    async def test_one_entry_per_destination_with_its_sources_and_actions(self) -> None:
+        given = [
+            IntentionSpec("web", "api", "allow"),
+            IntentionSpec("batch", "api", "deny", "batch must use the queue"),
+            IntentionSpec("api", "db", "allow"),
+        ]
+        component = ServiceIntentions("mesh", ServiceIntentionsArgs(intentions=given))
+        applied = await value(component.applied)
+        entries = {
+            r.inputs["name"]: r
+            for r in self.mocks.of_type("consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions")
+        }
+        assert sorted(entries) == ["api", "db"]
+        assert entries["api"].inputs["sources"] == [
+            {"name": "batch", "action": "deny", "type": "consul", "description": "batch must use the queue"},
+            {"name": "web", "action": "allow", "type": "consul"},
+        ]
+        assert entries["db"].inputs["sources"] == [{"name": "api", "action": "allow", "type": "consul"}]
+        assert entries["api"].name == "mesh-api"
+        assert self.mocks.parents["mesh-api"].endswith(f"${PROJECT}:index:ServiceIntentions::mesh")
+        # Applied = given, as a set: every intention maps to exactly one source entry.
+        assert sorted(map(tuple, (d.values() for d in applied))) == sorted(
+            (i.source, i.destination, i.action) for i in given
+        )
+
+    async def test_no_intentions_no_entries(self) -> None:
+        component = ServiceIntentions("mesh", ServiceIntentionsArgs(intentions=[]))
+        assert await value(component.applied) == []
+        assert not self.mocks.of_type("consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions")
+
+
+class MeshDefaultsTest(MockedTestCase):
+    async def test_mesh_entry_service_defaults_and_dns_policy(self) -> None:
+        component = MeshDefaults(
+            "mesh",
+            MeshDefaultsArgs(
+                mesh_destinations_only=True,
+                protocols={"web": "http", "db": "tcp"},
+                dns_policy_name="p",
+                datacenter="dc1",
+            ),
+        )
+        assert await value(component.dns_policy_name) == "p"
+        entries = {
+            (r.inputs["kind"], r.inputs["name"]): json.loads(r.inputs["configJson"])
+            for r in self.mocks.of_type("consul:index/configEntry:ConfigEntry")
+        }
+        assert entries == {
+            ("mesh", "mesh"): {"TransparentProxy": {"MeshDestinationsOnly": True}},
+            ("service-defaults", "db"): {"Protocol": "tcp"},
+            ("service-defaults", "web"): {"Protocol": "http"},
+        }
+        (policy,) = self.mocks.of_type("consul:index/aclPolicy:AclPolicy")
+        assert policy.inputs["rules"] == DNS_READ_RULES
+        assert 'node_prefix "" {\n  policy = "read"' in DNS_READ_RULES
+        assert policy.inputs["datacenters"] == ["dc1"]
+
+
+class MeshNetworkTest(MockedTestCase):
+    async def test_default_vpc_and_membership_group(self) -> None:
+        network = MeshNetwork("mesh", MeshNetworkArgs())
+        assert await value([network.vpc_id, network.subnet_id, network.mesh_security_group_id]) == [
+            "vpc-0default0000000000",
+            "subnet-0aaaaaaaaaaaaaaaa",
+            "mesh-members-id",
+        ]
+        (group,) = self.mocks.of_type("aws:ec2/securityGroup:SecurityGroup")
+        assert group.inputs["vpcId"] == "vpc-0default0000000000"
+        assert not self.mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+
+    async def test_given_subnet_finds_its_vpc(self) -> None:
+        network = MeshNetwork("mesh", MeshNetworkArgs(subnet_id="subnet-0cccccccccccccccc"))
+        assert await value([network.vpc_id, network.subnet_id]) == ["vpc-0fromsubnet000000", "subnet-0cccccccccccccccc"]
+        assert not [c for c in self.mocks.calls if c.token == "aws:ec2/getVpc:getVpc"]
