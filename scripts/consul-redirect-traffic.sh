@@ -15,6 +15,7 @@
 #   REDIRECT_EXCLUDE_OUTBOUND_CIDRS          destinations left alone (e.g. 169.254.169.254/32)
 #   REDIRECT_EXCLUDE_UIDS                    users whose traffic is left alone (consul's always is)
 #   REDIRECT_ATTEMPTS, REDIRECT_RETRY_SECONDS how long to wait for the agent to know the sidecar
+#   PROXY_USER, AGENT_USER                   users Envoy and the agent run as (envoy, consul)
 set -euo pipefail
 
 service="${1:?usage: consul-redirect-traffic SERVICE}"
@@ -23,9 +24,9 @@ cleanup="${CONSUL_CLEANUP_TRAFFIC:-/usr/local/sbin/consul-cleanup-traffic}"
 attempts="${REDIRECT_ATTEMPTS:-60}"
 retry_seconds="${REDIRECT_RETRY_SECONDS:-2}"
 
-args=("-proxy-id=${service}-sidecar-proxy" "-proxy-uid=$(id -u envoy)")
+args=("-proxy-id=${service}-sidecar-proxy" "-proxy-uid=$(id -u "${PROXY_USER:-envoy}")")
 # The agent's own gossip and RPC must never loop through Envoy.
-args+=("-exclude-uid=$(id -u consul)")
+args+=("-exclude-uid=$(id -u "${AGENT_USER:-consul}")")
 # SSH survives the redirect, whatever else is configured.
 args+=("-exclude-inbound-port=22")
 

@@ -1,0 +1,60 @@
+"""The project files agree with the code: config schema and defaults, pinned requirements."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from components.spec import DEFAULTS, PROJECT, REQUIRED, SECRET_KEYS, TOP_LEVEL_KEYS
+from tests.mocks import ROOT
+
+STRUCTURED = {"services", "intentions"}  # Pulumi's project schema cannot type objects
+
+
+def project() -> dict:
+    return yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+
+
+def test_project_name_and_runtime() -> None:
+    doc = project()
+    assert doc["name"] == PROJECT
+    assert doc["runtime"]["name"] == "python"
+
+
+def test_every_key_is_declared_typed_and_described_with_the_programs_default() -> None:
+    declared = project()["config"]
+    assert set(declared) == TOP_LEVEL_KEYS - STRUCTURED
+    for key, decl in declared.items():
+        assert decl["type"] in ("string", "integer", "boolean", "array"), key
+        assert decl["description"].strip(), key
+        if decl["type"] == "array":
+            assert decl["items"]["type"] == "string", key
+        if key in SECRET_KEYS:
+            assert decl.get("secret") is True and "default" not in decl, key
+        elif key in REQUIRED:
+            assert "default" not in decl, key
+        else:
+            # Under mocks Pulumi applies no defaults: the program must apply the same ones.
+            assert decl["default"] == DEFAULTS[key], key
+
+
+def test_structured_keys_are_documented_in_the_project_file() -> None:
+    text = (ROOT / "Pulumi.yaml").read_text()
+    for key in STRUCTURED:
+        assert re.search(rf"^#\s+{key}:", text, re.M), key
+
+
+def test_requirements_are_pinned() -> None:
+    lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    names = {line.split("==")[0].lower() for line in lines}
+    assert {"pulumi", "pulumi-aws", "pulumi-consul", "jinja2"} <= names
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", line) for line in lines), lines
+
+
+def test_readme_documents_every_config_key_and_the_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for key in TOP_LEVEL_KEYS:
+        assert f"`{key}`" in readme, key
+    assert "venv/bin/python -m pytest" in readme
+    assert "pulumi up" in readme

@@ -1,0 +1,106 @@
+"""What goes onto the VMs, checked by the real tools: cloud-init, shellcheck, systemd-analyze."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from components.userdata import SCRIPTS, render_cloud_config, vm_files
+from tests.conftest import tool
+from tests.helpers import all_recipes
+
+CASES = sorted(all_recipes())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cloud_config_passes_cloud_init_schema(case: str, tmp_path: Path) -> None:
+    cloud_init = tool("cloud-init")
+    path = tmp_path / "user-data.yaml"
+    path.write_text(render_cloud_config(*all_recipes()[case]))
+    result = subprocess.run([cloud_init, "schema", "--config-file", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid cloud-config" in result.stdout
+
+
+def test_schema_check_is_real() -> None:
+    """The validator must be able to fail: a wrong type is reported."""
+    cloud_init = tool("cloud-init")
+    bad = "#cloud-config\npackage_update: sometimes\nwrite_files: {path: 1}\n"
+    result = subprocess.run(
+        [cloud_init, "schema", "--config-file", "/dev/stdin"], input=bad, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+
+
+def shell_files() -> dict[str, str]:
+    found = {str(p): p.read_text() for p in sorted(SCRIPTS.glob("*.sh"))}
+    for case, (recipe, secrets) in all_recipes().items():
+        for f in vm_files(recipe, secrets):
+            if f.content.startswith(("#!/bin/bash", "#!/bin/sh")):
+                found[f"{case}:{f.path}"] = f.content
+    return found
+
+
+def test_there_are_shell_files_to_check() -> None:
+    names = shell_files()
+    assert any(n.endswith("consul-redirect-traffic") for n in names)
+    assert any(n.endswith("consul-cleanup-traffic") for n in names)
+
+
+@pytest.mark.parametrize("name", sorted(shell_files()))
+def test_shell_passes_shellcheck(name: str) -> None:
+    shellcheck = tool("shellcheck")
+    result = subprocess.run(
+        [shellcheck, "--severity=style", "-"], input=shell_files()[name], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A root holding the system's own units (targets and the like), the VM's units, and stand-ins
+    for every executable the units name: systemd-analyze checks that each one exists."""
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    for path, content in files.items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    for exe in [
+        "/usr/bin/consul",
+        "/usr/bin/python3",
+        "/bin/kill",
+        "/usr/local/sbin/consul-redirect-traffic",
+        "/usr/local/sbin/consul-cleanup-traffic",
+        "/opt/billing/bin/server",
+    ]:
+        target = root / exe.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.write_text("#!/bin/sh\n")
+        target.chmod(0o755)
+    return root
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_systemd_units_pass_systemd_analyze_verify(case: str, tmp_path: Path) -> None:
+    analyze = tool("systemd-analyze")
+    recipe, secrets = all_recipes()[case]
+    files = {f.path: f.content for f in vm_files(recipe, secrets)}
+    root = fake_root(tmp_path, files)
+    units = ["consul.service", "mesh-app.service", f"envoy@{recipe.service.name}.service"]
+    result = subprocess.run([analyze, "verify", f"--root={root}", *units], capture_output=True, text=True)
+    # verify warns (unknown keys, bad values) without failing: any output is a finding.
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stderr
+
+
+def test_systemd_verify_is_real(tmp_path: Path) -> None:
+    """The check must be able to fail: a unit with a typo'd key is reported."""
+    analyze = tool("systemd-analyze")
+    root = fake_root(
+        tmp_path, {"/etc/systemd/system/typo.service": "[Service]\nExecStart=/usr/bin/consul\nRestrat=always\n"}
+    )
+    result = subprocess.run([analyze, "verify", f"--root={root}", "typo.service"], capture_output=True, text=True)
+    assert "Unknown key" in result.stderr
