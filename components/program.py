@@ -50,9 +50,9 @@ def build(spec: MeshSpec, consul_token: pulumi.Input[str], gossip_key: pulumi.In
     )
     with_consul = pulumi.ResourceOptions(providers=[provider])
 
-    network = MeshNetwork("mesh", MeshNetworkArgs(vpc_id=spec.vpc_id, subnet_id=spec.subnet_id))
+    network = MeshNetwork("network", MeshNetworkArgs(vpc_id=spec.vpc_id, subnet_id=spec.subnet_id))
     defaults = MeshDefaults(
-        "mesh",
+        "defaults",
         MeshDefaultsArgs(
             mesh_destinations_only=spec.mesh_destinations_only,
             protocols={name: svc.protocol for name, svc in spec.services.items()},
@@ -90,7 +90,7 @@ def build(spec: MeshSpec, consul_token: pulumi.Input[str], gossip_key: pulumi.In
     }
     # Intentions wait for the service-defaults so that protocol-dependent (L7) rules are accepted.
     intentions = ServiceIntentions(
-        "mesh",
+        "intentions",
         ServiceIntentionsArgs(intentions=spec.intentions),
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
     )

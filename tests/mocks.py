@@ -1,4 +1,9 @@
-"""Pulumi mocks for the mesh, and helpers to await Outputs in tests."""
+"""Pulumi mocks for the mesh tests, and helpers to await Outputs.
+
+They build on the render tool's PlanMocks (components/render.py), which answer every resource and
+invoke the program uses and record parents; here the token secret IDs are recognisable values, so
+tests can follow a secret to where it must (and must not) appear.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from typing import Any
 
 import pulumi
 import yaml
-from pulumi.runtime.mocks import MockMonitor
 
+from components.render import PlanMocks, set_plan_mocks, settle
 from components.spec import PROJECT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,60 +30,9 @@ def secret_id_of(accessor_id: str) -> str:
     return f"SECRET-{accessor_id}"
 
 
-class MeshMocks(pulumi.runtime.Mocks):
-    """Answers resource registrations and invokes the way AWS and Consul would, and records them."""
-
-    def __init__(self) -> None:
-        self.resources: list[pulumi.runtime.MockResourceArgs] = []
-        self.calls: list[pulumi.runtime.MockCallArgs] = []
-        self.parents: dict[str, str] = {}
-        """Resource name -> URN of its parent, recorded by ParentRecordingMonitor."""
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.resources.append(args)
-        state = dict(args.inputs)
-        index = len(self.resources)
-        if args.typ == "aws:ec2/instance:Instance":
-            state["privateIp"] = f"10.0.1.{index}"
-        elif args.typ == "consul:index/aclToken:AclToken":
-            state["accessorId"] = f"accessor-{args.name}"
-        elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
-            state.setdefault("name", f"{args.name}-{index}")
-            state["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
-        return f"{args.name}-id", state
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        self.calls.append(args)
-        if args.token == "consul:index/getAclTokenSecretId:getAclTokenSecretId":
-            return {"accessorId": args.args["accessorId"], "secretId": secret_id_of(args.args["accessorId"])}
-        if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": "ami-0123456789abcdef0", "name": "ubuntu-noble-24.04"}
-        if args.token == "aws:ec2/getVpc:getVpc":
-            return {"id": "vpc-0default0000000000"}
-        if args.token == "aws:ec2/getSubnets:getSubnets":
-            return {"ids": ["subnet-0bbbbbbbbbbbbbbbb", "subnet-0aaaaaaaaaaaaaaaa"]}
-        if args.token == "aws:ec2/getSubnet:getSubnet":
-            return {"id": args.args["id"], "vpcId": "vpc-0fromsubnet000000"}
-        return {}
-
-    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
-        return [r for r in self.resources if r.typ == typ]
-
-    def named(self, name: str) -> pulumi.runtime.MockResourceArgs:
-        (found,) = [r for r in self.resources if r.name == name]
-        return found
-
-
-class ParentRecordingMonitor(MockMonitor):
-    """The mock monitor, also noting each resource's parent (MockResourceArgs does not carry it)."""
-
-    def __init__(self, mocks: MeshMocks) -> None:
-        super().__init__(mocks)
-        self.recorder = mocks
-
-    def RegisterResource(self, request: Any) -> Any:
-        self.recorder.parents[request.name] = request.parent
-        return super().RegisterResource(request)
+class MeshMocks(PlanMocks):
+    def secret_id(self, accessor_id: str) -> str:
+        return secret_id_of(accessor_id)
 
 
 def demo_config() -> dict[str, Any]:
@@ -94,8 +48,8 @@ def as_pulumi_config(config: dict[str, Any]) -> dict[str, str]:
 
 
 async def value(output: Any) -> Any:
-    """The resolved value of an Output (or of plain data holding Outputs)."""
-    return await pulumi.Output.from_input(output).future()
+    """The resolved value of an Output (or of data holding Outputs), once every registration is done."""
+    return await settle(output)
 
 
 async def is_secret(output: Any) -> bool:
@@ -110,9 +64,7 @@ class MockedTestCase(unittest.IsolatedAsyncioTestCase):
 
     def setUp(self) -> None:
         self.mocks = MeshMocks()
-        pulumi.runtime.set_mocks(
-            self.mocks, project=PROJECT, stack=STACK, preview=False, monitor=ParentRecordingMonitor(self.mocks)
-        )
+        set_plan_mocks(self.mocks, STACK)
         self.set_config(self.config or {})
 
     def set_config(self, config: dict[str, Any]) -> None:

@@ -10,11 +10,11 @@ from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import DNS_READ_RULES, MeshDefaults, MeshDefaultsArgs
 from components.mesh_vm import AUTO_JOIN_POLICY, MeshVm, MeshVmArgs
 from components.network import MeshNetwork, MeshNetworkArgs
+from components.render import unwrap
 from components.spec import PROJECT, IntentionSpec
 from components.userdata import decode_user_data
 from tests.helpers import recipe
 from tests.mocks import GOSSIP_KEY, MockedTestCase, is_secret, secret_id_of, value
-from tests.test_program import unwrap
 
 SECRET_MARKER = "4dabf18193072939515e22adb298388d"
 
@@ -53,7 +53,7 @@ class MeshVmTest(MockedTestCase):
         assert instance.inputs["metadataOptions"]["httpTokens"] == "required"
         assert instance.inputs["instanceType"] == "t3.small"
         assert instance.inputs["ami"] == "ami-0123456789abcdef0"  # looked up: newest Ubuntu LTS
-        assert instance.inputs["iamInstanceProfile"].startswith("web-profile-")  # the profile's name, as EC2 wants
+        assert instance.inputs["iamInstanceProfile"] == "web-profile"  # the profile's name, as EC2 wants
         assert instance.inputs["vpcSecurityGroupIds"] == ["web-sg-id", "sg-0mesh"]
         assert instance.inputs["tags"]["consul-tproxy-vms:service"] == "web"
         assert instance.inputs["rootBlockDevice"]["encrypted"] is True

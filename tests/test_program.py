@@ -8,22 +8,12 @@ from typing import Any
 import pulumi
 
 from components import program
+from components.render import unwrap
 from components.spec import PROJECT
 from components.userdata import decode_user_data, unpack_cloud_config
 from tests.mocks import CONSUL_TOKEN, GOSSIP_KEY, STACK, MockedTestCase, demo_config, is_secret, secret_id_of, value
 
 DEMO = {**demo_config(), "consulToken": CONSUL_TOKEN}
-
-
-def unwrap(inputs: Any) -> Any:
-    """Input values as the engine saw them, secrets unwrapped (they arrive as marked dicts)."""
-    if isinstance(inputs, dict):
-        if inputs.get("4dabf18193072939515e22adb298388d") == "1b47061264138c4ac30d75fd1eb44270":
-            return unwrap(inputs["value"])
-        return {k: unwrap(v) for k, v in inputs.items()}
-    if isinstance(inputs, list):
-        return [unwrap(v) for v in inputs]
-    return inputs
 
 
 def user_data_of(mocks: Any, service: str) -> str:
@@ -66,7 +56,7 @@ class DemoStack(MockedTestCase):
         assert outputs["consulHttpAddr"] == "https://10.0.1.10:8501"
         assert outputs["consulDatacenter"] == "dc1"
         assert outputs["consulRetryJoin"] == ["10.0.1.10"]
-        assert outputs["meshSecurityGroupId"] == "mesh-members-id"
+        assert outputs["meshSecurityGroupId"] == "network-members-id"
         assert outputs["vpcId"] == "vpc-0default0000000000"
         assert outputs["subnetId"] == "subnet-0aaaaaaaaaaaaaaaa"  # the smallest id: a stable choice
         assert outputs["dnsPolicyName"] == f"{PROJECT}-{STACK}-dns-read"

@@ -1,0 +1,317 @@
+"""See the mesh before paying for it: run the program offline and write what it would create.
+
+    python -m components.render render --stack dev --out out/dev
+    python -m components.render render --config my-stack.yaml --out out/mine
+
+The very same program (components.program.build) runs under Pulumi's mock runtime: no network, no
+credentials. Secrets never reach it: token secret IDs, the provider token and the gossip key are
+clear placeholders, so nothing secret can land in the output. It writes:
+
+    <vm>/user-data.yaml         the cloud-config cloud-init reads
+    <vm>/user-data.gz.b64       what EC2 receives (user_data_base64)
+    <vm>/etc/..., <vm>/usr/...  every file the VM gets, with its mode
+    plan.json, plan.md          every resource: type, name, parent, key inputs
+    mesh.mmd, mesh.dot          services as nodes, intentions as edges (deny dashed and red)
+    mesh.svg                    when Graphviz's `dot` is installed
+
+and prints a summary: resources by type, user data bytes per VM against EC2's limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import settings
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.stack import wait_for_rpcs
+
+from components.program import build
+from components.spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
+from components.userdata import EC2_USER_DATA_LIMIT, decode_user_data, unpack_cloud_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_MARKER = "4dabf18193072939515e22adb298388d"
+INSTANCE = "aws:ec2/instance:Instance"
+
+
+def placeholder(what: str) -> str:
+    return f"<secret: {what}, not rendered>"
+
+
+class PlanMocks(pulumi.runtime.Mocks):
+    """Answers for every resource and invoke the program uses, and a record of what it declared."""
+
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+        self.calls: list[pulumi.runtime.MockCallArgs] = []
+        self.parents: dict[str, str] = {}
+        """Resource name -> URN of its parent (MockResourceArgs does not carry it)."""
+
+    def secret_id(self, accessor_id: str) -> str:
+        return placeholder(f"SecretID of ACL token {accessor_id.removeprefix('accessor-')}")
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.resources.append(args)
+        state = dict(args.inputs)
+        if args.typ == INSTANCE:
+            state["privateIp"] = f"10.0.1.{len(self.of_type(INSTANCE)) + 9}"
+        elif args.typ == "consul:index/aclToken:AclToken":
+            state["accessorId"] = f"accessor-{args.name}"
+        elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
+            state.setdefault("name", args.name)
+            state["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        self.calls.append(args)
+        if args.token == "consul:index/getAclTokenSecretId:getAclTokenSecretId":
+            return {"accessorId": args.args["accessorId"], "secretId": self.secret_id(args.args["accessorId"])}
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": "ami-0123456789abcdef0", "name": "ubuntu-noble-24.04"}
+        if args.token == "aws:ec2/getVpc:getVpc":
+            return {"id": "vpc-0default0000000000"}
+        if args.token == "aws:ec2/getSubnets:getSubnets":
+            return {"ids": ["subnet-0bbbbbbbbbbbbbbbb", "subnet-0aaaaaaaaaaaaaaaa"]}
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            return {"id": args.args["id"], "vpcId": "vpc-0fromsubnet000000"}
+        return {}
+
+    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def named(self, name: str) -> pulumi.runtime.MockResourceArgs:
+        (found,) = [r for r in self.resources if r.name == name]
+        return found
+
+
+class RecordingMonitor(MockMonitor):
+    """The mock monitor, also noting each resource's parent."""
+
+    def __init__(self, mocks: PlanMocks) -> None:
+        super().__init__(mocks)
+        self.recorder = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        self.recorder.parents[request.name] = request.parent
+        return super().RegisterResource(request)
+
+
+def set_plan_mocks(mocks: PlanMocks, stack: str) -> None:
+    # Forget RPCs of an earlier run (as pulumi.runtime.test does): they belong to a closed event loop.
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks))
+
+
+async def settle(output: Any) -> Any:
+    """Resolve an Output (or data holding Outputs), then wait until every registration is done."""
+    result = await pulumi.Output.from_input(output).future()
+    await wait_for_rpcs()
+    return result
+
+
+def unwrap(value: Any) -> Any:
+    """Inputs as the engine saw them, with secret values unwrapped."""
+    if isinstance(value, dict):
+        if SECRET_MARKER in value:
+            return unwrap(value["value"])
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def masked(value: Any) -> Any:
+    """Inputs for the plan, with secret values replaced by a mark."""
+    if isinstance(value, dict):
+        if SECRET_MARKER in value:
+            return "[secret]"
+        return {k: masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
+
+
+def load_stack_config(path: Path) -> dict[str, Any]:
+    """This project's keys from a Pulumi stack file, without the namespace.
+
+    Secret values (`secure:` ciphertexts) and any plain value of a secret key are dropped: the render
+    never needs them and must never write them.
+    """
+    doc = yaml.safe_load(path.read_text()) or {}
+    prefix = f"{PROJECT}:"
+    config = {}
+    for key, val in (doc.get("config") or {}).items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        if isinstance(val, dict) and set(val) == {"secure"}:
+            config[name] = {"secure": True}
+        else:
+            config[name] = val
+    return config
+
+
+def plan_spec(config: Mapping[str, Any]) -> tuple[MeshSpec, bool]:
+    """The validated spec of a stack, and whether it has a gossip key. Raises MeshSpecError."""
+    token_key, gossip_key = SECRET_KEYS
+    without_secrets = {k: v for k, v in config.items() if k not in SECRET_KEYS}
+    spec = load_spec({**without_secrets, token_key: placeholder(token_key)})
+    return spec, gossip_key in config
+
+
+def plan(spec: MeshSpec, with_gossip_key: bool, stack: str, mocks: PlanMocks | None = None) -> tuple[PlanMocks, dict]:
+    """Run the program for `spec` under mocks; return the record and the resolved outputs."""
+    mocks = mocks or PlanMocks()
+
+    async def run() -> dict:
+        set_plan_mocks(mocks, stack)
+        token_key, gossip_key = SECRET_KEYS
+        outputs = build(spec, placeholder(token_key), placeholder(gossip_key) if with_gossip_key else None)
+        return await settle(outputs)
+
+    outputs = asyncio.run(run())
+    return mocks, outputs
+
+
+def user_data_by_vm(mocks: PlanMocks) -> dict[str, str]:
+    return {r.name.removesuffix("-instance"): unwrap(r.inputs["userDataBase64"]) for r in mocks.of_type(INSTANCE)}
+
+
+def plan_rows(mocks: PlanMocks) -> list[dict[str, Any]]:
+    rows = []
+    for r in mocks.resources:
+        inputs = masked(r.inputs)
+        if "userDataBase64" in inputs:
+            size = len(base64.b64decode(unwrap(r.inputs["userDataBase64"])))
+            inputs["userDataBase64"] = f"[secret: {size} bytes gzip, see {r.name.removesuffix('-instance')}/]"
+        # A parent URN ends in "...$<type>::<name>"; the stack itself is no parent worth naming.
+        parent = mocks.parents.get(r.name) or ""
+        parent_type, _, parent_name = parent.rpartition("$")[2].partition("::")
+        rows.append(
+            {
+                "type": r.typ,
+                "name": r.name,
+                "parent": f"{parent_type.rpartition(':')[2]} {parent_name}" if "$" in parent else "",
+                "custom": bool(r.custom),
+                "inputs": inputs,
+            }
+        )
+    return rows
+
+
+def plan_markdown(rows: Sequence[dict[str, Any]], stack: str) -> str:
+    lines = [f"# Plan of stack {stack}", "", "| type | name | parent | key inputs |", "|---|---|---|---|"]
+    for row in rows:
+        keys = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(row["inputs"].items()))
+        keys = keys if len(keys) <= 300 else keys[:297] + "..."
+        lines.append(f"| `{row['type']}` | {row['name']} | {row['parent'] or '-'} | {keys.replace('|', '&#124;')} |")
+    return "\n".join(lines) + "\n"
+
+
+def mermaid(spec: MeshSpec) -> str:
+    lines = ["flowchart LR"]
+    for name, svc in spec.services.items():
+        lines.append(f'  {name}["{name}<br/>{svc.virtual_hostname}:{svc.port}"]')
+    deny_links = []
+    for index, i in enumerate(spec.intentions):
+        arrow = f"-- {i.action} -->" if i.action == "allow" else f"-. {i.action} .-x"
+        lines.append(f"  {i.source} {arrow} {i.destination}")
+        if i.action == "deny":
+            deny_links.append(str(index))
+    if deny_links:
+        lines.append(f"  linkStyle {','.join(deny_links)} stroke:#c62828,color:#c62828")
+    return "\n".join(lines) + "\n"
+
+
+def graphviz(spec: MeshSpec) -> str:
+    lines = ["digraph mesh {", "  rankdir=LR;", "  node [shape=box, style=rounded];"]
+    for name, svc in spec.services.items():
+        lines.append(f'  "{name}" [label="{name}\\n{svc.virtual_hostname}:{svc.port}"];')
+    for i in spec.intentions:
+        style = 'color="#2e7d32"' if i.action == "allow" else 'color="#c62828", style=dashed, arrowhead=tee'
+        lines.append(f'  "{i.source}" -> "{i.destination}" [label="{i.action}", {style}];')
+    return "\n".join([*lines, "}"]) + "\n"
+
+
+def write_vm(out: Path, vm: str, user_data_b64: str) -> tuple[int, int]:
+    """Write one VM's user data and its files; return (plain bytes, gzip bytes)."""
+    base = out / vm
+    text = decode_user_data(user_data_b64)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "user-data.yaml").write_text(text)
+    (base / "user-data.gz.b64").write_text(user_data_b64 + "\n")
+    modes = {f["path"]: int(str(f.get("permissions", "0644")), 8) for f in yaml.safe_load(text)["write_files"]}
+    for path, content in unpack_cloud_config(text).items():
+        target = base / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        target.chmod(modes[path] | 0o600)  # keep the VM's mode, but let the reader read it
+    return len(text.encode()), len(base64.b64decode(user_data_b64))
+
+
+def render(config: Mapping[str, Any], out: Path, stack: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Render a stack's config into `out`. Raises MeshSpecError on bad config, before writing."""
+    spec, with_gossip = plan_spec(config)
+    mocks, _ = plan(spec, with_gossip, stack)
+    out.mkdir(parents=True, exist_ok=True)
+
+    sizes = {vm: write_vm(out, vm, data) for vm, data in sorted(user_data_by_vm(mocks).items())}
+    rows = plan_rows(mocks)
+    (out / "plan.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    (out / "plan.md").write_text(plan_markdown(rows, stack))
+    (out / "mesh.mmd").write_text(mermaid(spec))
+    (out / "mesh.dot").write_text(graphviz(spec))
+    dot = shutil.which("dot")
+    if dot:
+        subprocess.run([dot, "-Tsvg", "-o", str(out / "mesh.svg"), str(out / "mesh.dot")], check=True)
+
+    by_type = Counter(r.typ for r in mocks.resources)
+    echo(f"stack {stack}: {len(mocks.resources)} resources")
+    for typ, count in sorted(by_type.items()):
+        echo(f"  {count:4d}  {typ}")
+    echo(f"user data per VM (EC2 limit {EC2_USER_DATA_LIMIT} bytes, counted as sent: gzip):")
+    for vm, (plain, packed) in sizes.items():
+        echo(
+            f"  {vm:24s} {plain:6d} bytes plain  {packed:6d} bytes gzip  ({packed / EC2_USER_DATA_LIMIT:.0%} of limit)"
+        )
+    echo(f"written to {out}" + ("" if dot else " (no Graphviz `dot`: mesh.svg not drawn)"))
+    return {"resources": len(mocks.resources), "byType": dict(by_type), "userData": sizes}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.render", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("render", help="write every VM's files, the plan and a mesh diagram")
+    source = cmd.add_mutually_exclusive_group(required=True)
+    source.add_argument("--stack", help="stack name: reads Pulumi.<stack>.yaml")
+    source.add_argument("--config", type=Path, help="a stack config file to read instead")
+    cmd.add_argument("--out", type=Path, required=True, help="directory to write into")
+    args = parser.parse_args(argv)
+
+    path = args.config or ROOT / f"Pulumi.{args.stack}.yaml"
+    if not path.is_file():
+        print(f"error: no stack config at {path}", file=sys.stderr)
+        return 2
+    try:
+        render(load_stack_config(path), args.out, args.stack or path.stem.removeprefix("Pulumi."))
+    except MeshSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

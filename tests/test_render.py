@@ -1,0 +1,145 @@
+"""The offline render: every VM's files, the plan and the mesh diagram, with no secret in sight."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import render
+from components.spec import PROJECT
+from components.userdata import decode_user_data, unpack_cloud_config
+from tests.conftest import tool
+from tests.mocks import CONSUL_TOKEN, GOSSIP_KEY, ROOT
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "components.render", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("render") / "dev"
+    result = run_cli("render", "--stack", "dev", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_demo_render_writes_each_vms_files(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = demo
+    for vm in ("web", "api"):
+        text = (out / vm / "user-data.yaml").read_text()
+        assert text.startswith("#cloud-config\n")
+        files = unpack_cloud_config(text)
+        assert f"/etc/consul.d/service-{vm}.hcl" in files
+        # The unpacked tree is exactly what the user data carries, file by file, nothing more.
+        on_disk = {
+            "/" + str(p.relative_to(out / vm)): p.read_text()
+            for p in (out / vm).rglob("*")
+            if p.is_file() and not p.name.startswith("user-data")
+        }
+        assert on_disk == files
+    assert stat.S_IMODE((out / "web/usr/local/sbin/consul-redirect-traffic").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "web/etc/envoy/web.env").stat().st_mode) == 0o640
+
+
+def test_gzip_user_data_is_what_the_yaml_says(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = demo
+    b64 = (out / "web/user-data.gz.b64").read_text().strip()
+    assert decode_user_data(b64) == (out / "web/user-data.yaml").read_text()
+
+
+def test_plan_lists_every_resource_with_parent_and_inputs(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, result = demo
+    rows = json.loads((out / "plan.json").read_text())
+    by_name = {(r["type"], r["name"]): r for r in rows}
+    instance = by_name[("aws:ec2/instance:Instance", "web-instance")]
+    assert instance["parent"] == "MeshVm web"
+    assert instance["inputs"]["metadataOptions"]["httpTokens"] == "required"
+    assert instance["inputs"]["userDataBase64"].startswith("[secret:")
+    assert by_name[("consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions", "intentions-api")][
+        "inputs"
+    ]["sources"] == [{"action": "allow", "description": "web calls api", "name": "web", "type": "consul"}]
+    assert by_name[("pulumi:providers:consul", "consul")]["inputs"]["token"] == "[secret]"
+    markdown = (out / "plan.md").read_text()
+    assert all(f"| {r['name']} |" in markdown for r in rows)
+    assert f"stack dev: {len(rows)} resources" in result.stdout
+
+
+def test_summary_reports_user_data_against_the_limit(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, result = demo
+    assert "EC2 limit 16384 bytes" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if "bytes gzip" in line]
+    assert [line.split()[0] for line in lines] == ["api", "web"]
+    assert "2  aws:ec2/instance:Instance" in result.stdout
+
+
+def test_diagram_has_one_edge_per_intention(tmp_path: Path) -> None:
+    config = render.load_stack_config(ROOT / "Pulumi.dev.yaml")
+    config["services"] = {**config["services"], "db": {"port": 5432, "protocol": "tcp"}}
+    config["intentions"] = [
+        {"source": "web", "destination": "api", "action": "allow"},
+        {"source": "api", "destination": "db", "action": "allow"},
+        {"source": "web", "destination": "db", "action": "deny"},
+    ]
+    render.render(config, tmp_path, "dev", echo=lambda _: None)
+    mmd = (tmp_path / "mesh.mmd").read_text().splitlines()
+    edges = [line.strip() for line in mmd if "-->" in line or ".-x" in line]
+    assert edges == ["web -- allow --> api", "api -- allow --> db", "web -. deny .-x db"]
+    assert "  linkStyle 2 stroke:#c62828,color:#c62828" in mmd
+    dot = (tmp_path / "mesh.dot").read_text()
+    assert dot.count("->") == 3 and dot.count("style=dashed") == 1
+
+
+def test_svg_is_drawn_with_graphviz(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    tool("dot")
+    out, _ = demo
+    svg = (out / "mesh.svg").read_text()
+    assert "<svg" in svg and ">web<" in svg and ">api<" in svg
+
+
+def test_no_secret_value_is_ever_written(tmp_path: Path) -> None:
+    stack = tmp_path / "Pulumi.leaky.yaml"
+    doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    # Plain secret values in a stack file (a mistake, but one a user can make) must not leak either.
+    doc["config"][f"{PROJECT}:consulToken"] = CONSUL_TOKEN
+    doc["config"][f"{PROJECT}:consulGossipKey"] = GOSSIP_KEY
+    stack.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    result = run_cli("render", "--config", stack, "--out", out)
+    assert result.returncode == 0, result.stderr
+    written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()) + result.stdout
+    assert CONSUL_TOKEN not in written and GOSSIP_KEY not in written
+    hcl = (out / "web/etc/consul.d/consul.hcl").read_text()
+    assert 'encrypt     = "<secret: consulGossipKey, not rendered>"' in hcl
+    assert 'agent   = "<secret: SecretID of ACL token web-agent-token, not rendered>"' in hcl
+
+
+def test_bad_config_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    stack = tmp_path / "Pulumi.bad.yaml"
+    doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    doc["config"][f"{PROJECT}:services"]["Api_1"] = {"port": 70000}
+    stack.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    result = run_cli("render", "--config", stack, "--out", out)
+    assert result.returncode == 1
+    assert 'services.Api_1: "Api_1" is not a valid service name' in result.stderr
+    assert not out.exists()
+
+
+def test_unknown_stack_is_an_error(tmp_path: Path) -> None:
+    result = run_cli("render", "--stack", "nosuchstack", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "no stack config" in result.stderr
