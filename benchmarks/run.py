@@ -1,0 +1,232 @@
+"""Benchmarks of consul-tproxy-vms: prints a table and writes JSON. Not a test: figures, not verdicts.
+
+    venv/bin/python benchmarks/run.py [--runs 3] [--sizes 2 20 100] [--json out/benchmarks.json] [--no-suite]
+
+1. Program evaluation under the mock runtime, for meshes of N services (a chain of allow intentions),
+   best of --runs, each run in a fresh process: seconds, resources, resources per service, and
+   seconds per resource as a ratio to a baseline declaring as many bare aws.ec2.Instance resources
+   with user data of the same size, measured in the same run.
+2. User data bytes per VM as EC2 receives it (gzip), against EC2's 16,384-byte limit, also with 20
+   extra redirect exclusions of each kind.
+3. Blast radius: VMs whose user data changes when one service and two intentions are added to a
+   20-service mesh.
+4. Wall time of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from components import render  # noqa: E402 (after the path set-up above)
+from components.spec import load_spec  # noqa: E402
+from components.userdata import EC2_USER_DATA_LIMIT  # noqa: E402
+
+TARGET_RATIO = 1.5
+TARGET_SENT_BYTES = 8 * 1024
+
+
+def mesh_config(services: int, exclusions: int = 0) -> dict[str, Any]:
+    """services s000 -> s001 -> ... each calling the next, allowed by an intention."""
+    names = [f"s{i:03d}" for i in range(services)]
+    extra: dict[str, Any] = {}
+    if exclusions:
+        extra = {
+            "excludeInboundPorts": list(range(9500, 9500 + exclusions)),
+            "excludeOutboundPorts": list(range(5000, 5000 + exclusions)),
+            "excludeOutboundCidrs": [f"10.{i}.0.0/16" for i in range(exclusions)],
+            "excludeUids": list(range(2000, 2000 + exclusions)),
+        }
+    return {
+        "services": {
+            name: {"port": 9000 + i, **({"upstreams": [names[i + 1]]} if i + 1 < services else {}), **extra}
+            for i, name in enumerate(names)
+        },
+        "intentions": [
+            {"source": names[i], "destination": names[i + 1], "action": "allow"} for i in range(services - 1)
+        ],
+        "consulHttpAddr": "https://10.0.1.10:8501",
+        "consulRetryJoin": ["10.0.1.10"],
+        "consulToken": "placeholder",
+    }
+
+
+def plan(config: dict[str, Any]) -> render.PlanMocks:
+    mocks, _ = render.plan(load_spec(config), False, "bench")
+    return mocks
+
+
+# --- child processes: one measurement each, in a fresh interpreter --------------------------------
+
+
+def child_mesh(services: int) -> dict[str, Any]:
+    spec = load_spec(mesh_config(services))
+    start = time.perf_counter()
+    mocks, _ = render.plan(spec, False, "bench")
+    seconds = time.perf_counter() - start
+    sizes = [len(v) for v in render.user_data_by_vm(mocks).values()]
+    return {"seconds": seconds, "resources": len(mocks.resources), "userDataBase64Bytes": max(sizes)}
+
+
+def child_baseline(resources: int, user_data_bytes: int) -> dict[str, Any]:
+    import asyncio
+
+    import pulumi
+    import pulumi_aws as aws
+
+    payload = base64.b64encode(os.urandom(user_data_bytes * 3 // 4 + 3)).decode()[:user_data_bytes]
+    mocks = render.PlanMocks()
+
+    async def run() -> None:
+        render.set_plan_mocks(mocks, "baseline")
+        ids = [
+            aws.ec2.Instance(
+                f"vm-{i}", ami="ami-0123456789abcdef0", instance_type="t3.small", user_data_base64=payload
+            ).id
+            for i in range(resources)
+        ]
+        await render.settle(pulumi.Output.all(*ids))
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    return {"seconds": time.perf_counter() - start, "resources": len(mocks.resources)}
+
+
+def in_fresh_process(*args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def best_of(runs: int, *args: str) -> dict[str, Any]:
+    return min((in_fresh_process(*args) for _ in range(runs)), key=lambda r: r["seconds"])
+
+
+# --- the benchmarks ------------------------------------------------------------------------------
+
+
+def evaluation(sizes: list[int], runs: int) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        mesh = best_of(runs, "mesh", str(n))
+        base = best_of(runs, "baseline", str(mesh["resources"]), str(mesh["userDataBase64Bytes"]))
+        per_resource = mesh["seconds"] / mesh["resources"]
+        rows.append(
+            {
+                "services": n,
+                "seconds": round(mesh["seconds"], 3),
+                "resources": mesh["resources"],
+                "resourcesPerService": round(mesh["resources"] / n, 2),
+                "baselineSeconds": round(base["seconds"], 3),
+                "ratioToBaseline": round(per_resource / (base["seconds"] / base["resources"]), 2),
+            }
+        )
+    return rows
+
+
+def user_data_sizes() -> list[dict[str, Any]]:
+    rows = []
+    for label, config in [("demo-like", mesh_config(2)), ("20 exclusions of each kind", mesh_config(2, 20))]:
+        for vm, data in sorted(render.user_data_by_vm(plan(config)).items()):
+            packed = base64.b64decode(data)
+            rows.append(
+                {
+                    "case": label,
+                    "vm": vm,
+                    "plainBytes": len(gzip.decompress(packed)),
+                    "gzipBytes": len(packed),
+                    "base64Bytes": len(data),
+                    "limit": EC2_USER_DATA_LIMIT,
+                }
+            )
+    return rows
+
+
+def blast_radius() -> dict[str, Any]:
+    before = render.user_data_by_vm(plan(mesh_config(20)))
+    grown = mesh_config(20)
+    grown["services"]["extra"] = {"port": 7000}
+    grown["intentions"] += [
+        {"source": "extra", "destination": "s000", "action": "allow"},
+        {"source": "s019", "destination": "extra", "action": "deny"},
+    ]
+    after = render.user_data_by_vm(plan(grown))
+    changed = sorted(vm for vm in before if after.get(vm) != before[vm])
+    return {"existingVms": len(before), "changed": len(changed), "changedVms": changed}
+
+
+def suite_seconds() -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT, check=True, capture_output=True
+    )
+    return round(time.perf_counter() - start, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement, best kept (default 3)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 20, 100], help="mesh sizes in services")
+    parser.add_argument("--json", type=Path, default=ROOT / "out" / "benchmarks.json", help="where to write JSON")
+    parser.add_argument("--no-suite", action="store_true", help="skip timing the test suite")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        kind, *params = args.child
+        result = child_mesh(int(params[0])) if kind == "mesh" else child_baseline(int(params[0]), int(params[1]))
+        print(json.dumps(result))
+        return 0
+
+    results: dict[str, Any] = {"evaluation": evaluation(args.sizes, args.runs)}
+    print(f"Program evaluation under mocks (best of {args.runs}, fresh process each):")
+    print(f"  {'services':>8} {'seconds':>8} {'resources':>9} {'res/svc':>7} {'baseline s':>10} {'ratio':>6}")
+    for row in results["evaluation"]:
+        print(
+            f"  {row['services']:>8} {row['seconds']:>8.3f} {row['resources']:>9} {row['resourcesPerService']:>7}"
+            f" {row['baselineSeconds']:>10.3f} {row['ratioToBaseline']:>6.2f}"
+        )
+    by_size = {row["services"]: row for row in results["evaluation"]}
+    if 20 in by_size and 100 in by_size:
+        growth = by_size[100]["seconds"] / by_size[20]["seconds"]
+        results["growth20to100"] = round(growth, 2)
+        print(f"  20 -> 100 services: x{growth:.2f} time for x5 services (linear: x5)")
+    largest = results["evaluation"][-1]
+    print(f"  ratio at {largest['services']} services: {largest['ratioToBaseline']} (target <= {TARGET_RATIO})")
+
+    results["userData"] = user_data_sizes()
+    print(f"User data per VM (EC2 limit {EC2_USER_DATA_LIMIT} bytes; target <= {TARGET_SENT_BYTES} as sent, gzip):")
+    for row in results["userData"]:
+        print(
+            f"  {row['case']:28s} {row['vm']:6s} plain {row['plainBytes']:6d}  gzip {row['gzipBytes']:5d}"
+            f"  base64 {row['base64Bytes']:5d}"
+        )
+
+    results["blastRadius"] = blast_radius()
+    radius = results["blastRadius"]
+    print(f"Blast radius (+1 service, +2 intentions on 20): {radius['changed']} of {radius['existingVms']} VMs changed")
+
+    if not args.no_suite:
+        results["testSuiteSeconds"] = suite_seconds()
+        print(f"Test suite: {results['testSuiteSeconds']} s wall")
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

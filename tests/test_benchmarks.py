@@ -1,0 +1,28 @@
+"""The benchmark script keeps working (its figures are not judged here: no timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.mocks import ROOT
+
+
+def test_benchmark_script_runs_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--runs", "1", "--sizes", "2", "--no-suite", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    (row,) = data["evaluation"]
+    assert row["services"] == 2 and row["resources"] > 2 * 10
+    assert {r["case"] for r in data["userData"]} == {"demo-like", "20 exclusions of each kind"}
+    assert data["blastRadius"] == {"existingVms": 20, "changed": 0, "changedVms": []}
+    assert "Blast radius" in result.stdout
