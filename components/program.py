@@ -6,6 +6,7 @@ validated spec and returns the stack outputs, so tests and tools run it under Pu
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pulumi
@@ -37,6 +38,11 @@ def read_config() -> dict[str, Any]:
     return raw
 
 
+def dns_policy_name(stack: str) -> str:
+    """Consul policy names allow letters, digits, '-' and '_'; Pulumi stack names also allow '.'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{PROJECT}-{stack}-dns-read")[:128]
+
+
 def build(spec: MeshSpec, consul_token: pulumi.Input[str], gossip_key: pulumi.Input[str] | None) -> dict[str, Any]:
     """Declare the mesh described by `spec`; return the stack outputs (camelCase names)."""
     stack = pulumi.get_stack()
@@ -56,7 +62,7 @@ def build(spec: MeshSpec, consul_token: pulumi.Input[str], gossip_key: pulumi.In
         MeshDefaultsArgs(
             mesh_destinations_only=spec.mesh_destinations_only,
             protocols={name: svc.protocol for name, svc in spec.services.items()},
-            dns_policy_name=f"{PROJECT}-{stack}-dns-read",
+            dns_policy_name=dns_policy_name(stack),
             datacenter=spec.datacenter,
         ),
         opts=with_consul,

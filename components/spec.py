@@ -24,6 +24,7 @@ PROJECT = "consul-tproxy-vms"
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 DATACENTER = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+INSTANCE_TYPE = re.compile(r"^[a-z0-9-]+\.[a-z0-9]+$")
 
 ACTIONS = ("allow", "deny")
 PROTOCOLS = ("http", "http2", "grpc", "tcp")
@@ -357,13 +358,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
         health = None
 
     instance_type = raw.get("instanceType", default_instance_type)
-    _string(
-        instance_type,
-        f"{key}.instanceType",
-        problems,
-        re.compile(r"^[a-z0-9-]+\.[a-z0-9]+$"),
-        "an EC2 instance type such as t3.small",
-    )
+    _string(instance_type, f"{key}.instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
     uids = (
         _int(u, f"{key}.excludeUids[{i}]", problems, 0, 2**31 - 1, "a user ID")
         for i, u in enumerate(_list(raw.get("excludeUids", []), f"{key}.excludeUids", problems))
@@ -484,7 +479,10 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     def get(key: str) -> Any:
         return raw.get(key, DEFAULTS.get(key))
 
-    instance_type = _string(get("instanceType"), "instanceType", problems) or DEFAULTS["instanceType"]
+    instance_type = (
+        _string(get("instanceType"), "instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
+        or DEFAULTS["instanceType"]
+    )
     services: dict[str, ServiceSpec] = {}
     raw_services = _decode(raw.get("services"), "services", problems)
     if raw_services is not None and not isinstance(raw_services, Mapping):

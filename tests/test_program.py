@@ -106,6 +106,11 @@ class DemoStack(MockedTestCase):
         assert f'encrypt     = "{GOSSIP_KEY}"' in hcl
 
 
+def test_dns_policy_name_is_valid_for_consul_whatever_the_stack_name() -> None:
+    assert program.dns_policy_name("dev") == f"{PROJECT}-dev-dns-read"
+    assert program.dns_policy_name("team.prod") == f"{PROJECT}-team-prod-dns-read"
+
+
 class BadConfig(MockedTestCase):
     async def test_bad_config_fails_before_any_resource(self) -> None:
         bad_cases = [

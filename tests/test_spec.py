@@ -196,6 +196,7 @@ def test_duplicate_node_names() -> None:
         ({"consulToken": None}, "consulToken: null is missing"),
         ({"consulCaPem": "not a cert"}, 'consulCaPem: "<text>" is not a PEM certificate'),
         ({"amiId": "ubuntu"}, 'amiId: "ubuntu" is not an AMI id'),
+        ({"instanceType": "t3 small"}, 'instanceType: "t3 small" is not an EC2 instance type'),
         ({"vpcId": "vpc-0123456789abcdef0"}, "subnetId: null is missing: with vpcId set"),
         ({"services": "{not json"}, 'services: "{not json" is not valid JSON'),
     ],
