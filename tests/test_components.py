@@ -10,13 +10,11 @@ from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import DNS_READ_RULES, MeshDefaults, MeshDefaultsArgs
 from components.mesh_vm import AUTO_JOIN_POLICY, MeshVm, MeshVmArgs
 from components.network import MeshNetwork, MeshNetworkArgs
-from components.render import unwrap
+from components.render import SECRET_MARKER, unwrap
 from components.spec import PROJECT, IntentionSpec
 from components.userdata import decode_user_data
 from tests.helpers import recipe
 from tests.mocks import GOSSIP_KEY, MockedTestCase, is_secret, secret_id_of, value
-
-SECRET_MARKER = "4dabf18193072939515e22adb298388d"
 
 
 def vm_args(**overrides: Any) -> MeshVmArgs:
