@@ -39,7 +39,7 @@ from pulumi.runtime.stack import wait_for_rpcs
 
 from components.program import build
 from components.spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
-from components.userdata import EC2_USER_DATA_LIMIT, decode_user_data, unpack_cloud_config
+from components.userdata import EC2_USER_DATA_LIMIT, decode_user_data
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARKER = "4dabf18193072939515e22adb298388d"
@@ -122,33 +122,32 @@ async def settle(output: Any) -> Any:
     return result
 
 
-def unwrap(value: Any) -> Any:
-    """Inputs as the engine saw them, with secret values unwrapped."""
+def _map_secrets(value: Any, on_secret: Callable[[dict[str, Any]], Any]) -> Any:
+    """Engine inputs with every secret-marked value passed through `on_secret`."""
     if isinstance(value, dict):
         if SECRET_MARKER in value:
-            return unwrap(value["value"])
-        return {k: unwrap(v) for k, v in value.items()}
+            return on_secret(value)
+        return {k: _map_secrets(v, on_secret) for k, v in value.items()}
     if isinstance(value, list):
-        return [unwrap(v) for v in value]
+        return [_map_secrets(v, on_secret) for v in value]
     return value
+
+
+def unwrap(value: Any) -> Any:
+    """Inputs as the engine saw them, with secret values unwrapped."""
+    return _map_secrets(value, lambda secret: unwrap(secret["value"]))
 
 
 def masked(value: Any) -> Any:
     """Inputs for the plan, with secret values replaced by a mark."""
-    if isinstance(value, dict):
-        if SECRET_MARKER in value:
-            return "[secret]"
-        return {k: masked(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [masked(v) for v in value]
-    return value
+    return _map_secrets(value, lambda _: "[secret]")
 
 
 def load_stack_config(path: Path) -> dict[str, Any]:
     """This project's keys from a Pulumi stack file, without the namespace.
 
-    Secret values (`secure:` ciphertexts) and any plain value of a secret key are dropped: the render
-    never needs them and must never write them.
+    `secure:` ciphertexts are never kept, only the fact that the key is set; plan_spec then drops
+    every secret key's value, plain or not: the render never needs them and must never write them.
     """
     doc = yaml.safe_load(path.read_text()) or {}
     prefix = f"{PROJECT}:"
@@ -172,9 +171,9 @@ def plan_spec(config: Mapping[str, Any]) -> tuple[MeshSpec, bool]:
     return spec, gossip_key in config
 
 
-def plan(spec: MeshSpec, with_gossip_key: bool, stack: str, mocks: PlanMocks | None = None) -> tuple[PlanMocks, dict]:
+def plan(spec: MeshSpec, with_gossip_key: bool, stack: str) -> tuple[PlanMocks, dict]:
     """Run the program for `spec` under mocks; return the record and the resolved outputs."""
-    mocks = mocks or PlanMocks()
+    mocks = PlanMocks()
 
     async def run() -> dict:
         set_plan_mocks(mocks, stack)
@@ -253,12 +252,12 @@ def write_vm(out: Path, vm: str, user_data_b64: str) -> tuple[int, int]:
     base.mkdir(parents=True, exist_ok=True)
     (base / "user-data.yaml").write_text(text)
     (base / "user-data.gz.b64").write_text(user_data_b64 + "\n")
-    modes = {f["path"]: int(str(f.get("permissions", "0644")), 8) for f in yaml.safe_load(text)["write_files"]}
-    for path, content in unpack_cloud_config(text).items():
-        target = base / path.lstrip("/")
+    for file in yaml.safe_load(text)["write_files"]:
+        target = base / file["path"].lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-        target.chmod(modes[path] | 0o600)  # keep the VM's mode, but let the reader read it
+        target.write_text(file["content"])
+        # Keep the VM's mode, but let the reader read it.
+        target.chmod(int(str(file.get("permissions", "0644")), 8) | 0o600)
     return len(text.encode()), len(base64.b64decode(user_data_b64))
 
 
