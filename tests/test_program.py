@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 
 from components import program
-from components.render import unwrap
+from components.render import unwrap, user_data_by_vm
 from components.spec import PROJECT
 from components.userdata import decode_user_data, unpack_cloud_config
 from tests.mocks import CONSUL_TOKEN, GOSSIP_KEY, STACK, MockedTestCase, demo_config, is_secret, secret_id_of, value
@@ -17,8 +17,7 @@ DEMO = {**demo_config(), "consulToken": CONSUL_TOKEN}
 
 
 def user_data_of(mocks: Any, service: str) -> str:
-    instance = mocks.named(f"{service}-instance")
-    return decode_user_data(unwrap(instance.inputs["userDataBase64"]))
+    return decode_user_data(user_data_by_vm(mocks)[service])
 
 
 class DemoStack(MockedTestCase):
@@ -141,10 +140,7 @@ class BlastRadius(MockedTestCase):
         self.mocks.resources.clear()
         self.set_config(config)
         await value(program.main())
-        return {
-            r.name.removesuffix("-instance"): unwrap(r.inputs["userDataBase64"])
-            for r in self.mocks.of_type("aws:ec2/instance:Instance")
-        }
+        return user_data_by_vm(self.mocks)
 
     async def test_new_service_and_intention_changes_replace_no_vm(self) -> None:
         before = await self.user_data(DEMO)
