@@ -2,37 +2,47 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
-import pulumi_aws as aws
 import pulumi_consul as consul
 
-from components.spec import ENVOY_PUBLIC_PORT, PROJECT, SSH_PORT
+from components import ec2
+from components.spec import ENVOY_PUBLIC_PORT, PROJECT, SSH_PORT, ServiceSpec
 from components.userdata import VmRecipe, VmSecrets, encode_user_data, render_cloud_config
 
-UBUNTU_OWNER = "099720109477"  # Canonical
-UBUNTU_IMAGE = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
-SERF_LAN_PORT = 8301
 
-ASSUME_ROLE_EC2 = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-    }
-)
-# All that Consul's cloud auto-join (retry_join = "provider=aws ...") calls.
-AUTO_JOIN_POLICY = json.dumps(
-    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}]}
-)
+@dataclass
+class ConsulJoinArgs:
+    """How a VM's agent joins the cluster. Inputs, so a consumer project can pass stack outputs."""
+
+    datacenter: pulumi.Input[str]
+    """Consul datacenter of the servers."""
+    retry_join: pulumi.Input[Sequence[str]]
+    """Server addresses, or a cloud auto-join string ("provider=aws tag_key=... tag_value=...")."""
+    ca_pem: pulumi.Input[str] | None = None
+    """The servers' CA certificate: when set (not None or empty), the agent uses TLS and auto_encrypt."""
+    grpc_ca_pem: pulumi.Input[str] | None = None
+    """CA of the agents' auto_encrypt certificates (the Connect CA): when set, Envoy reaches its agent
+    over gRPC TLS. Otherwise over plaintext gRPC bound to loopback."""
+    gossip_key: pulumi.Input[str] | None = None
+    """The cluster's gossip encryption key (a secret), if it has one."""
+    cloud_auto_join: bool | None = None
+    """Grant the VM ec2:DescribeInstances, which cloud auto-join needs. None: decided from retry_join,
+    which must then be a plain list (an Output's value is not known when resources are declared)."""
 
 
 @dataclass
 class MeshVmArgs:
-    recipe: VmRecipe
-    """What goes onto the VM: its service, the datacenter, pinned versions, how to reach the servers."""
+    service: ServiceSpec
+    """The service this VM runs: name, port, application, redirect exclusions, instance type."""
+    consul_version: str
+    """Consul version to install (apt package consul=<version>-*)."""
+    envoy_version: str
+    """Envoy version to install (apt package hashicorp-envoy=<version>-*); supported by consul_version."""
+    cluster: ConsulJoinArgs
+    """The cluster the agent joins."""
     subnet_id: pulumi.Input[str]
     """Subnet the VM is placed in."""
     vpc_id: pulumi.Input[str]
@@ -43,8 +53,6 @@ class MeshVmArgs:
     """ACL policy added to the node token so that DNS works under the default token."""
     admin_cidrs: Sequence[str] = ()
     """Networks SSH is open to. Empty: no SSH from the network at all."""
-    gossip_key: pulumi.Input[str] | None = None
-    """The cluster's gossip encryption key (a secret), if it has one."""
     ami_id: pulumi.Input[str] | None = None
     """Image to boot. None: the newest Ubuntu 24.04 LTS image from Canonical."""
     key_name: str | None = None
@@ -53,16 +61,29 @@ class MeshVmArgs:
     """Extra tags for every taggable resource of the VM."""
 
 
+def _cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
+    if cluster.cloud_auto_join is not None:
+        return cluster.cloud_auto_join
+    if isinstance(cluster.retry_join, (list, tuple)) and all(isinstance(t, str) for t in cluster.retry_join):
+        return ec2.is_cloud_auto_join(cluster.retry_join)
+    raise ValueError(
+        "ConsulJoinArgs.cloud_auto_join must be set when retry_join is an Output: "
+        "True when agents join by cloud auto-join (provider=aws ...), else False"
+    )
+
+
 class MeshVm(pulumi.ComponentResource):
     """The VM of one mesh service: its two ACL tokens, IAM role, security group and instance.
 
-    Its user data is rendered from the recipe and the tokens' secret IDs, so it is a secret; it holds
-    nothing about other services or intentions, so the mesh can change around the VM without
-    replacing it. A change to the recipe itself does replace it (cloud-init runs once per instance).
+    Its user data is rendered from the service, the cluster's join settings and the tokens' secret
+    IDs, so it is a secret; it holds nothing about other services or intentions, so the mesh can
+    change around the VM without replacing it. A change to its own recipe does replace it
+    (cloud-init runs once per instance).
     """
 
     instance_id: pulumi.Output[str]
     private_ip: pulumi.Output[str]
+    public_ip: pulumi.Output[str]
     node_name: pulumi.Output[str]
     virtual_hostname: pulumi.Output[str]
     port: pulumi.Output[int]
@@ -72,14 +93,15 @@ class MeshVm(pulumi.ComponentResource):
     def __init__(self, name: str, args: MeshVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PROJECT}:index:MeshVm", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        recipe = args.recipe
-        svc = recipe.service
+        svc = args.service
+        cluster = args.cluster
+        auto_join = _cloud_auto_join(cluster)
         tags = {**args.tags, "consul-tproxy-vms:service": svc.name, "consul-tproxy-vms:node": svc.node_name}
 
         agent_token = consul.AclToken(
             f"{name}-agent-token",
             description=f"{PROJECT}: agent and default token of node {svc.node_name}",
-            node_identities=[consul.AclTokenNodeIdentityArgs(node_name=svc.node_name, datacenter=recipe.datacenter)],
+            node_identities=[consul.AclTokenNodeIdentityArgs(node_name=svc.node_name, datacenter=cluster.datacenter)],
             policies=[args.dns_policy_name],
             opts=child,
         )
@@ -87,103 +109,82 @@ class MeshVm(pulumi.ComponentResource):
             f"{name}-service-token",
             description=f"{PROJECT}: registration and Envoy token of service {svc.name}",
             service_identities=[
-                consul.AclTokenServiceIdentityArgs(service_name=svc.name, datacenters=[recipe.datacenter])
+                consul.AclTokenServiceIdentityArgs(
+                    service_name=svc.name, datacenters=pulumi.Output.from_input(cluster.datacenter).apply(lambda d: [d])
+                )
             ],
             opts=child,
         )
-        secrets = pulumi.Output.all(
-            agent=self._secret_id(agent_token),
-            service=self._secret_id(service_token),
-            gossip=pulumi.Output.secret(args.gossip_key) if args.gossip_key is not None else None,
-        ).apply(lambda s: VmSecrets(agent_token=s["agent"], service_token=s["service"], gossip_key=s["gossip"]))
+
+        def render(v: dict[str, object]) -> str:
+            recipe = VmRecipe(
+                service=svc,
+                datacenter=str(v["datacenter"]),
+                consul_version=args.consul_version,
+                envoy_version=args.envoy_version,
+                retry_join=tuple(v["retry_join"]),  # type: ignore[arg-type]
+                ca_pem=str(v["ca"]) if v["ca"] else None,
+                grpc_ca_pem=str(v["grpc_ca"]) if v["grpc_ca"] else None,
+            )
+            if ec2.is_cloud_auto_join(recipe.retry_join) and not auto_join:
+                raise ValueError(f"{name}: retry_join uses cloud auto-join, but cloud_auto_join is False")
+            secrets = VmSecrets(
+                agent_token=str(v["agent"]),
+                service_token=str(v["service"]),
+                gossip_key=str(v["gossip"]) if v["gossip"] else None,
+            )
+            return render_cloud_config(recipe, secrets)
+
         # The secret IDs are wrapped in Output.secret, so everything rendered from them is secret too.
-        cloud_config = pulumi.Output.secret(secrets.apply(lambda s: render_cloud_config(recipe, s)))
-
-        role = aws.iam.Role(
-            f"{name}-role",
-            assume_role_policy=ASSUME_ROLE_EC2,
-            description=f"{PROJECT}: VM of mesh service {svc.name}",
-            tags=tags,
-            opts=child,
+        cloud_config = pulumi.Output.secret(
+            pulumi.Output.all(
+                datacenter=cluster.datacenter,
+                retry_join=cluster.retry_join,
+                ca=cluster.ca_pem,
+                grpc_ca=cluster.grpc_ca_pem,
+                gossip=pulumi.Output.secret(cluster.gossip_key) if cluster.gossip_key is not None else None,
+                agent=self._secret_id(agent_token),
+                service=self._secret_id(service_token),
+            ).apply(render)
         )
-        if any(target.startswith("provider=aws") for target in recipe.retry_join):
-            aws.iam.RolePolicy(f"{name}-auto-join", role=role.id, policy=AUTO_JOIN_POLICY, opts=child)
-        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
 
-        group = aws.ec2.SecurityGroup(
-            f"{name}-sg",
-            vpc_id=args.vpc_id,
-            description=f"Mesh VM of {svc.name}: Envoy and gossip from mesh members, SSH from admins",
-            tags={**tags, "Name": f"{name}-sg"},
-            opts=child,
-        )
+        profile = ec2.instance_profile(name, f"VM of mesh service {svc.name}", auto_join, tags, self)
         # The application's own port gets no rule: it listens on loopback and is reached only via
         # Envoy's public listener.
-        peer_rules = [
-            ("envoy", "tcp", ENVOY_PUBLIC_PORT, "Envoy public listener (mTLS) from mesh members"),
-            ("gossip-tcp", "tcp", SERF_LAN_PORT, "Consul LAN gossip from mesh members"),
-            ("gossip-udp", "udp", SERF_LAN_PORT, "Consul LAN gossip from mesh members"),
-        ]
-        for rule, protocol, port, description in peer_rules:
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-{rule}",
-                security_group_id=group.id,
-                referenced_security_group_id=args.mesh_security_group_id,
-                ip_protocol=protocol,
-                from_port=port,
-                to_port=port,
-                description=description,
-                opts=child,
-            )
-        for index, cidr in enumerate(args.admin_cidrs):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-ssh-{index}",
-                security_group_id=group.id,
-                cidr_ipv4=cidr,
-                ip_protocol="tcp",
-                from_port=SSH_PORT,
-                to_port=SSH_PORT,
-                description="SSH from an admin network",
-                opts=child,
-            )
-        # Packages, Consul servers and peers' Envoys: outbound is open, the mesh decides the rest.
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-egress",
-            security_group_id=group.id,
-            cidr_ipv4="0.0.0.0/0",
-            ip_protocol="-1",
-            description="All outbound traffic",
-            opts=child,
+        group = ec2.security_group(
+            name,
+            args.vpc_id,
+            f"Mesh VM of {svc.name}: Envoy and gossip from mesh members, SSH from admins",
+            [
+                ec2.Ingress(
+                    "envoy",
+                    "tcp",
+                    ENVOY_PUBLIC_PORT,
+                    "Envoy public listener (mTLS) from mesh members",
+                    args.mesh_security_group_id,
+                ),
+                *ec2.gossip_ingress(args.mesh_security_group_id),
+                *ec2.admin_ingress("ssh", SSH_PORT, "SSH", args.admin_cidrs),
+            ],
+            tags,
+            self,
         )
-
-        ami = args.ami_id
-        if ami is None:
-            ami = aws.ec2.get_ami_output(
-                most_recent=True,
-                owners=[UBUNTU_OWNER],
-                filters=[{"name": "name", "values": [UBUNTU_IMAGE]}],
-                opts=pulumi.InvokeOutputOptions(parent=self),
-            ).id
-        instance = aws.ec2.Instance(
-            f"{name}-instance",
-            ami=ami,
+        instance = ec2.instance(
+            name,
+            ami_id=args.ami_id,
             instance_type=svc.instance_type,
             subnet_id=args.subnet_id,
-            vpc_security_group_ids=[group.id, args.mesh_security_group_id],
-            iam_instance_profile=profile.name,
+            security_group_ids=[group.id, args.mesh_security_group_id],
+            profile=profile,
             key_name=args.key_name,
-            user_data_base64=pulumi.Output.secret(cloud_config.apply(encode_user_data)),
-            user_data_replace_on_change=True,
-            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_tokens="required", http_endpoint="enabled", http_put_response_hop_limit=1
-            ),
-            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(encrypted=True, volume_type="gp3"),
-            tags={**tags, "Name": f"{name}"},
-            opts=child,
+            user_data_base64=cloud_config.apply(encode_user_data),
+            tags=tags,
+            parent=self,
         )
 
         self.instance_id = instance.id
         self.private_ip = instance.private_ip
+        self.public_ip = instance.public_ip
         self.node_name = pulumi.Output.from_input(svc.node_name)
         self.virtual_hostname = pulumi.Output.from_input(svc.virtual_hostname)
         self.port = pulumi.Output.from_input(svc.port)
@@ -192,6 +193,7 @@ class MeshVm(pulumi.ComponentResource):
             {
                 "instanceId": self.instance_id,
                 "privateIp": self.private_ip,
+                "publicIp": self.public_ip,
                 "nodeName": self.node_name,
                 "virtualHostname": self.virtual_hostname,
                 "port": self.port,

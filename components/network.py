@@ -1,8 +1,9 @@
-"""MeshNetwork: where mesh VMs live, and the security group that makes a VM a mesh member."""
+"""MeshNetwork: where the VMs live, and the security group that makes a VM a mesh member."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
@@ -12,62 +13,115 @@ from components.spec import PROJECT
 
 @dataclass
 class MeshNetworkArgs:
+    subnet_ids: Sequence[str] = ()
+    """Existing subnets for the VMs. Empty: the component creates a VPC and its subnets."""
     vpc_id: str | None = None
-    """An existing VPC. With neither this nor subnet_id, the region's default VPC is used."""
-    subnet_id: str | None = None
-    """An existing subnet for the VMs; its VPC is looked up when vpc_id is not given."""
+    """The existing subnets' VPC; looked up from the first subnet when not given."""
+    vpc_cidr: str = "10.42.0.0/16"
+    """Address range of the VPC to create."""
+    subnet_cidrs: Sequence[str] = ()
+    """Subnets to create, one per availability zone, in zone order (see NetworkSpec.subnet_cidrs)."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Extra tags for every taggable resource."""
 
 
-def _first_subnet(ids: list[str]) -> str:
-    if not ids:
-        raise pulumi.RunError("the default VPC has no default subnet: set subnetId (and vpcId) in stack config")
-    # The API does not promise an order; the smallest id keeps the choice stable across runs.
-    return sorted(ids)[0]
+def _zone(names: list[str], index: int) -> str:
+    if index >= len(names):
+        raise pulumi.RunError(
+            f"zoneCount: {index + 1} zones asked for, but the region has {len(names)} available: lower zoneCount"
+        )
+    return names[index]
 
 
 class MeshNetwork(pulumi.ComponentResource):
-    """Resolves the VPC and subnet, and creates the mesh membership security group.
+    """The VPC and subnets (created, or given), and the mesh membership security group.
+
+    A created VPC has public subnets behind an internet gateway: the VMs install Consul and Envoy
+    from HashiCorp's apt repository at boot, and Pulumi reaches the servers' API from outside. Every
+    security group in the stack admits only what the mesh needs, so a public address opens nothing
+    else.
 
     The membership group carries no rules of its own: each VM's group admits peers by membership
-    of this one (Envoy's public listener, gossip), so a new member needs no change to the others.
+    of this one (Envoy's public listener, gossip, server RPC), so a new member needs no change to
+    the others.
     """
 
     vpc_id: pulumi.Output[str]
-    subnet_id: pulumi.Output[str]
+    subnet_ids: list[pulumi.Output[str]]
     mesh_security_group_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: MeshNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PROJECT}:index:MeshNetwork", name, None, opts)
-        invoke = pulumi.InvokeOutputOptions(parent=self)
-        if args.subnet_id:
-            subnet_id = pulumi.Output.from_input(args.subnet_id)
-            vpc_id = (
+        child = pulumi.ResourceOptions(parent=self)
+        tags = dict(args.tags)
+        if args.subnet_ids:
+            self.subnet_ids = [pulumi.Output.from_input(s) for s in args.subnet_ids]
+            self.vpc_id = (
                 pulumi.Output.from_input(args.vpc_id)
                 if args.vpc_id
-                else aws.ec2.get_subnet_output(id=args.subnet_id, opts=invoke).vpc_id
+                else aws.ec2.get_subnet_output(
+                    id=args.subnet_ids[0], opts=pulumi.InvokeOutputOptions(parent=self)
+                ).vpc_id
             )
         else:
-            vpc_id = aws.ec2.get_vpc_output(default=True, opts=invoke).id
-            subnets = aws.ec2.get_subnets_output(
-                filters=[
-                    {"name": "vpc-id", "values": [vpc_id]},
-                    {"name": "default-for-az", "values": ["true"]},
-                ],
-                opts=invoke,
+            if not args.subnet_cidrs:
+                raise ValueError("MeshNetworkArgs: give subnet_ids (existing subnets) or subnet_cidrs (to create)")
+            vpc = aws.ec2.Vpc(
+                f"{name}-vpc",
+                cidr_block=args.vpc_cidr,
+                enable_dns_support=True,
+                enable_dns_hostnames=True,
+                tags={**tags, "Name": f"{name}-vpc"},
+                opts=child,
             )
-            subnet_id = subnets.ids.apply(_first_subnet)
+            gateway = aws.ec2.InternetGateway(
+                f"{name}-igw", vpc_id=vpc.id, tags={**tags, "Name": f"{name}-igw"}, opts=child
+            )
+            routes = aws.ec2.RouteTable(
+                f"{name}-public", vpc_id=vpc.id, tags={**tags, "Name": f"{name}-public"}, opts=child
+            )
+            aws.ec2.Route(
+                f"{name}-default-route",
+                route_table_id=routes.id,
+                destination_cidr_block="0.0.0.0/0",
+                gateway_id=gateway.id,
+                opts=child,
+            )
+            zones = aws.get_availability_zones_output(
+                state="available",
+                # Zones that need no opt-in: a fresh account has them all.
+                filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+                opts=pulumi.InvokeOutputOptions(parent=self),
+            )
+            self.subnet_ids = []
+            for index, cidr in enumerate(args.subnet_cidrs):
+                subnet = aws.ec2.Subnet(
+                    f"{name}-subnet-{index}",
+                    vpc_id=vpc.id,
+                    cidr_block=cidr,
+                    availability_zone=zones.names.apply(lambda names, i=index: _zone(names, i)),
+                    map_public_ip_on_launch=True,
+                    tags={**tags, "Name": f"{name}-subnet-{index}"},
+                    opts=child,
+                )
+                aws.ec2.RouteTableAssociation(
+                    f"{name}-subnet-{index}-public", subnet_id=subnet.id, route_table_id=routes.id, opts=child
+                )
+                self.subnet_ids.append(subnet.id)
+            self.vpc_id = vpc.id
 
         members = aws.ec2.SecurityGroup(
             f"{name}-members",
-            vpc_id=vpc_id,
+            vpc_id=self.vpc_id,
             description=f"Members of the {PROJECT} mesh {name}; peers are admitted by membership",
-            tags={"Name": f"{name}-members", "consul-tproxy-vms:mesh": name},
-            opts=pulumi.ResourceOptions(parent=self),
+            tags={**tags, "Name": f"{name}-members", "consul-tproxy-vms:mesh": name},
+            opts=child,
         )
-
-        self.vpc_id = vpc_id
-        self.subnet_id = subnet_id
         self.mesh_security_group_id = members.id
         self.register_outputs(
-            {"vpcId": self.vpc_id, "subnetId": self.subnet_id, "meshSecurityGroupId": self.mesh_security_group_id}
+            {"vpcId": self.vpc_id, "subnetIds": self.subnet_ids, "meshSecurityGroupId": self.mesh_security_group_id}
         )
+
+    def subnet_for(self, index: int) -> pulumi.Output[str]:
+        """The subnet of the index-th VM: VMs are spread over the subnets (and so the zones) in turn."""
+        return self.subnet_ids[index % len(self.subnet_ids)]

@@ -6,18 +6,27 @@ validated spec and returns the stack outputs, so tests and tools run it under Pu
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import re
+import urllib.request
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pulumi
 import pulumi_consul as consul
 
+from components.consul_server import ConsulServer, ConsulServerArgs
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
-from components.mesh_vm import MeshVm, MeshVmArgs
+from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
 from components.network import MeshNetwork, MeshNetworkArgs
-from components.spec import PROJECT, SECRET_KEYS, TOP_LEVEL_KEYS, MeshSpec, MeshSpecError, load_spec
-from components.userdata import VmRecipe
+from components.readiness import ConsulReady
+from components.spec import DEPLOYER, PROJECT, SECRET_KEYS, TOP_LEVEL_KEYS, MeshSpec, MeshSpecError, load_spec
+
+# Answers with the caller's public IPv4 address; used only when adminCidrs names "deployer".
+DEPLOYER_LOOKUP_URL = "https://checkip.amazonaws.com"
 
 
 def read_config() -> dict[str, Any]:
@@ -43,20 +52,127 @@ def dns_policy_name(stack: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"{PROJECT}-{stack}-dns-read")[:128]
 
 
-def build(spec: MeshSpec, consul_token: pulumi.Input[str], gossip_key: pulumi.Input[str] | None) -> dict[str, Any]:
-    """Declare the mesh described by `spec`; return the stack outputs (camelCase names)."""
+def join_tag_value(stack: str) -> str:
+    """The EC2 tag value that marks this stack's servers: unique per project and stack."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{PROJECT}-{stack}")[:255]
+
+
+def deployer_cidr(url: str = DEPLOYER_LOOKUP_URL, timeout: float = 10.0) -> str:
+    """This machine's public IPv4 address as a /32, as `url` (which answers the caller's address) sees it."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            answer = response.read(64).decode(errors="replace").strip()
+    except (OSError, http.client.HTTPException) as err:
+        raise MeshSpecError([f"adminCidrs: {DEPLOYER!r} could not be resolved: {url} did not answer ({err})"]) from None
+    try:
+        address = ipaddress.IPv4Address(answer)
+    except ValueError:
+        raise MeshSpecError(
+            [f"adminCidrs: {DEPLOYER!r} could not be resolved: {url} answered {answer!r}, not an IPv4 address"]
+        ) from None
+    return f"{address}/32"
+
+
+def resolve_admin_cidrs(spec: MeshSpec, lookup: Callable[[], str] = deployer_cidr) -> MeshSpec:
+    """Replace the "deployer" entry of adminCidrs with this machine's address (looked up once)."""
+    if DEPLOYER not in spec.admin_cidrs:
+        return spec
+    cidrs = {c for c in spec.admin_cidrs if c != DEPLOYER} | {lookup()}
+    return replace(spec, admin_cidrs=tuple(sorted(cidrs)))
+
+
+def _split_addr(http_addr: str) -> tuple[str, str]:
+    """https://host:port -> ("https", "host:port"), as the consul provider takes them."""
+    scheme, _, rest = http_addr.partition("://")
+    return scheme, rest.rstrip("/")
+
+
+def build(
+    spec: MeshSpec, consul_token: pulumi.Input[str] | None = None, gossip_key: pulumi.Input[str] | None = None
+) -> dict[str, Any]:
+    """Declare the mesh described by `spec`; return the stack outputs (camelCase names).
+
+    `consul_token` and `gossip_key` are the existing cluster's (secrets); a stack that creates its
+    servers generates its own and takes neither.
+    """
     stack = pulumi.get_stack()
+    tags = {"consul-tproxy-vms:stack": stack}
+    net = spec.network
+    network = MeshNetwork(
+        "network",
+        MeshNetworkArgs(
+            subnet_ids=net.subnet_ids,
+            vpc_id=net.vpc_id,
+            vpc_cidr=net.vpc_cidr,
+            subnet_cidrs=net.subnet_cidrs() if net.creates_vpc else (),
+            tags=tags,
+        ),
+    )
+
+    outputs: dict[str, Any] = {}
+    if spec.servers is not None:
+        server = ConsulServer(
+            "consul-server",
+            ConsulServerArgs(
+                datacenter=spec.datacenter,
+                consul_version=spec.consul_version,
+                count=spec.servers.count,
+                instance_type=spec.servers.instance_type,
+                join_tag_value=join_tag_value(stack),
+                subnet_ids=network.subnet_ids,
+                vpc_id=network.vpc_id,
+                mesh_security_group_id=network.mesh_security_group_id,
+                admin_cidrs=spec.admin_cidrs,
+                ami_id=spec.ami_id,
+                key_name=spec.ssh_key_name,
+                tags=tags,
+            ),
+        )
+        http_addr: pulumi.Input[str] = server.http_addr
+        token: pulumi.Output[str] = server.management_token
+        ca_pem: pulumi.Input[str] | None = server.ca_pem
+        # The servers' CA is their Connect CA too: Envoy verifies the agent's gRPC TLS with it.
+        grpc_ca_pem: pulumi.Input[str] | None = server.ca_pem
+        gossip: pulumi.Output[str] | None = server.gossip_key
+        retry_join = server.retry_join
+        ready_after: list[pulumi.Resource] = [server]
+        triggers: list[pulumi.Output[str]] = server.instance_ids
+        outputs["consulServers"] = server.servers
+    else:
+        cluster = spec.consul
+        assert cluster is not None
+        if consul_token is None:
+            raise ValueError("build: an existing cluster needs its token (consulToken)")
+        http_addr, token, ca_pem, grpc_ca_pem = (
+            cluster.http_addr,
+            pulumi.Output.secret(consul_token),
+            cluster.ca_pem,
+            None,
+        )
+        gossip = pulumi.Output.secret(gossip_key) if gossip_key is not None else None
+        retry_join, ready_after, triggers = list(cluster.retry_join), [], []
+
+    # The provider's address and token come from the gate: every consul resource waits for it.
+    ready = ConsulReady(
+        "consul-ready",
+        http_addr=http_addr,
+        token=token,
+        ca_pem=ca_pem,
+        timeout_seconds=spec.ready_timeout_seconds,
+        triggers=triggers,
+        opts=pulumi.ResourceOptions(depends_on=ready_after),
+    )
+    address = ready.http_addr.apply(_split_addr)
     provider = consul.Provider(
         "consul",
-        address=spec.consul.address,
-        scheme=spec.consul.scheme,
+        address=address.apply(lambda a: a[1]),
+        scheme=address.apply(lambda a: a[0]),
         datacenter=spec.datacenter,
-        token=pulumi.Output.secret(consul_token),
-        ca_pem=spec.consul.ca_pem,
+        token=pulumi.Output.secret(ready.token),
+        ca_pem=ca_pem,
     )
     with_consul = pulumi.ResourceOptions(providers=[provider])
 
-    network = MeshNetwork("network", MeshNetworkArgs(vpc_id=spec.vpc_id, subnet_id=spec.subnet_id))
     defaults = MeshDefaults(
         "defaults",
         MeshDefaultsArgs(
@@ -67,32 +183,29 @@ def build(spec: MeshSpec, consul_token: pulumi.Input[str], gossip_key: pulumi.In
         ),
         opts=with_consul,
     )
-    gossip = pulumi.Output.secret(gossip_key) if gossip_key is not None else None
+    join = ConsulJoinArgs(
+        datacenter=spec.datacenter, retry_join=retry_join, ca_pem=ca_pem, grpc_ca_pem=grpc_ca_pem, gossip_key=gossip
+    )
     vms = {
         name: MeshVm(
             name,
             MeshVmArgs(
-                recipe=VmRecipe(
-                    service=svc,
-                    datacenter=spec.datacenter,
-                    consul_version=spec.consul_version,
-                    envoy_version=spec.envoy_version,
-                    retry_join=spec.consul.retry_join,
-                    ca_pem=spec.consul.ca_pem,
-                ),
-                subnet_id=network.subnet_id,
+                service=svc,
+                consul_version=spec.consul_version,
+                envoy_version=spec.envoy_version,
+                cluster=join,
+                subnet_id=network.subnet_for(index),
                 vpc_id=network.vpc_id,
                 mesh_security_group_id=network.mesh_security_group_id,
                 dns_policy_name=defaults.dns_policy_name,
                 admin_cidrs=spec.admin_cidrs,
-                gossip_key=gossip,
                 ami_id=spec.ami_id,
                 key_name=spec.ssh_key_name,
-                tags={"consul-tproxy-vms:stack": stack},
+                tags=tags,
             ),
             opts=with_consul,
         )
-        for name, svc in spec.services.items()
+        for index, (name, svc) in enumerate(sorted(spec.services.items()))
     }
     # Intentions wait for the service-defaults so that protocol-dependent (L7) rules are accepted.
     intentions = ServiceIntentions(
@@ -101,44 +214,54 @@ def build(spec: MeshSpec, consul_token: pulumi.Input[str], gossip_key: pulumi.In
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
     )
 
-    outputs: dict[str, Any] = {
-        "services": {
-            name: {
-                "instanceId": vm.instance_id,
-                "privateIp": vm.private_ip,
-                "nodeName": vm.node_name,
-                "virtualHostname": vm.virtual_hostname,
-                "port": vm.port,
-            }
-            for name, vm in vms.items()
-        },
-        "intentions": intentions.applied,
-        "consulHttpAddr": spec.consul.http_addr,
-        "consulDatacenter": spec.datacenter,
-        "consulRetryJoin": list(spec.consul.retry_join),
-        "consulCaPem": spec.consul.ca_pem,
-        "consulVersion": spec.consul_version,
-        "envoyVersion": spec.envoy_version,
-        "dnsPolicyName": defaults.dns_policy_name,
-        "vpcId": network.vpc_id,
-        "subnetId": network.subnet_id,
-        "meshSecurityGroupId": network.mesh_security_group_id,
-    }
+    outputs.update(
+        {
+            "services": {
+                name: {
+                    "instanceId": vm.instance_id,
+                    "privateIp": vm.private_ip,
+                    "publicIp": vm.public_ip,
+                    "nodeName": vm.node_name,
+                    "virtualHostname": vm.virtual_hostname,
+                    "port": vm.port,
+                }
+                for name, vm in vms.items()
+            },
+            "intentions": intentions.applied,
+            "consulHttpAddr": ready.http_addr,
+            "consulUiUrl": ready.http_addr.apply(lambda a: f"{a}/ui/"),
+            "consulDatacenter": spec.datacenter,
+            "consulRetryJoin": retry_join,
+            "consulCaPem": ca_pem,
+            "consulGrpcCaPem": grpc_ca_pem,
+            "consulManagementToken": pulumi.Output.secret(token),
+            "consulVersion": spec.consul_version,
+            "envoyVersion": spec.envoy_version,
+            "dnsPolicyName": defaults.dns_policy_name,
+            "vpcId": network.vpc_id,
+            "subnetIds": network.subnet_ids,
+            "meshSecurityGroupId": network.mesh_security_group_id,
+        }
+    )
     if gossip is not None:
         outputs["consulGossipKey"] = gossip
     return outputs
 
 
-def main() -> dict[str, Any]:
-    """Read and validate the stack's config, then declare and export the mesh."""
+def main(deployer_lookup: Callable[[], str] = deployer_cidr) -> dict[str, Any]:
+    """Read and validate the stack's config, then declare and export the mesh.
+
+    `deployer_lookup` gives this machine's public address for adminCidrs "deployer" (tests pass
+    their own: they never go online).
+    """
     try:
-        spec = load_spec(read_config())
+        spec = resolve_admin_cidrs(load_spec(read_config()), deployer_lookup)
     except MeshSpecError as err:
         # RunError: Pulumi prints the message alone, without a traceback; nothing was declared.
         raise pulumi.RunError(str(err)) from None
     config = pulumi.Config()
     token_key, gossip_key_name = SECRET_KEYS
-    outputs = build(spec, config.require_secret(token_key), config.get_secret(gossip_key_name))
+    outputs = build(spec, config.get_secret(token_key), config.get_secret(gossip_key_name))
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs

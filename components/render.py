@@ -37,13 +37,16 @@ from pulumi.runtime import settings
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 
-from components.program import build
+from components.program import build, resolve_admin_cidrs
 from components.spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
 from components.userdata import EC2_USER_DATA_LIMIT, decode_user_data
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARKER = "4dabf18193072939515e22adb298388d"
 INSTANCE = "aws:ec2/instance:Instance"
+READY = "pulumi-python:dynamic/consul-tproxy-vms:ConsulReady"
+# adminCidrs "deployer" stands for this machine's address; the render never goes online to learn it.
+DEPLOYER_STAND_IN = "192.0.2.1/32"
 
 
 def placeholder(what: str) -> str:
@@ -62,11 +65,35 @@ class PlanMocks(pulumi.runtime.Mocks):
     def secret_id(self, accessor_id: str) -> str:
         return placeholder(f"SecretID of ACL token {accessor_id.removeprefix('accessor-')}")
 
+    def generated(self, what: str) -> str:
+        """A value the stack generates in secret (a token, a key): never a real one."""
+        return placeholder(what)
+
+    def pem(self, kind: str, name: str) -> str:
+        return f"-----BEGIN {kind}-----\n{self.generated(name) if 'KEY' in kind else name}\n-----END {kind}-----\n"
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.resources.append(args)
         state = dict(args.inputs)
+        count = len(self.of_type(args.typ))
         if args.typ == INSTANCE:
-            state["privateIp"] = f"10.0.1.{len(self.of_type(INSTANCE)) + 9}"
+            state["privateIp"] = f"10.42.0.{count + 9}"
+            state["publicIp"] = f"198.51.100.{count + 9}"
+        elif args.typ == "aws:ec2/eip:Eip":
+            state.update(publicIp=f"203.0.113.{count + 9}", allocationId=f"eipalloc-{args.name}")
+        elif args.typ == "random:index/randomUuid:RandomUuid":
+            state["result"] = self.generated(f"{args.name} (uuid)")
+        elif args.typ == "random:index/randomBytes:RandomBytes":
+            state["base64"] = self.generated(f"{args.name} (base64)")
+        elif args.typ == "tls:index/privateKey:PrivateKey":
+            state["privateKeyPem"] = self.pem("EC PRIVATE KEY", f"{args.name} private key")
+            state["publicKeyPem"] = self.pem("PUBLIC KEY", args.name)
+        elif args.typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+            state["certPem"] = self.pem("CERTIFICATE", args.name)
+        elif args.typ == "tls:index/certRequest:CertRequest":
+            state["certRequestPem"] = self.pem("CERTIFICATE REQUEST", args.name)
+        elif args.typ == READY:
+            state["leader"] = "10.42.0.10:8300"
         elif args.typ == "consul:index/aclToken:AclToken":
             state["accessorId"] = f"accessor-{args.name}"
         elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
@@ -86,6 +113,11 @@ class PlanMocks(pulumi.runtime.Mocks):
             return {"ids": ["subnet-0bbbbbbbbbbbbbbbb", "subnet-0aaaaaaaaaaaaaaaa"]}
         if args.token == "aws:ec2/getSubnet:getSubnet":
             return {"id": args.args["id"], "vpcId": "vpc-0fromsubnet000000"}
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {
+                "names": ["us-east-1a", "us-east-1b", "us-east-1c"],
+                "zoneIds": ["use1-az1", "use1-az2", "use1-az4"],
+            }
         return {}
 
     def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
@@ -165,9 +197,13 @@ def load_stack_config(path: Path) -> dict[str, Any]:
 
 def plan_spec(config: Mapping[str, Any]) -> tuple[MeshSpec, bool]:
     """The validated spec of a stack, and whether it has a gossip key. Raises MeshSpecError."""
-    token_key, gossip_key = SECRET_KEYS
-    without_secrets = {k: v for k, v in config.items() if k not in SECRET_KEYS}
-    spec = load_spec({**without_secrets, token_key: placeholder(token_key)})
+    gossip_key = SECRET_KEYS[1]
+    raw = {k: v for k, v in config.items() if k not in SECRET_KEYS}
+    # Secrets are only ever present or absent here: an existing cluster's get placeholders.
+    raw.update({key: placeholder(key) for key in SECRET_KEYS if key in config})
+    if gossip_key in raw:
+        raw[gossip_key] = base64.b64encode(b"placeholder-gossip-key-32-bytes!").decode()
+    spec = resolve_admin_cidrs(load_spec(raw), lambda: DEPLOYER_STAND_IN)
     return spec, gossip_key in config
 
 
@@ -178,7 +214,8 @@ def plan(spec: MeshSpec, with_gossip_key: bool, stack: str) -> tuple[PlanMocks, 
     async def run() -> dict:
         set_plan_mocks(mocks, stack)
         token_key, gossip_key = SECRET_KEYS
-        outputs = build(spec, placeholder(token_key), placeholder(gossip_key) if with_gossip_key else None)
+        token = placeholder(token_key) if spec.consul is not None else None
+        outputs = build(spec, token, placeholder(gossip_key) if with_gossip_key else None)
         return await settle(outputs)
 
     outputs = asyncio.run(run())

@@ -14,7 +14,7 @@ import base64
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,9 @@ RESERVED_PORTS = {
     8300: "Consul server RPC",
     8301: "Consul LAN gossip",
     8500: "Consul HTTP API",
+    8501: "Consul HTTPS API",
     8502: "Consul gRPC (Envoy xDS)",
+    8503: "Consul gRPC over TLS (Envoy xDS)",
     8600: "Consul DNS",
     ENVOY_OUTBOUND_PORT: "Envoy outbound listener",
     ENVOY_ADMIN_PORT: "Envoy admin",
@@ -55,6 +57,10 @@ SUPPORTED_ENVOY = {
     "1.20": ("1.33", "1.32", "1.31", "1.30"),
 }
 
+# adminCidrs entry that stands for the public IPv4 address of the machine running `pulumi`.
+DEPLOYER = "deployer"
+SERVER_COUNTS = (1, 3, 5)
+
 DEFAULTS: dict[str, Any] = {
     "datacenter": "dc1",
     "consulVersion": "1.22.1",
@@ -65,13 +71,23 @@ DEFAULTS: dict[str, Any] = {
     "sshKeyName": "",
     "amiId": "",
     "vpcId": "",
-    "subnetId": "",
+    "subnetIds": [],
+    "vpcCidr": "10.42.0.0/16",
+    "zoneCount": 2,
+    "serverCount": 1,
+    "serverInstanceType": "t3.small",
+    "consulReadyTimeoutSeconds": 600,
+    "consulHttpAddr": "",
+    "consulRetryJoin": [],
     "consulCaPem": "",
     "intentions": [],
 }
-REQUIRED = ("services", "consulHttpAddr", "consulRetryJoin", "consulToken")
+REQUIRED = ("services",)
+# Keys that point the stack at an existing Consul cluster instead of creating servers. They have no
+# default: set, they mean "existing cluster"; consulHttpAddr decides the mode.
+EXISTING_CLUSTER_KEYS = ("consulHttpAddr", "consulRetryJoin", "consulToken", "consulGossipKey")
 SECRET_KEYS = ("consulToken", "consulGossipKey")
-TOP_LEVEL_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED) | frozenset(SECRET_KEYS)
+TOP_LEVEL_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED) | frozenset(EXISTING_CLUSTER_KEYS)
 
 SERVICE_KEYS = frozenset(
     {
@@ -163,7 +179,7 @@ class IntentionSpec:
 
 @dataclass(frozen=True)
 class ConsulClusterSpec:
-    """How agents and the Pulumi consul provider reach the Consul servers."""
+    """An existing Consul cluster: how agents and the Pulumi consul provider reach its servers."""
 
     http_addr: str
     retry_join: tuple[str, ...]
@@ -180,12 +196,45 @@ class ConsulClusterSpec:
 
 
 @dataclass(frozen=True)
+class ServersSpec:
+    """Consul servers the stack creates when it is not given an existing cluster."""
+
+    count: int = DEFAULTS["serverCount"]
+    instance_type: str = DEFAULTS["serverInstanceType"]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Where the VMs go: an existing VPC and subnets, or a VPC the stack creates."""
+
+    vpc_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+    vpc_cidr: str = DEFAULTS["vpcCidr"]
+    zone_count: int = DEFAULTS["zoneCount"]
+
+    @property
+    def creates_vpc(self) -> bool:
+        return not self.subnet_ids
+
+    def subnet_cidrs(self) -> tuple[str, ...]:
+        """One subnet per zone, each a sixteenth of the VPC, in order (stable across runs)."""
+        vpc = ipaddress.ip_network(self.vpc_cidr)
+        return tuple(str(net) for net, _ in zip(vpc.subnets(prefixlen_diff=4), range(self.zone_count), strict=False))
+
+
+@dataclass(frozen=True)
 class MeshSpec:
-    """The whole stack: validated config with defaults applied."""
+    """The whole stack: validated config with defaults applied.
+
+    Exactly one of `consul` (an existing cluster) and `servers` (servers to create) is set.
+    """
 
     services: Mapping[str, ServiceSpec]
     intentions: tuple[IntentionSpec, ...]
-    consul: ConsulClusterSpec
+    consul: ConsulClusterSpec | None = None
+    servers: ServersSpec | None = None
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    ready_timeout_seconds: int = DEFAULTS["consulReadyTimeoutSeconds"]
     datacenter: str = DEFAULTS["datacenter"]
     consul_version: str = DEFAULTS["consulVersion"]
     envoy_version: str = DEFAULTS["envoyVersion"]
@@ -193,8 +242,14 @@ class MeshSpec:
     admin_cidrs: tuple[str, ...] = ()
     ssh_key_name: str | None = None
     ami_id: str | None = None
-    vpc_id: str | None = None
-    subnet_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.consul is None) == (self.servers is None):
+            raise ValueError("a MeshSpec has either an existing cluster (consul) or servers to create, not both")
+
+    @property
+    def creates_servers(self) -> bool:
+        return self.servers is not None
 
 
 class _Problems:
@@ -255,6 +310,13 @@ def _int(raw: Any, key: str, problems: _Problems, low: int, high: int, what: str
     return raw
 
 
+def _config_int(raw: Any, key: str, problems: _Problems, low: int, high: int, what: str) -> int | None:
+    """A top-level integer key: `pulumi config set` stores it as text."""
+    if isinstance(raw, str) and re.fullmatch(r"\s*-?\d+\s*", raw):
+        raw = int(raw)
+    return _int(raw, key, problems, low, high, what)
+
+
 def _list(raw: Any, key: str, problems: _Problems) -> list[Any]:
     raw = _decode(raw, key, problems)
     if raw is None:
@@ -270,7 +332,9 @@ def _ports(raw: Any, key: str, problems: _Problems) -> tuple[int, ...]:
     return tuple(sorted({p for p in ports if p is not None}))
 
 
-def _cidr(raw: Any, key: str, problems: _Problems) -> str | None:
+def _cidr(raw: Any, key: str, problems: _Problems, deployer: bool = False) -> str | None:
+    if deployer and raw == DEPLOYER:
+        return raw
     if not isinstance(raw, str):
         problems.add(key, raw, "must be a CIDR string such as 10.0.0.0/16")
         return None
@@ -281,8 +345,8 @@ def _cidr(raw: Any, key: str, problems: _Problems) -> str | None:
         return None
 
 
-def _cidrs(raw: Any, key: str, problems: _Problems) -> tuple[str, ...]:
-    cidrs = (_cidr(c, f"{key}[{i}]", problems) for i, c in enumerate(_list(raw, key, problems)))
+def _cidrs(raw: Any, key: str, problems: _Problems, deployer: bool = False) -> tuple[str, ...]:
+    cidrs = (_cidr(c, f"{key}[{i}]", problems, deployer) for i, c in enumerate(_list(raw, key, problems)))
     return tuple(sorted({c for c in cidrs if c is not None}))
 
 
@@ -521,9 +585,76 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     envoy_version = _string(get("envoyVersion"), "envoyVersion", problems, VERSION, "a version such as 1.35.3")
     _versions(consul_version, envoy_version, problems)
     mesh_destinations_only = _bool(get("meshDestinationsOnly"), "meshDestinationsOnly", problems)
-    admin_cidrs = _cidrs(get("adminCidrs"), "adminCidrs", problems)
+    admin_cidrs = _cidrs(get("adminCidrs"), "adminCidrs", problems, deployer=True)
 
-    http_addr = _http_addr(raw["consulHttpAddr"], problems) if raw.get("consulHttpAddr") else None
+    consul = _existing_cluster(raw, problems)
+    servers = None
+    if consul is None:
+        servers = _servers(get, problems)
+        if not admin_cidrs:
+            problems.add(
+                "adminCidrs",
+                list(admin_cidrs),
+                "is empty, but the stack creates its Consul servers (consulHttpAddr is not set) and Pulumi "
+                f"reaches their API from this machine: add {DEPLOYER!r} (this machine's public address) or a CIDR",
+            )
+    network = _network(raw, get, problems)
+    ready_timeout = _config_int(
+        get("consulReadyTimeoutSeconds"), "consulReadyTimeoutSeconds", problems, 10, 3600, "seconds to wait"
+    )
+
+    optional = {}
+    for key, pattern, what in (
+        ("sshKeyName", re.compile(r"^[\x21-\x7e ]{1,255}$"), "an EC2 key pair name"),
+        ("amiId", re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id such as ami-0123456789abcdef0"),
+    ):
+        value = _optional(raw, key)
+        optional[key] = _string(value, key, problems, pattern, what) if value is not None else None
+
+    if problems.items:
+        raise MeshSpecError(problems.items)
+    assert datacenter and consul_version and envoy_version and ready_timeout is not None
+    assert mesh_destinations_only is not None and network is not None
+    return MeshSpec(
+        services=services,
+        intentions=intentions,
+        consul=consul,
+        servers=servers,
+        network=network,
+        ready_timeout_seconds=ready_timeout,
+        datacenter=datacenter,
+        consul_version=consul_version,
+        envoy_version=envoy_version,
+        mesh_destinations_only=mesh_destinations_only,
+        admin_cidrs=admin_cidrs,
+        ssh_key_name=optional["sshKeyName"],
+        ami_id=optional["amiId"],
+    )
+
+
+def _existing_cluster(raw: Mapping[str, Any], problems: _Problems) -> ConsulClusterSpec | None:
+    """The cluster named by consulHttpAddr and its companions; None when the stack creates servers."""
+    given = [key for key in EXISTING_CLUSTER_KEYS if raw.get(key) not in (None, "", [], "[]")]
+    if _optional(raw, "consulCaPem") is not None:
+        given.append("consulCaPem")
+    if "consulHttpAddr" not in given:
+        for key in given:
+            # A token or CA for servers this stack is about to create would be silently ignored.
+            shown = "<secret>" if key in SECRET_KEYS else raw[key]
+            problems.add(
+                key,
+                shown,
+                "is set but consulHttpAddr is not: without consulHttpAddr the stack creates its own Consul "
+                "servers (with their own token, CA and gossip key); set consulHttpAddr to use an existing cluster",
+            )
+        return None
+
+    for key in ("consulRetryJoin", "consulToken"):
+        if key not in given:
+            problems.add(
+                key, None, "is missing: an existing cluster (consulHttpAddr) needs it (see README: Configuration)"
+            )
+    http_addr = _http_addr(raw["consulHttpAddr"], problems)
     retry_join = []
     for i, target in enumerate(_list(raw.get("consulRetryJoin"), "consulRetryJoin", problems)):
         if (
@@ -537,46 +668,75 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
             is not None
         ):
             retry_join.append(target)
-    if "consulRetryJoin" in raw and raw.get("consulRetryJoin") not in (None, "") and not retry_join:
-        problems.add("consulRetryJoin", raw["consulRetryJoin"], "is empty: agents need at least one server to join")
     ca_pem = _optional(raw, "consulCaPem")
     if ca_pem is not None and "-----BEGIN CERTIFICATE-----" not in str(ca_pem):
         problems.add("consulCaPem", "<text>", "is not a PEM certificate (no BEGIN CERTIFICATE line)")
-
     gossip_key = raw.get("consulGossipKey")
     if gossip_key and not _is_gossip_key(gossip_key):
         # Never echo a secret, even a malformed one.
         problems.add(
             "consulGossipKey", "<secret>", "is not a gossip key: base64 of 16, 24 or 32 random bytes (consul keygen)"
         )
+    if http_addr is None or not retry_join:
+        return None
+    return ConsulClusterSpec(http_addr=http_addr, retry_join=tuple(retry_join), ca_pem=ca_pem)
 
-    optional = {}
-    for key, pattern, what in (
-        ("sshKeyName", re.compile(r"^[\x21-\x7e ]{1,255}$"), "an EC2 key pair name"),
-        ("amiId", re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id such as ami-0123456789abcdef0"),
-        ("vpcId", re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC id such as vpc-0123456789abcdef0"),
-        ("subnetId", re.compile(r"^subnet-[0-9a-f]{8,17}$"), "a subnet id such as subnet-0123456789abcdef0"),
-    ):
-        value = _optional(raw, key)
-        optional[key] = _string(value, key, problems, pattern, what) if value is not None else None
-    if optional["vpcId"] and not optional["subnetId"]:
-        problems.add("subnetId", None, "is missing: with vpcId set, name the subnet the VMs go into")
 
-    if problems.items:
-        raise MeshSpecError(problems.items)
-    assert datacenter and consul_version and envoy_version and http_addr is not None
-    assert mesh_destinations_only is not None
-    return MeshSpec(
-        services=services,
-        intentions=intentions,
-        consul=ConsulClusterSpec(http_addr=http_addr, retry_join=tuple(retry_join), ca_pem=ca_pem),
-        datacenter=datacenter,
-        consul_version=consul_version,
-        envoy_version=envoy_version,
-        mesh_destinations_only=mesh_destinations_only,
-        admin_cidrs=admin_cidrs,
-        ssh_key_name=optional["sshKeyName"],
-        ami_id=optional["amiId"],
-        vpc_id=optional["vpcId"],
-        subnet_id=optional["subnetId"],
+def _servers(get: Callable[[str], Any], problems: _Problems) -> ServersSpec | None:
+    count = get("serverCount")
+    count_value = _config_int(count, "serverCount", problems, 1, 5, "a server count")
+    if count_value is not None and count_value not in SERVER_COUNTS:
+        problems.add(
+            "serverCount",
+            count_value,
+            "is not 1, 3 or 5: one server for a demo, three or five for a quorum that survives one or two losses",
+        )
+    instance_type = _string(
+        get("serverInstanceType"),
+        "serverInstanceType",
+        problems,
+        INSTANCE_TYPE,
+        "an EC2 instance type such as t3.small",
     )
+    if count_value not in SERVER_COUNTS or instance_type is None:
+        return None
+    return ServersSpec(count=count_value, instance_type=instance_type)
+
+
+def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: _Problems) -> NetworkSpec | None:
+    before = len(problems.items)
+    vpc_id = _optional(raw, "vpcId")
+    if vpc_id is not None:
+        vpc_id = _string(
+            vpc_id, "vpcId", problems, re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC id such as vpc-0123456789abcdef0"
+        )
+    subnet_ids = []
+    raw_subnets = _list(get("subnetIds"), "subnetIds", problems)
+    for i, subnet in enumerate(raw_subnets):
+        if (
+            _string(
+                subnet,
+                f"subnetIds[{i}]",
+                problems,
+                re.compile(r"^subnet-[0-9a-f]{8,17}$"),
+                "a subnet id such as subnet-0123456789abcdef0",
+            )
+            is not None
+        ):
+            subnet_ids.append(subnet)
+    if len(set(subnet_ids)) != len(subnet_ids):
+        problems.add("subnetIds", subnet_ids, "names a subnet twice")
+    if vpc_id and not raw_subnets:
+        problems.add("subnetIds", [], "is empty: with vpcId set, name the subnets the VMs go into")
+    vpc_cidr = _cidr(get("vpcCidr"), "vpcCidr", problems)
+    if vpc_cidr is not None and not 16 <= ipaddress.ip_network(vpc_cidr).prefixlen <= 24:
+        problems.add(
+            "vpcCidr", vpc_cidr, "must be a /16 to /24 network (AWS allows /16-/28; subnets are 4 bits longer)"
+        )
+    if vpc_cidr is not None and ipaddress.ip_network(vpc_cidr).version != 4:
+        problems.add("vpcCidr", vpc_cidr, "must be an IPv4 network")
+    zone_count = _config_int(get("zoneCount"), "zoneCount", problems, 1, 6, "a number of availability zones")
+    if len(problems.items) != before:
+        return None
+    assert vpc_cidr is not None and zone_count is not None
+    return NetworkSpec(vpc_id=vpc_id, subnet_ids=tuple(subnet_ids), vpc_cidr=vpc_cidr, zone_count=zone_count)

@@ -35,6 +35,8 @@ HASHICORP_KEY_FINGERPRINT = "798AEC654E5C15428C8E42EEAA16FCBCA621E701"
 IMDS_CIDR = "169.254.169.254/32"
 # What EC2 accepts as user data, counted before base64.
 EC2_USER_DATA_LIMIT = 16384
+CA_PATH = "/etc/consul.d/ca.pem"
+GRPC_CA_PATH = "/etc/consul.d/grpc-ca.pem"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,47 @@ class VmRecipe:
     """Addresses (or a cloud auto-join string) of the Consul servers."""
     ca_pem: str | None = None
     """CA certificate of the Consul servers; when set, the agent uses TLS and auto_encrypt."""
+    grpc_ca_pem: str | None = None
+    """CA of the agent's auto_encrypt certificate (the Connect CA); when set, Envoy reaches the agent
+    over gRPC TLS (8503) and plaintext gRPC is off. Needs ca_pem."""
+
+    def __post_init__(self) -> None:
+        if self.grpc_ca_pem is not None and self.ca_pem is None:
+            raise ValueError("grpc_ca_pem needs ca_pem: gRPC TLS uses the auto_encrypt certificate, which needs TLS")
+
+
+@dataclass(frozen=True)
+class ServerRecipe:
+    """Everything a Consul server's user data is made from, apart from secrets."""
+
+    node_name: str
+    """Consul node name of the server."""
+    datacenter: str
+    """Consul datacenter."""
+    consul_version: str
+    """Consul version (apt package consul=<version>-*)."""
+    bootstrap_expect: int
+    """How many servers the cluster has: the first leader election waits for all of them."""
+    retry_join: tuple[str, ...]
+    """How the servers find each other (a cloud auto-join string)."""
+    ca_pem: str
+    """The stack's CA certificate: TLS for every agent, and the Connect CA root."""
+    cert_pem: str
+    """This server's certificate, signed by the CA."""
+
+
+@dataclass(frozen=True)
+class ServerSecrets:
+    """A server's secret material. Never logged, never exported in plain text."""
+
+    management_token: str
+    """The initial management token the server bootstraps ACLs with."""
+    gossip_key: str
+    """The cluster's gossip encryption key."""
+    key_pem: str
+    """This server's TLS private key."""
+    ca_key_pem: str
+    """The CA's private key: the Connect CA signs mesh and auto_encrypt certificates with it."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +177,8 @@ def vm_files(recipe: VmRecipe, secrets: VmSecrets) -> list[VmFile]:
         "datacenter": recipe.datacenter,
         "retry_join": list(recipe.retry_join),
         "tls": recipe.ca_pem is not None,
+        "grpc_tls": recipe.grpc_ca_pem is not None,
+        "grpc_ca_file": _grpc_ca_path(recipe),
         "gossip_key": secrets.gossip_key,
         "agent_token": secrets.agent_token,
         "service_token": secrets.service_token,
@@ -147,7 +192,9 @@ def vm_files(recipe: VmRecipe, secrets: VmSecrets) -> list[VmFile]:
         VmFile(f"/etc/consul.d/service-{svc.name}.hcl", _render("service.hcl.j2", **context), "0640", "root:consul"),
     ]
     if recipe.ca_pem is not None:
-        files.append(VmFile("/etc/consul.d/ca.pem", recipe.ca_pem))
+        files.append(VmFile(CA_PATH, recipe.ca_pem))
+    if recipe.grpc_ca_pem is not None and _grpc_ca_path(recipe) != CA_PATH:
+        files.append(VmFile(GRPC_CA_PATH, recipe.grpc_ca_pem))
     files += [
         VmFile(f"/etc/envoy/{svc.name}.env", _render("envoy.env.j2", **context), "0640", "root:envoy"),
         VmFile("/etc/systemd/resolved.conf.d/consul.conf", _static(TEMPLATES / "consul-resolved.conf")),
@@ -159,9 +206,42 @@ def vm_files(recipe: VmRecipe, secrets: VmSecrets) -> list[VmFile]:
     ]
     if svc.app.is_demo:
         files.append(VmFile("/usr/local/bin/mesh-demo-app", _static(SCRIPTS / "mesh-demo-app.py"), "0755"))
-    # One trailing newline each: a YAML literal block keeps exactly one, so the file on the VM is
+    return _one_newline(files)
+
+
+def _one_newline(files: list[VmFile]) -> list[VmFile]:
+    # A YAML literal block keeps exactly one trailing newline, so with one each the file on the VM is
     # byte for byte what is rendered here.
     return [VmFile(f.path, f.content.rstrip("\n") + "\n", f.permissions, f.owner) for f in files]
+
+
+def _grpc_ca_path(recipe: VmRecipe) -> str | None:
+    if recipe.grpc_ca_pem is None:
+        return None
+    return CA_PATH if recipe.grpc_ca_pem == recipe.ca_pem else GRPC_CA_PATH
+
+
+def server_files(recipe: ServerRecipe, secrets: ServerSecrets) -> list[VmFile]:
+    """Every file a Consul server gets, in the order cloud-init writes them."""
+    context = {
+        "node_name": recipe.node_name,
+        "datacenter": recipe.datacenter,
+        "bootstrap_expect": recipe.bootstrap_expect,
+        "retry_join": list(recipe.retry_join),
+        "gossip_key": secrets.gossip_key,
+        "management_token": secrets.management_token,
+        "ca_pem": recipe.ca_pem,
+        "ca_key_pem": secrets.ca_key_pem,
+    }
+    return _one_newline(
+        [
+            VmFile("/etc/consul.d/consul.hcl", _render("consul-server.hcl.j2", **context), "0640", "root:consul"),
+            VmFile(CA_PATH, recipe.ca_pem),
+            VmFile("/etc/consul.d/server.pem", recipe.cert_pem),
+            VmFile("/etc/consul.d/server-key.pem", secrets.key_pem, "0640", "root:consul"),
+            VmFile("/etc/systemd/system/consul.service", _static(TEMPLATES / "consul.service")),
+        ]
+    )
 
 
 def packages(recipe: VmRecipe) -> list[tuple[str, str]]:
@@ -174,15 +254,41 @@ def packages(recipe: VmRecipe) -> list[tuple[str, str]]:
     return pinned + sorted(extra)
 
 
-def render_cloud_config(recipe: VmRecipe, secrets: VmSecrets) -> str:
-    """The cloud-config text for one VM."""
+def _cloud_config(
+    title: str, users: list[str], packages: list[tuple[str, str]], files: list[VmFile], units: list[str]
+) -> str:
     return _render(
         "cloud-config.yaml.j2",
-        service=recipe.service,
-        datacenter=recipe.datacenter,
+        title=title,
+        users=users,
         hashicorp_key_fingerprint=HASHICORP_KEY_FINGERPRINT,
+        packages=packages,
+        files=files,
+        units=units,
+    )
+
+
+def render_cloud_config(recipe: VmRecipe, secrets: VmSecrets) -> str:
+    """The cloud-config text for one mesh VM."""
+    svc = recipe.service
+    return _cloud_config(
+        title=f'Mesh VM for service "{svc.name}" (Consul node "{svc.node_name}", datacenter "{recipe.datacenter}").',
+        users=["consul", "envoy"],
         packages=packages(recipe),
         files=vm_files(recipe, secrets),
+        # The application starts before Envoy, whose ExecStartPre redirects the VM's traffic.
+        units=["systemd-resolved.service", "consul.service", "mesh-app.service", f"envoy@{svc.name}.service"],
+    )
+
+
+def render_server_cloud_config(recipe: ServerRecipe, secrets: ServerSecrets) -> str:
+    """The cloud-config text for one Consul server."""
+    return _cloud_config(
+        title=f'Consul server "{recipe.node_name}" of datacenter "{recipe.datacenter}".',
+        users=["consul"],
+        packages=[("consul", f"{recipe.consul_version}-*")],
+        files=server_files(recipe, secrets),
+        units=["consul.service"],
     )
 
 

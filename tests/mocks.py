@@ -30,9 +30,17 @@ def secret_id_of(accessor_id: str) -> str:
     return f"SECRET-{accessor_id}"
 
 
+def generated_of(name: str) -> str:
+    """What the mocks hand out for a value the stack generates in secret (tokens, keys)."""
+    return f"GENERATED-{name}"
+
+
 class MeshMocks(PlanMocks):
     def secret_id(self, accessor_id: str) -> str:
         return secret_id_of(accessor_id)
+
+    def generated(self, what: str) -> str:
+        return generated_of(what)
 
 
 def demo_config() -> dict[str, Any]:

@@ -6,20 +6,29 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pulumi
+
+from components.ec2 import AUTO_JOIN_POLICY
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import DNS_READ_RULES, MeshDefaults, MeshDefaultsArgs
-from components.mesh_vm import AUTO_JOIN_POLICY, MeshVm, MeshVmArgs
+from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
 from components.network import MeshNetwork, MeshNetworkArgs
 from components.render import SECRET_MARKER, unwrap
-from components.spec import PROJECT, IntentionSpec
-from components.userdata import decode_user_data
-from tests.helpers import recipe
+from components.spec import PROJECT, IntentionSpec, ServiceSpec
+from components.userdata import decode_user_data, unpack_cloud_config
+from tests.helpers import CA_PEM
 from tests.mocks import GOSSIP_KEY, MockedTestCase, is_secret, secret_id_of, value
+
+JOIN = ConsulJoinArgs(datacenter="dc1", retry_join=["10.0.1.10", "consul.internal"])
+AUTO_JOIN = "provider=aws tag_key=consul-server tag_value=dc1"
 
 
 def vm_args(**overrides: Any) -> MeshVmArgs:
     args = MeshVmArgs(
-        recipe=recipe(),
+        service=ServiceSpec(name="web", port=9090, upstreams=("api",)),
+        consul_version="1.22.1",
+        envoy_version="1.35.3",
+        cluster=JOIN,
         subnet_id="subnet-0aaaaaaaaaaaaaaaa",
         vpc_id="vpc-0aaaaaaaaaaaaaaaa",
         mesh_security_group_id="sg-0mesh",
@@ -92,9 +101,32 @@ class MeshVmTest(MockedTestCase):
             assert not await is_secret(plain)
 
     async def test_gossip_key_is_rendered_and_stays_secret(self) -> None:
-        vm = await self.make(gossip_key=GOSSIP_KEY)
+        vm = await self.make(cluster=replace(JOIN, gossip_key=GOSSIP_KEY))
         assert f'encrypt     = "{GOSSIP_KEY}"' in await value(vm.cloud_config)
         assert await is_secret(vm.cloud_config)
+
+    async def test_join_settings_may_be_outputs_such_as_stack_references_give(self) -> None:
+        cluster = ConsulJoinArgs(
+            datacenter=pulumi.Output.from_input("dc2"),
+            retry_join=pulumi.Output.from_input([AUTO_JOIN]),
+            ca_pem=pulumi.Output.from_input(CA_PEM),
+            grpc_ca_pem=pulumi.Output.from_input(CA_PEM),
+            gossip_key=pulumi.Output.secret(GOSSIP_KEY),
+            cloud_auto_join=True,
+        )
+        vm = await self.make(cluster=cluster)
+        files = unpack_cloud_config(await value(vm.cloud_config))
+        assert f'retry_join  = ["{AUTO_JOIN}"]' in files["/etc/consul.d/consul.hcl"]
+        assert 'datacenter  = "dc2"' in files["/etc/consul.d/consul.hcl"]
+        assert "CONSUL_GRPC_ADDR=https://127.0.0.1:8503" in files["/etc/envoy/web.env"]
+        assert files["/etc/consul.d/ca.pem"] == CA_PEM
+        assert self.mocks.named("web-agent-token").inputs["nodeIdentities"][0]["datacenter"] == "dc2"
+        assert self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
+
+    async def test_output_retry_join_needs_an_explicit_auto_join_choice(self) -> None:
+        cluster = ConsulJoinArgs(datacenter="dc1", retry_join=pulumi.Output.from_input([AUTO_JOIN]))
+        with self.assertRaisesRegex(ValueError, "cloud_auto_join must be set"):
+            MeshVm("web", vm_args(cluster=cluster))
 
     async def test_security_group_admits_envoy_and_gossip_from_members_and_ssh_from_admins_only(self) -> None:
         await self.make(admin_cidrs=("203.0.113.0/24", "198.51.100.7/32"))
@@ -127,8 +159,7 @@ class MeshVmTest(MockedTestCase):
         await self.make()
         assert not self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
         self.mocks.resources.clear()
-        auto_join = replace(recipe(), retry_join=("provider=aws tag_key=consul-server tag_value=dc1",))
-        vm = MeshVm("api", vm_args(recipe=auto_join))
+        vm = MeshVm("api", vm_args(cluster=replace(JOIN, retry_join=[AUTO_JOIN])))
         await value(vm.instance_id)
         (policy,) = self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
         assert json.loads(policy.inputs["policy"]) == json.loads(AUTO_JOIN_POLICY)
@@ -195,18 +226,48 @@ class MeshDefaultsTest(MockedTestCase):
 
 
 class MeshNetworkTest(MockedTestCase):
-    async def test_default_vpc_and_membership_group(self) -> None:
-        network = MeshNetwork("mesh", MeshNetworkArgs())
-        assert await value([network.vpc_id, network.subnet_id, network.mesh_security_group_id]) == [
-            "vpc-0default0000000000",
-            "subnet-0aaaaaaaaaaaaaaaa",
-            "mesh-members-id",
+    async def test_creates_a_vpc_with_public_subnets_one_per_zone(self) -> None:
+        network = MeshNetwork(
+            "net", MeshNetworkArgs(vpc_cidr="10.42.0.0/16", subnet_cidrs=("10.42.0.0/20", "10.42.16.0/20"))
+        )
+        assert await value([network.vpc_id, network.subnet_ids, network.mesh_security_group_id]) == [
+            "net-vpc-id",
+            ["net-subnet-0-id", "net-subnet-1-id"],
+            "net-members-id",
         ]
-        (group,) = self.mocks.of_type("aws:ec2/securityGroup:SecurityGroup")
-        assert group.inputs["vpcId"] == "vpc-0default0000000000"
+        (vpc,) = self.mocks.of_type("aws:ec2/vpc:Vpc")
+        assert vpc.inputs["cidrBlock"] == "10.42.0.0/16" and vpc.inputs["enableDnsHostnames"] is True
+        subnets = self.mocks.of_type("aws:ec2/subnet:Subnet")
+        assert [(s.inputs["cidrBlock"], s.inputs["availabilityZone"]) for s in subnets] == [
+            ("10.42.0.0/20", "us-east-1a"),
+            ("10.42.16.0/20", "us-east-1b"),
+        ]
+        assert all(s.inputs["mapPublicIpOnLaunch"] is True for s in subnets)
+        (route,) = self.mocks.of_type("aws:ec2/route:Route")
+        assert route.inputs["destinationCidrBlock"] == "0.0.0.0/0" and route.inputs["gatewayId"] == "net-igw-id"
+        associations = self.mocks.of_type("aws:ec2/routeTableAssociation:RouteTableAssociation")
+        assert sorted(a.inputs["subnetId"] for a in associations) == ["net-subnet-0-id", "net-subnet-1-id"]
+        assert all(a.inputs["routeTableId"] == "net-public-id" for a in associations)
+        # Membership carries no rules: VMs' own groups admit members.
         assert not self.mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        assert [await value(network.subnet_for(i)) for i in range(3)] == [
+            "net-subnet-0-id",
+            "net-subnet-1-id",
+            "net-subnet-0-id",
+        ]
 
-    async def test_given_subnet_finds_its_vpc(self) -> None:
-        network = MeshNetwork("mesh", MeshNetworkArgs(subnet_id="subnet-0cccccccccccccccc"))
-        assert await value([network.vpc_id, network.subnet_id]) == ["vpc-0fromsubnet000000", "subnet-0cccccccccccccccc"]
-        assert not [c for c in self.mocks.calls if c.token == "aws:ec2/getVpc:getVpc"]
+    async def test_more_zones_than_the_region_has_is_a_clear_error(self) -> None:
+        cidrs = tuple(f"10.42.{16 * i}.0/20" for i in range(4))  # the mocked region has three zones
+        network = MeshNetwork("net", MeshNetworkArgs(subnet_cidrs=cidrs))
+        with self.assertRaisesRegex(pulumi.RunError, "zoneCount: 4 zones asked for, but the region has 3"):
+            await value(network.subnet_ids)
+
+    async def test_given_subnets_find_their_vpc_and_create_no_network(self) -> None:
+        network = MeshNetwork(
+            "net", MeshNetworkArgs(subnet_ids=("subnet-0cccccccccccccccc", "subnet-0dddddddddddddddd"))
+        )
+        assert await value([network.vpc_id, network.subnet_ids]) == [
+            "vpc-0fromsubnet000000",
+            ["subnet-0cccccccccccccccc", "subnet-0dddddddddddddddd"],
+        ]
+        assert not self.mocks.of_type("aws:ec2/vpc:Vpc") and not self.mocks.of_type("aws:ec2/subnet:Subnet")

@@ -1,73 +1,249 @@
-"""The whole stack under Pulumi's mocks: resources, wiring, secrets, outputs, blast radius."""
+"""The whole stack under Pulumi's mocks: both modes, wiring, readiness, secrets, outputs, blast radius."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pulumi
+import pytest
 
 from components import program
-from components.render import unwrap, user_data_by_vm
-from components.spec import PROJECT
+from components.render import READY, SECRET_MARKER, set_plan_mocks, unwrap, user_data_by_vm
+from components.spec import PROJECT, MeshSpecError
 from components.userdata import decode_user_data, unpack_cloud_config
-from tests.mocks import CONSUL_TOKEN, GOSSIP_KEY, STACK, MockedTestCase, demo_config, is_secret, secret_id_of, value
+from tests.mocks import (
+    CONSUL_TOKEN,
+    GOSSIP_KEY,
+    STACK,
+    MeshMocks,
+    MockedTestCase,
+    demo_config,
+    generated_of,
+    is_secret,
+    secret_id_of,
+    value,
+)
+from tests.test_readiness import free_port
 
-DEMO = {**demo_config(), "consulToken": CONSUL_TOKEN}
+DEMO = demo_config()
+ADMIN = "198.51.100.7/32"
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBexisting\n-----END CERTIFICATE-----\n"
+EXISTING = {
+    **DEMO,
+    "adminCidrs": [],
+    "consulHttpAddr": "https://10.0.1.10:8501",
+    "consulRetryJoin": ["10.0.1.10"],
+    "consulCaPem": CA_PEM,
+    "consulToken": CONSUL_TOKEN,
+    "vpcId": "vpc-0aaaaaaaaaaaaaaaa",
+    "subnetIds": ["subnet-0aaaaaaaaaaaaaaaa"],
+}
+GENERATED_TOKEN = generated_of("consul-server-management-token (uuid)")
+GENERATED_GOSSIP = generated_of("consul-server-gossip-key (base64)")
+PROVIDER_REF = "$pulumi:providers:consul::consul::consul-id"
 
 
-def user_data_of(mocks: Any, service: str) -> str:
-    return decode_user_data(user_data_by_vm(mocks)[service])
+def run_main() -> dict[str, Any]:
+    return program.main(deployer_lookup=lambda: ADMIN)
 
 
-class DemoStack(MockedTestCase):
+def user_data_of(mocks: Any, vm: str) -> str:
+    return decode_user_data(user_data_by_vm(mocks)[vm])
+
+
+def consul_resources(mocks: Any) -> list[Any]:
+    return [r for r in mocks.resources if r.typ.startswith("consul:index/")]
+
+
+class NewServers(MockedTestCase):
+    """The demo stack: no existing cluster, so network, server, gate and mesh all come from one `up`."""
+
     config = DEMO
 
-    async def test_declares_the_mesh(self) -> None:
-        outputs = program.main()
-        await value(outputs)
-        types = sorted({r.typ for r in self.mocks.resources})
-        assert "aws:ec2/instance:Instance" in types
-        instances = self.mocks.of_type("aws:ec2/instance:Instance")
-        assert sorted(r.name for r in instances) == ["api-instance", "web-instance"]
+    async def test_declares_network_server_gate_and_mesh(self) -> None:
+        await value(run_main())
+        assert len(self.mocks.of_type("aws:ec2/vpc:Vpc")) == 1
+        assert len(self.mocks.of_type("aws:ec2/subnet:Subnet")) == 2
+        assert len(self.mocks.of_type(f"{PROJECT}:index:ConsulServer")) == 1
+        assert sorted(r.name for r in self.mocks.of_type("aws:ec2/instance:Instance")) == [
+            "api-instance",
+            "consul-server-0-instance",
+            "web-instance",
+        ]
         tokens = sorted(r.name for r in self.mocks.of_type("consul:index/aclToken:AclToken"))
         assert tokens == ["api-agent-token", "api-service-token", "web-agent-token", "web-service-token"]
-        entries = self.mocks.of_type("consul:index/configEntry:ConfigEntry")
-        assert sorted((r.inputs["kind"], r.inputs["name"]) for r in entries) == [
-            ("mesh", "mesh"),
-            ("service-defaults", "api"),
-            ("service-defaults", "web"),
-        ]
+        assert len(self.mocks.of_type(READY)) == 1
         assert len(self.mocks.of_type("pulumi:providers:consul")) == 1
 
-    async def test_outputs_contract(self) -> None:
-        outputs = await value(program.main())
+    async def test_every_consul_resource_uses_the_provider_and_the_provider_waits_for_the_gate(self) -> None:
+        await value(run_main())
+        (provider,) = self.mocks.of_type("pulumi:providers:consul")
+        assert (provider.inputs["address"], provider.inputs["scheme"]) == ("203.0.113.10:8501", "https")
+        assert provider.inputs["datacenter"] == "dc1"
+        assert unwrap(provider.inputs["token"]) == GENERATED_TOKEN
+        assert SECRET_MARKER in provider.inputs["token"]
+        assert provider.inputs["caPem"] == "-----BEGIN CERTIFICATE-----\nconsul-server-ca\n-----END CERTIFICATE-----\n"
+        resources = consul_resources(self.mocks)
+        assert len(resources) == 9
+        for resource in resources:
+            # A provider reference is "<urn>::<id>"; a default provider would be named default_<version>.
+            assert (resource.provider or "").endswith(PROVIDER_REF), resource.name
+        # The gate is registered once the server is, and before the provider and all it serves.
+        order = [r.typ for r in self.mocks.resources]
+        assert order.index(READY) > order.index("aws:ec2/eipAssociation:EipAssociation")
+        assert order.index(READY) < order.index("pulumi:providers:consul") < order.index(resources[0].typ)
+
+    async def test_the_gate_polls_the_new_servers_api_with_their_ca_and_the_management_token(self) -> None:
+        await value(run_main())
+        (gate,) = self.mocks.of_type(READY)
+        assert gate.inputs["http_addr"] == "https://203.0.113.10:8501"
+        assert gate.inputs["ca_pem"].split("\n")[1] == "consul-server-ca"
+        assert unwrap(gate.inputs["token"]) == GENERATED_TOKEN and SECRET_MARKER in gate.inputs["token"]
+        assert gate.inputs["timeout_seconds"] == 600
+        # A rebuilt server changes the triggers, so the next `up` waits for the cluster again.
+        assert gate.inputs["triggers"] == ["consul-server-0-instance-id"]
+
+    async def test_mesh_vms_join_by_tag_with_gossip_encryption_tls_and_grpc_tls(self) -> None:
+        await value(run_main())
+        files = unpack_cloud_config(user_data_of(self.mocks, "web"))
+        hcl = files["/etc/consul.d/consul.hcl"]
+        assert f'retry_join  = ["provider=aws tag_key=consul-tproxy-vms-cluster tag_value={PROJECT}-{STACK}"]' in hcl
+        assert f'encrypt     = "{GENERATED_GOSSIP}"' in hcl
+        assert "auto_encrypt {\n  tls = true\n}" in hcl and "use_auto_cert = true" in hcl
+        assert files["/etc/consul.d/ca.pem"].split("\n")[1] == "consul-server-ca"
+        assert "CONSUL_GRPC_ADDR=https://127.0.0.1:8503" in files["/etc/envoy/web.env"]
+        (policy,) = [p for p in self.mocks.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == "web-auto-join"]
+        assert "ec2:DescribeInstances" in policy.inputs["policy"]
+
+    async def test_deployer_admin_cidr_opens_the_api_and_ssh_to_this_machine_only(self) -> None:
+        await value(run_main())
+        rules = self.mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        by_cidr = sorted((r.name, int(r.inputs["fromPort"])) for r in rules if r.inputs.get("cidrIpv4"))
+        assert by_cidr == [
+            ("api-ssh-0", 22),
+            ("consul-server-https-0", 8501),
+            ("consul-server-ssh-0", 22),
+            ("web-ssh-0", 22),
+        ]
+        assert {r.inputs["cidrIpv4"] for r in rules if r.inputs.get("cidrIpv4")} == {ADMIN}
+
+    async def test_outputs_for_consumers(self) -> None:
+        outputs = await value(run_main())
         assert outputs["services"]["web"] == {
             "instanceId": "web-instance-id",
             "privateIp": outputs["services"]["web"]["privateIp"],
+            "publicIp": outputs["services"]["web"]["publicIp"],
             "nodeName": "web",
             "virtualHostname": "web.virtual.consul",
             "port": 9090,
         }
-        assert outputs["services"]["web"]["privateIp"].startswith("10.0.1.")
-        assert outputs["services"]["api"]["virtualHostname"] == "api.virtual.consul"
         assert outputs["intentions"] == [{"source": "web", "destination": "api", "action": "allow"}]
-        assert outputs["consulHttpAddr"] == "https://10.0.1.10:8501"
+        assert outputs["consulHttpAddr"] == "https://203.0.113.10:8501"
+        assert outputs["consulUiUrl"] == "https://203.0.113.10:8501/ui/"
         assert outputs["consulDatacenter"] == "dc1"
-        assert outputs["consulRetryJoin"] == ["10.0.1.10"]
+        assert outputs["consulRetryJoin"] == [
+            f"provider=aws tag_key=consul-tproxy-vms-cluster tag_value={PROJECT}-{STACK}"
+        ]
+        assert outputs["consulCaPem"] == outputs["consulGrpcCaPem"]
+        assert outputs["consulManagementToken"] == GENERATED_TOKEN
+        assert outputs["consulGossipKey"] == GENERATED_GOSSIP
+        assert [s["nodeName"] for s in outputs["consulServers"]] == ["consul-server-0"]
+        assert outputs["vpcId"] == "network-vpc-id"
+        assert outputs["subnetIds"] == ["network-subnet-0-id", "network-subnet-1-id"]
         assert outputs["meshSecurityGroupId"] == "network-members-id"
-        assert outputs["vpcId"] == "vpc-0default0000000000"
-        assert outputs["subnetId"] == "subnet-0aaaaaaaaaaaaaaaa"  # the smallest id: a stable choice
         assert outputs["dnsPolicyName"] == f"{PROJECT}-{STACK}-dns-read"
-        assert "consulGossipKey" not in outputs
         # Every output name is camelCase: other projects read them through stack references.
         for key in outputs:
             assert key[0].islower() and "_" not in key and "-" not in key, key
 
-    async def test_no_output_carries_a_secret_in_plain_text(self) -> None:
-        self.set_config({**DEMO, "consulGossipKey": GOSSIP_KEY})
-        outputs = program.main()
-        assert await is_secret(outputs["consulGossipKey"])
+    async def test_secrets_are_secret_outputs_and_absent_from_plain_ones(self) -> None:
+        outputs = run_main()
+        for key in ("consulManagementToken", "consulGossipKey"):
+            assert await is_secret(outputs[key]), key
+        plain = {k: v for k, v in outputs.items() if not await is_secret(v)}
+        assert {"consulHttpAddr", "consulCaPem", "services", "vpcId"} <= set(plain)
+        text = json.dumps(await value(plain))
+        assert "GENERATED-" not in text  # no generated token, gossip key or private key
+        assert "SECRET-" not in text  # no token secret ID
+
+    async def test_vms_spread_over_the_zones(self) -> None:
+        await value(run_main())
+        subnets = {r.name: r.inputs["subnetId"] for r in self.mocks.of_type("aws:ec2/instance:Instance")}
+        assert subnets["api-instance"] != subnets["web-instance"]
+
+
+class GateMocks(MeshMocks):
+    """The gate answers with an address of its own, to show where the provider reads it from."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        rid, state = super().new_resource(args)
+        if args.typ == READY:
+            state["http_addr"] = "https://gate.invalid:8501"
+        return rid, state
+
+
+class ProviderReadsTheGate(MockedTestCase):
+    config = DEMO
+
+    async def test_provider_address_comes_from_the_gate_not_from_the_server(self) -> None:
+        self.mocks = GateMocks()
+        set_plan_mocks(self.mocks, STACK)
+        self.set_config(DEMO)
+        outputs = await value(run_main())
+        (provider,) = self.mocks.of_type("pulumi:providers:consul")
+        assert provider.inputs["address"] == "gate.invalid:8501"
+        assert outputs["consulHttpAddr"] == "https://gate.invalid:8501"
+
+
+class ExistingCluster(MockedTestCase):
+    config = EXISTING
+
+    async def test_no_server_no_network_same_mesh(self) -> None:
+        outputs = await value(run_main())
+        assert not self.mocks.of_type(f"{PROJECT}:index:ConsulServer")
+        assert not self.mocks.of_type("aws:ec2/vpc:Vpc") and not self.mocks.of_type(
+            "random:index/randomUuid:RandomUuid"
+        )
+        assert sorted(r.name for r in self.mocks.of_type("aws:ec2/instance:Instance")) == [
+            "api-instance",
+            "web-instance",
+        ]
+        assert outputs["consulHttpAddr"] == "https://10.0.1.10:8501"
+        assert outputs["consulRetryJoin"] == ["10.0.1.10"]
+        assert outputs["consulCaPem"] == CA_PEM and outputs["consulGrpcCaPem"] is None
+        assert outputs["subnetIds"] == ["subnet-0aaaaaaaaaaaaaaaa"] and outputs["vpcId"] == "vpc-0aaaaaaaaaaaaaaaa"
+        assert "consulServers" not in outputs and "consulGossipKey" not in outputs
+
+    async def test_the_gate_and_provider_point_at_the_given_cluster_with_its_token(self) -> None:
+        await value(run_main())
+        (gate,) = self.mocks.of_type(READY)
+        assert gate.inputs["http_addr"] == "https://10.0.1.10:8501" and gate.inputs["triggers"] == []
+        assert unwrap(gate.inputs["token"]) == CONSUL_TOKEN
+        (provider,) = self.mocks.of_type("pulumi:providers:consul")
+        assert provider.inputs["address"] == "10.0.1.10:8501" and unwrap(provider.inputs["token"]) == CONSUL_TOKEN
+        assert provider.inputs["caPem"] == CA_PEM
+        for resource in consul_resources(self.mocks):
+            assert (resource.provider or "").endswith(PROVIDER_REF), resource.name
+
+    async def test_agents_use_tls_but_plaintext_loopback_grpc_without_the_connect_ca(self) -> None:
+        self.set_config({**EXISTING, "consulGossipKey": GOSSIP_KEY})
+        outputs = run_main()
+        assert await is_secret(outputs["consulGossipKey"]) and await is_secret(outputs["consulManagementToken"])
+        await value(outputs)
+        files = unpack_cloud_config(user_data_of(self.mocks, "api"))
+        assert f'encrypt     = "{GOSSIP_KEY}"' in files["/etc/consul.d/consul.hcl"]
+        assert files["/etc/consul.d/ca.pem"] == CA_PEM
+        assert "CONSUL_GRPC_ADDR=127.0.0.1:8502" in files["/etc/envoy/api.env"]
+        assert not self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")  # joined by address: no IAM
+
+    async def test_no_plain_output_carries_a_secret(self) -> None:
+        self.set_config({**EXISTING, "consulGossipKey": GOSSIP_KEY})
+        outputs = run_main()
         plain = {k: v for k, v in outputs.items() if not await is_secret(v)}
         text = json.dumps(await value(plain))
         secret_ids = [
@@ -76,33 +252,13 @@ class DemoStack(MockedTestCase):
         for secret in [CONSUL_TOKEN, GOSSIP_KEY, *secret_ids]:
             assert secret not in text
 
-    async def test_consul_resources_use_the_explicit_provider(self) -> None:
-        await value(program.main())
-        (provider,) = self.mocks.of_type("pulumi:providers:consul")
-        assert provider.inputs["address"] == "10.0.1.10:8501"
-        assert provider.inputs["scheme"] == "https"
-        assert provider.inputs["datacenter"] == "dc1"
-        assert unwrap(provider.inputs["token"]) == CONSUL_TOKEN
-        consul_resources = [r for r in self.mocks.resources if r.typ.startswith("consul:index/")]
-        assert consul_resources
-        for resource in consul_resources:
-            # A provider reference is "<urn>::<id>"; a default provider would be named default_<version>.
-            assert (resource.provider or "").endswith("$pulumi:providers:consul::consul::consul-id"), resource.name
-
     async def test_user_data_carries_each_vms_own_tokens(self) -> None:
-        await value(program.main())
+        await value(run_main())
         web = unpack_cloud_config(user_data_of(self.mocks, "web"))
         assert f'agent   = "{secret_id_of("accessor-web-agent-token")}"' in web["/etc/consul.d/consul.hcl"]
         assert f"CONSUL_HTTP_TOKEN={secret_id_of('accessor-web-service-token')}" in web["/etc/envoy/web.env"]
         assert secret_id_of("accessor-api-service-token") not in user_data_of(self.mocks, "web")
-        instance = self.mocks.named("web-instance")
-        assert instance.inputs["userDataReplaceOnChange"] is True
-
-    async def test_gossip_key_from_config_reaches_the_agents(self) -> None:
-        self.set_config({**DEMO, "consulGossipKey": GOSSIP_KEY})
-        await value(program.main())
-        hcl = unpack_cloud_config(user_data_of(self.mocks, "api"))["/etc/consul.d/consul.hcl"]
-        assert f'encrypt     = "{GOSSIP_KEY}"' in hcl
+        assert self.mocks.named("web-instance").inputs["userDataReplaceOnChange"] is True
 
 
 def test_dns_policy_name_is_valid_for_consul_whatever_the_stack_name() -> None:
@@ -110,25 +266,64 @@ def test_dns_policy_name_is_valid_for_consul_whatever_the_stack_name() -> None:
     assert program.dns_policy_name("team.prod") == f"{PROJECT}-team-prod-dns-read"
 
 
+@contextmanager
+def answering(body: bytes) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_deployer_address_lookup() -> None:
+    with answering(b"203.0.113.7\n") as url:
+        assert program.deployer_cidr(url) == "203.0.113.7/32"
+    with answering(b"<html>busy</html>") as url, pytest.raises(MeshSpecError, match="adminCidrs: 'deployer' could not"):
+        program.deployer_cidr(url)
+    with pytest.raises(MeshSpecError, match="did not answer"):
+        program.deployer_cidr(f"http://127.0.0.1:{free_port()}/", timeout=2)
+
+
 class BadConfig(MockedTestCase):
     async def test_bad_config_fails_before_any_resource(self) -> None:
         bad_cases = [
             {**DEMO, "services": {"Web": {"port": 9090}}},
             {**DEMO, "intentions": [{"source": "web", "destination": "db", "action": "allow"}]},
-            {**DEMO, "services": {"web": {"port": 99999}}, "intentions": []},
-            {k: v for k, v in DEMO.items() if k != "consulToken"},
+            {**DEMO, "adminCidrs": []},
+            {**DEMO, "consulToken": CONSUL_TOKEN},
+            {k: v for k, v in EXISTING.items() if k != "consulToken"},
         ]
         for config in bad_cases:
             self.set_config(config)
             with self.assertRaises(pulumi.RunError) as caught:
-                program.main()
+                run_main()
             assert "invalid stack config for consul-tproxy-vms" in str(caught.exception)
             assert self.mocks.resources == [], config
+
+    async def test_failed_deployer_lookup_fails_before_any_resource(self) -> None:
+        def offline() -> str:
+            raise MeshSpecError(["adminCidrs: 'deployer' could not be resolved: offline"])
+
+        self.set_config(DEMO)
+        with self.assertRaisesRegex(pulumi.RunError, "adminCidrs: 'deployer' could not be resolved"):
+            program.main(deployer_lookup=offline)
+        assert self.mocks.resources == []
 
     async def test_typo_in_a_config_key_is_named(self) -> None:
         self.set_config({**DEMO, "intentionz": []})
         with self.assertRaises(pulumi.RunError) as caught:
-            program.main()
+            run_main()
         assert 'intentionz: "[]" is not a config key of consul-tproxy-vms' in str(caught.exception)
         assert self.mocks.resources == []
 
@@ -139,7 +334,7 @@ class BlastRadius(MockedTestCase):
     async def user_data(self, config: dict[str, Any]) -> dict[str, str]:
         self.mocks.resources.clear()
         self.set_config(config)
-        await value(program.main())
+        await value(run_main())
         return user_data_by_vm(self.mocks)
 
     async def test_new_service_and_intention_changes_replace_no_vm(self) -> None:
@@ -154,7 +349,7 @@ class BlastRadius(MockedTestCase):
             ],
         }
         after = await self.user_data(grown)
-        assert sorted(after) == ["api", "db", "web"]
+        assert sorted(after) == ["api", "consul-server-0", "db", "web"]
         for name, data in before.items():
             assert after[name] == data, f"user data of {name} changed"
 

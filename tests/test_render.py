@@ -83,8 +83,23 @@ def test_summary_reports_user_data_against_the_limit(demo: tuple[Path, subproces
     _, result = demo
     assert "EC2 limit 16384 bytes" in result.stdout
     lines = [line for line in result.stdout.splitlines() if "bytes gzip" in line]
-    assert [line.split()[0] for line in lines] == ["api", "web"]
-    assert "2  aws:ec2/instance:Instance" in result.stdout
+    assert [line.split()[0] for line in lines] == ["api", "consul-server-0", "web"]
+    assert "3  aws:ec2/instance:Instance" in result.stdout
+
+
+def test_server_files_are_written_with_generated_secrets_as_placeholders(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, _ = demo
+    hcl = (out / "consul-server-0/etc/consul.d/consul.hcl").read_text()
+    assert "bootstrap_expect = 1" in hcl
+    assert 'initial_management = "<secret: consul-server-management-token (uuid), not rendered>"' in hcl
+    assert "<secret: consul-server-ca-key private key, not rendered>" in hcl
+    assert "not rendered" in (out / "consul-server-0/etc/consul.d/server-key.pem").read_text()
+    # "deployer" is never looked up offline: a documentation address stands in for it.
+    plan = json.loads((out / "plan.json").read_text())
+    https = [r for r in plan if r["name"] == "consul-server-https-0"]
+    assert https[0]["inputs"]["cidrIpv4"] == render.DEPLOYER_STAND_IN
 
 
 def test_diagram_has_one_edge_per_intention(tmp_path: Path) -> None:
@@ -115,6 +130,8 @@ def test_no_secret_value_is_ever_written(tmp_path: Path) -> None:
     stack = tmp_path / "Pulumi.leaky.yaml"
     doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
     # Plain secret values in a stack file (a mistake, but one a user can make) must not leak either.
+    doc["config"][f"{PROJECT}:consulHttpAddr"] = "https://10.0.1.10:8501"
+    doc["config"][f"{PROJECT}:consulRetryJoin"] = ["10.0.1.10"]
     doc["config"][f"{PROJECT}:consulToken"] = CONSUL_TOKEN
     doc["config"][f"{PROJECT}:consulGossipKey"] = GOSSIP_KEY
     stack.write_text(yaml.safe_dump(doc))

@@ -9,22 +9,40 @@ import pytest
 
 from components.spec import (
     DEFAULTS,
+    DEPLOYER,
     IntentionSpec,
     MeshSpecError,
+    NetworkSpec,
+    ServersSpec,
     load_spec,
 )
 from tests.mocks import GOSSIP_KEY, demo_config
 
+EXISTING = {
+    "consulHttpAddr": "https://10.0.1.10:8501",
+    "consulRetryJoin": ["10.0.1.10"],
+    "consulToken": "token",
+}
+
 
 def config(**overrides: Any) -> dict[str, Any]:
-    base = {**demo_config(), "consulToken": "token"}
-    base.update(overrides)
+    """The demo stack (which creates its servers), with overrides; None removes a key."""
+    base = {**demo_config(), **overrides}
     return {k: v for k, v in base.items() if v is not None}
 
 
+def existing(**overrides: Any) -> dict[str, Any]:
+    """The demo stack pointed at an existing cluster."""
+    return config(**{**EXISTING, **overrides})
+
+
 def problems(**overrides: Any) -> list[str]:
+    return problems_of(config(**overrides))
+
+
+def problems_of(raw: dict[str, Any]) -> list[str]:
     with pytest.raises(MeshSpecError) as caught:
-        load_spec(config(**overrides))
+        load_spec(raw)
     return caught.value.problems
 
 
@@ -38,10 +56,46 @@ def test_demo_stack_spec() -> None:
     assert web.app.is_demo and web.app.health_check_path == "/health"
     assert spec.intentions == (IntentionSpec("web", "api", "allow", "web calls api"),)
     assert spec.datacenter == DEFAULTS["datacenter"] == "dc1"
+    # No existing cluster given: the stack creates one server, in a VPC of its own.
+    assert spec.consul is None and spec.creates_servers
+    assert spec.servers == ServersSpec(count=1, instance_type="t3.small")
+    assert spec.network == NetworkSpec(vpc_id=None, subnet_ids=(), vpc_cidr="10.42.0.0/16", zone_count=2)
+    assert spec.network.creates_vpc and spec.network.subnet_cidrs() == ("10.42.0.0/20", "10.42.16.0/20")
+    assert spec.admin_cidrs == (DEPLOYER,)
+    assert spec.ready_timeout_seconds == 600
+    assert spec.mesh_destinations_only is False
+    assert spec.ami_id is None
+
+
+def test_existing_cluster_mode() -> None:
+    spec = load_spec(existing(consulGossipKey=GOSSIP_KEY, subnetIds=["subnet-0aaaaaaaaaaaaaaaa"]))
+    assert spec.servers is None and spec.consul is not None
     assert (spec.consul.scheme, spec.consul.address) == ("https", "10.0.1.10:8501")
     assert spec.consul.retry_join == ("10.0.1.10",)
-    assert spec.mesh_destinations_only is False
-    assert spec.ami_id is None and spec.vpc_id is None
+    assert not spec.network.creates_vpc and spec.network.subnet_ids == ("subnet-0aaaaaaaaaaaaaaaa",)
+
+
+def test_cluster_keys_without_consul_http_addr_are_refused_not_ignored() -> None:
+    found = problems(consulToken="t0ken-value", consulGossipKey=GOSSIP_KEY, consulRetryJoin=["10.0.1.10"])
+    for key in ("consulToken", "consulGossipKey", "consulRetryJoin"):
+        assert any(p.startswith(f"{key}: ") and "is set but consulHttpAddr is not" in p for p in found), found
+    # Secrets are named, never shown.
+    assert not any("t0ken-value" in p or GOSSIP_KEY in p for p in found)
+
+
+def test_created_servers_need_an_admin_network_for_pulumi_to_reach_them() -> None:
+    found = problems(adminCidrs=[])
+    assert any(p.startswith("adminCidrs: [] is empty, but the stack creates its Consul servers") for p in found)
+    assert load_spec(existing(adminCidrs=[])).admin_cidrs == ()
+
+
+def test_integer_keys_arrive_as_text_from_pulumi_config() -> None:
+    spec = load_spec(config(serverCount="3", zoneCount="3", consulReadyTimeoutSeconds="900"))
+    assert (spec.servers.count if spec.servers else 0, spec.network.zone_count, spec.ready_timeout_seconds) == (
+        3,
+        3,
+        900,
+    )
 
 
 def test_json_text_as_pulumi_gives_it_is_decoded() -> None:
@@ -190,14 +244,19 @@ def test_duplicate_node_names() -> None:
         ({"meshDestinationsOnly": "yes"}, 'meshDestinationsOnly: "yes" must be true or false'),
         ({"adminCidrs": ["10.0.0.1/8"]}, 'adminCidrs[0]: "10.0.0.1/8" is not a CIDR'),
         ({"adminCidrs": "0.0.0.0/0"}, 'adminCidrs: "0.0.0.0/0" must be a list'),
-        ({"consulHttpAddr": "10.0.1.10:8501"}, 'consulHttpAddr: "10.0.1.10:8501" is not an address'),
-        ({"consulHttpAddr": None}, "consulHttpAddr: null is missing"),
-        ({"consulRetryJoin": []}, "consulRetryJoin: [] is empty"),
-        ({"consulToken": None}, "consulToken: null is missing"),
-        ({"consulCaPem": "not a cert"}, 'consulCaPem: "<text>" is not a PEM certificate'),
         ({"amiId": "ubuntu"}, 'amiId: "ubuntu" is not an AMI id'),
         ({"instanceType": "t3 small"}, 'instanceType: "t3 small" is not an EC2 instance type'),
-        ({"vpcId": "vpc-0123456789abcdef0"}, "subnetId: null is missing: with vpcId set"),
+        ({"vpcId": "vpc-0123456789abcdef0"}, "subnetIds: [] is empty: with vpcId set"),
+        ({"subnetIds": ["subnet-1"]}, 'subnetIds[0]: "subnet-1" is not a subnet id'),
+        ({"subnetIds": ["subnet-0aaaaaaaaaaaaaaaa"] * 2}, "subnetIds: "),
+        ({"vpcCidr": "10.0.0.0/8"}, 'vpcCidr: "10.0.0.0/8" must be a /16 to /24 network'),
+        ({"vpcCidr": "fd00::/56"}, 'vpcCidr: "fd00::/56" must be an IPv4 network'),
+        ({"zoneCount": 0}, "zoneCount: 0 is out of range"),
+        ({"serverCount": 2}, "serverCount: 2 is not 1, 3 or 5"),
+        ({"serverCount": "three"}, 'serverCount: "three" must be an integer'),
+        ({"serverInstanceType": "big"}, 'serverInstanceType: "big" is not an EC2 instance type'),
+        ({"consulReadyTimeoutSeconds": 5}, "consulReadyTimeoutSeconds: 5 is out of range"),
+        ({"adminCidrs": ["deployers"]}, 'adminCidrs[0]: "deployers" is not a CIDR'),
         ({"services": "{not json"}, 'services: "{not json" is not valid JSON'),
     ],
 )
@@ -206,11 +265,26 @@ def test_bad_top_level_values(overrides: dict[str, Any], fragment: str) -> None:
     assert any(fragment in p for p in found), found
 
 
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"consulHttpAddr": "10.0.1.10:8501"}, 'consulHttpAddr: "10.0.1.10:8501" is not an address'),
+        ({"consulRetryJoin": []}, "consulRetryJoin: null is missing: an existing cluster"),
+        ({"consulRetryJoin": ['a b"c']}, "consulRetryJoin[0]: "),
+        ({"consulToken": None}, "consulToken: null is missing: an existing cluster"),
+        ({"consulCaPem": "not a cert"}, 'consulCaPem: "<text>" is not a PEM certificate'),
+    ],
+)
+def test_bad_existing_cluster_values(overrides: dict[str, Any], fragment: str) -> None:
+    found = problems_of(existing(**overrides))
+    assert any(fragment in p for p in found), found
+
+
 def test_gossip_key_is_checked_but_never_echoed() -> None:
-    assert load_spec(config(consulGossipKey=GOSSIP_KEY))
+    assert load_spec(existing(consulGossipKey=GOSSIP_KEY))
     bad = "not-a-key-but-still-secret"
     with pytest.raises(MeshSpecError) as caught:
-        load_spec(config(consulGossipKey=bad))
+        load_spec(existing(consulGossipKey=bad))
     assert "consulGossipKey" in str(caught.value)
     assert bad not in str(caught.value)
 

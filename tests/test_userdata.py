@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import hcl2
 import pytest
 import yaml
 
@@ -17,10 +18,23 @@ from components.userdata import (
     encode_user_data,
     redirect_exclusions,
     render_cloud_config,
+    render_server_cloud_config,
+    server_files,
     unpack_cloud_config,
     vm_files,
 )
-from tests.helpers import CA_PEM, SECRETS, all_recipes, custom_app_recipe, recipe, tls_recipe
+from tests.helpers import (
+    CA_PEM,
+    GOSSIP_KEY,
+    SECRETS,
+    SERVER,
+    SERVER_SECRETS,
+    all_recipes,
+    custom_app_recipe,
+    grpc_tls_recipe,
+    recipe,
+    tls_recipe,
+)
 
 
 def files_of(text: str) -> dict[str, str]:
@@ -78,7 +92,8 @@ def test_consul_agent_config() -> None:
         "server      = false",
         'client_addr = "127.0.0.1"',
         'retry_join  = ["10.0.1.10", "consul.internal"]',
-        "grpc = 8502",
+        "grpc     = 8502",
+        "grpc_tls = -1",
         'default_policy           = "deny"',
         'agent   = "agent-secret-0001"',
         'default = "agent-secret-0001"',
@@ -208,3 +223,85 @@ def test_oversized_user_data_is_refused_at_program_time() -> None:
     noise = "".join(f"{i:08x}{(i * 7919) % 65521:08x}" for i in range(4000))  # incompressible enough
     with pytest.raises(ValueError, match="over EC2's limit of 16384"):
         encode_user_data(f"#cloud-config\n# {noise}\n" * 2)
+
+
+def test_grpc_tls_for_envoy_when_the_connect_ca_is_known() -> None:
+    files = files_of(render_cloud_config(grpc_tls_recipe(), SECRETS))
+    hcl = files["/etc/consul.d/consul.hcl"]
+    assert re.search(r"grpc\s+= -1\n\s+grpc_tls = 8503", hcl)
+    assert re.search(r"grpc \{\s+# [^\n]*\n\s+use_auto_cert = true\s+\}", hcl)
+    env = files["/etc/envoy/web.env"].splitlines()
+    assert "CONSUL_GRPC_ADDR=https://127.0.0.1:8503" in env
+    # The stack's CA is the Connect CA as well, so the one ca.pem serves both.
+    assert "CONSUL_GRPC_CACERT=/etc/consul.d/ca.pem" in env
+    assert "/etc/consul.d/grpc-ca.pem" not in files
+
+
+def test_a_separate_connect_ca_gets_its_own_file() -> None:
+    other = CA_PEM.replace("MIIBdemo", "MIIBconnect")
+    files = files_of(render_cloud_config(replace(grpc_tls_recipe(), grpc_ca_pem=other), SECRETS))
+    assert files["/etc/consul.d/grpc-ca.pem"] == other
+    assert "CONSUL_GRPC_CACERT=/etc/consul.d/grpc-ca.pem" in files["/etc/envoy/web.env"].splitlines()
+
+
+def test_grpc_tls_without_agent_tls_is_refused() -> None:
+    with pytest.raises(ValueError, match="grpc_ca_pem needs ca_pem"):
+        replace(recipe(), grpc_ca_pem=CA_PEM)
+
+
+def test_server_config() -> None:
+    text = render_server_cloud_config(SERVER, SERVER_SECRETS)
+    doc = yaml.safe_load(text)
+    assert [u["name"] for u in doc["users"][1:]] == ["consul"]
+    assert doc["packages"] == [["consul", "1.22.1-*"]]
+    assert [cmd for cmd in doc["runcmd"] if cmd[:2] == ["systemctl", "enable"]] == [
+        ["systemctl", "enable", "--now", "consul.service"]
+    ]
+    files = {f.path: f for f in server_files(SERVER, SERVER_SECRETS)}
+    hcl = hcl2.loads(files["/etc/consul.d/consul.hcl"].content)
+
+    def string(value: str) -> str:
+        return value.strip('"')
+
+    assert hcl["server"] is True and hcl["bootstrap_expect"] == 3
+    assert string(hcl["encrypt"]) == SERVER_SECRETS.gossip_key
+    acl = hcl["acl"][0]
+    assert acl["enabled"] is True and string(acl["default_policy"]) == "deny"
+    assert string(acl["tokens"][0]["initial_management"]) == SERVER_SECRETS.management_token
+    tls = hcl["tls"][0]
+    assert tls["internal_rpc"][0] == {
+        "verify_incoming": True,
+        "verify_server_hostname": True,
+        **_meta(tls["internal_rpc"][0]),
+    }
+    assert tls["https"][0]["verify_incoming"] is False
+    assert string(tls["defaults"][0]["cert_file"]) == "/etc/consul.d/server.pem"
+    assert hcl["auto_encrypt"][0]["allow_tls"] is True
+    assert hcl["ui_config"][0]["enabled"] is True
+    assert hcl["ports"][0]["https"] == 8501 and hcl["ports"][0]["grpc"] == -1
+    assert string(hcl["addresses"][0]["https"]) == "0.0.0.0" and string(hcl["client_addr"]) == "127.0.0.1"
+    assert hcl["retry_join"] == [f'"{SERVER.retry_join[0]}"']
+    # The Connect CA is the stack's CA: PEMs survive HCL quoting intact.
+    ca_config = hcl["connect"][0]["ca_config"][0]
+    assert ca_config["root_cert"].encode().decode("unicode_escape").strip('"') == CA_PEM
+    assert ca_config["private_key"].encode().decode("unicode_escape").strip('"') == SERVER_SECRETS.ca_key_pem
+    assert files["/etc/consul.d/server.pem"].content == SERVER.cert_pem
+    assert files["/etc/consul.d/ca.pem"].content == CA_PEM
+
+
+def _meta(block: dict[str, object]) -> dict[str, object]:
+    """python-hcl2's bookkeeping keys, so a block can be compared whole."""
+    return {k: v for k, v in block.items() if k.startswith("__")}
+
+
+def test_server_secrets_are_only_in_root_consul_files() -> None:
+    files = server_files(SERVER, SERVER_SECRETS)
+    secrets = ("management-secret-0003", "server-key-secret-0004", "ca-key-secret-0005", GOSSIP_KEY)
+    holding = {f.path: (f.permissions, f.owner) for f in files if any(s in f.content for s in secrets)}
+    assert holding == {
+        "/etc/consul.d/consul.hcl": ("0640", "root:consul"),
+        "/etc/consul.d/server-key.pem": ("0640", "root:consul"),
+    }
+    assert render_server_cloud_config(SERVER, SERVER_SECRETS) == render_server_cloud_config(
+        replace(SERVER), replace(SERVER_SECRETS)
+    )

@@ -6,20 +6,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import hcl2
 import pytest
 
-from components.userdata import SCRIPTS, render_cloud_config, vm_files
+from components.userdata import SCRIPTS
 from tests.conftest import tool
-from tests.helpers import all_recipes
+from tests.helpers import rendered_vms
 
-CASES = sorted(all_recipes())
+CASES = sorted(rendered_vms())
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_cloud_config_passes_cloud_init_schema(case: str, tmp_path: Path) -> None:
     cloud_init = tool("cloud-init")
     path = tmp_path / "user-data.yaml"
-    path.write_text(render_cloud_config(*all_recipes()[case]))
+    path.write_text(rendered_vms()[case].cloud_config)
     result = subprocess.run([cloud_init, "schema", "--config-file", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Valid cloud-config" in result.stdout
@@ -37,8 +38,8 @@ def test_schema_check_is_real() -> None:
 
 def shell_files() -> dict[str, str]:
     found = {str(p): p.read_text() for p in sorted(SCRIPTS.glob("*.sh"))}
-    for case, (recipe, secrets) in all_recipes().items():
-        for f in vm_files(recipe, secrets):
+    for case, vm in rendered_vms().items():
+        for f in vm.files:
             if f.content.startswith(("#!/bin/bash", "#!/bin/sh")):
                 found[f"{case}:{f.path}"] = f.content
     return found
@@ -87,11 +88,9 @@ def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
 @pytest.mark.parametrize("case", CASES)
 def test_systemd_units_pass_systemd_analyze_verify(case: str, tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
-    recipe, secrets = all_recipes()[case]
-    files = {f.path: f.content for f in vm_files(recipe, secrets)}
-    root = fake_root(tmp_path, files)
-    units = ["consul.service", "mesh-app.service", f"envoy@{recipe.service.name}.service"]
-    result = subprocess.run([analyze, "verify", f"--root={root}", *units], capture_output=True, text=True)
+    vm = rendered_vms()[case]
+    root = fake_root(tmp_path, {f.path: f.content for f in vm.files})
+    result = subprocess.run([analyze, "verify", f"--root={root}", *vm.units], capture_output=True, text=True)
     # verify warns (unknown keys, bad values) without failing: any output is a finding.
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stderr
 
@@ -104,3 +103,18 @@ def test_systemd_verify_is_real(tmp_path: Path) -> None:
     )
     result = subprocess.run([analyze, "verify", f"--root={root}", "typo.service"], capture_output=True, text=True)
     assert "Unknown key" in result.stderr
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_consul_config_files_are_valid_hcl(case: str) -> None:
+    """Every .hcl the agent reads parses (python-hcl2), multi-line PEM strings and all."""
+    hcl_files = [f for f in rendered_vms()[case].files if f.path.endswith(".hcl")]
+    assert hcl_files
+    for f in hcl_files:
+        parsed = hcl2.loads(f.content)
+        assert parsed, f.path
+
+
+def test_hcl_check_is_real() -> None:
+    with pytest.raises(Exception):  # noqa: B017 (the parser raises its own lark errors)
+        hcl2.loads('acl {\n  enabled = true\n  tokens { agent = "unterminated }\n}\n')

@@ -1,0 +1,171 @@
+"""The EC2 parts every VM of the stack is made of, declared the same way for servers and mesh VMs.
+
+Not a component: functions that declare resources under the component that calls them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components.spec import PROJECT
+
+UBUNTU_OWNER = "099720109477"  # Canonical
+UBUNTU_IMAGE = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+
+ASSUME_ROLE_EC2 = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+)
+# All that Consul's cloud auto-join (retry_join = "provider=aws ...") calls.
+AUTO_JOIN_POLICY = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}]}
+)
+
+
+def is_cloud_auto_join(retry_join: Sequence[str]) -> bool:
+    return any(target.startswith("provider=aws") for target in retry_join)
+
+
+@dataclass(frozen=True)
+class Ingress:
+    """One inbound rule: a port from a security group (peers) or from a network (admins)."""
+
+    rule: str
+    """Suffix of the rule's resource name."""
+    protocol: str
+    port: int
+    description: str
+    source_group_id: pulumi.Input[str] | None = None
+    """Admit members of this group; SELF for the group the rule belongs to."""
+    cidr: str | None = None
+
+
+SELF = "self"
+
+
+def instance_profile(
+    name: str, description: str, cloud_auto_join: bool, tags: Mapping[str, str], parent: pulumi.Resource
+) -> aws.iam.InstanceProfile:
+    """The VM's IAM role and profile: no permissions, except DescribeInstances for cloud auto-join."""
+    child = pulumi.ResourceOptions(parent=parent)
+    role = aws.iam.Role(
+        f"{name}-role",
+        assume_role_policy=ASSUME_ROLE_EC2,
+        description=f"{PROJECT}: {description}",
+        tags=tags,
+        opts=child,
+    )
+    if cloud_auto_join:
+        aws.iam.RolePolicy(f"{name}-auto-join", role=role.id, policy=AUTO_JOIN_POLICY, opts=child)
+    return aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
+
+
+def security_group(
+    name: str,
+    vpc_id: pulumi.Input[str],
+    description: str,
+    ingress: Sequence[Ingress],
+    tags: Mapping[str, str],
+    parent: pulumi.Resource,
+) -> aws.ec2.SecurityGroup:
+    """A group admitting exactly `ingress`, with all outbound traffic allowed.
+
+    Outbound is open: packages at boot, and the mesh (not the network) decides what a service may
+    call. Rules are separate resources, never inline, so adding one never replaces the group.
+    """
+    child = pulumi.ResourceOptions(parent=parent)
+    group = aws.ec2.SecurityGroup(
+        f"{name}-sg", vpc_id=vpc_id, description=description, tags={**tags, "Name": f"{name}-sg"}, opts=child
+    )
+    for rule in ingress:
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-{rule.rule}",
+            security_group_id=group.id,
+            referenced_security_group_id=group.id if rule.source_group_id == SELF else rule.source_group_id,
+            cidr_ipv4=rule.cidr,
+            ip_protocol=rule.protocol,
+            from_port=rule.port,
+            to_port=rule.port,
+            description=rule.description,
+            opts=child,
+        )
+    aws.vpc.SecurityGroupEgressRule(
+        f"{name}-egress",
+        security_group_id=group.id,
+        cidr_ipv4="0.0.0.0/0",
+        ip_protocol="-1",
+        description="All outbound traffic",
+        opts=child,
+    )
+    return group
+
+
+SERF_LAN_PORT = 8301
+
+
+def gossip_ingress(members: pulumi.Input[str]) -> list[Ingress]:
+    """LAN gossip (TCP and UDP) from the mesh's members: every agent and server speaks it."""
+    return [
+        Ingress(f"gossip-{protocol}", protocol, SERF_LAN_PORT, "Consul LAN gossip from mesh members", members)
+        for protocol in ("tcp", "udp")
+    ]
+
+
+def admin_ingress(rule: str, port: int, what: str, admin_cidrs: Sequence[str]) -> list[Ingress]:
+    """`port` from each admin network; nothing when there are none."""
+    return [
+        Ingress(f"{rule}-{i}", "tcp", port, f"{what} from an admin network", cidr=c) for i, c in enumerate(admin_cidrs)
+    ]
+
+
+def instance(
+    name: str,
+    *,
+    ami_id: pulumi.Input[str] | None,
+    instance_type: str,
+    subnet_id: pulumi.Input[str],
+    security_group_ids: Sequence[pulumi.Input[str]],
+    profile: aws.iam.InstanceProfile,
+    key_name: str | None,
+    user_data_base64: pulumi.Output[str],
+    tags: Mapping[str, str],
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> aws.ec2.Instance:
+    """An Ubuntu 24.04 VM with IMDSv2 required and an encrypted root volume.
+
+    Cloud-init runs once per instance, so new user data means a new instance
+    (user_data_replace_on_change), never a VM whose files and state disagree.
+    """
+    ami = ami_id
+    if ami is None:
+        ami = aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=[UBUNTU_OWNER],
+            filters=[{"name": "name", "values": [UBUNTU_IMAGE]}],
+            opts=pulumi.InvokeOutputOptions(parent=parent),
+        ).id
+    return aws.ec2.Instance(
+        f"{name}-instance",
+        ami=ami,
+        instance_type=instance_type,
+        subnet_id=subnet_id,
+        vpc_security_group_ids=list(security_group_ids),
+        iam_instance_profile=profile.name,
+        key_name=key_name,
+        user_data_base64=pulumi.Output.secret(user_data_base64),
+        user_data_replace_on_change=True,
+        metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+            http_tokens="required", http_endpoint="enabled", http_put_response_hop_limit=1
+        ),
+        root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(encrypted=True, volume_type="gp3"),
+        tags={**tags, "Name": name},
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
+    )

@@ -1,0 +1,275 @@
+"""The readiness gate's poller, against real HTTP(S) servers on 127.0.0.1 that play a booting Consul."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from pulumi.dynamic.dynamic import serialize_provider
+
+from components.readiness import (
+    ConsulNotReadyError,
+    ConsulReadyProvider,
+    check_once,
+    wait_until_ready,
+)
+from tests.conftest import ROOT, tool
+
+TOKEN = "11111111-2222-4333-8444-555555555555"
+LEADER = "10.42.1.10:8300"
+
+
+class FakeConsul:
+    """What a booting server answers: no leader, then a leader, then bootstrapped ACLs."""
+
+    def __init__(self) -> None:
+        self.leader = ""
+        self.acl_bootstrapped = False
+        self.requests: list[str] = []
+
+
+def _handler(state: FakeConsul) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.requests.append(self.path)
+            if self.path == "/v1/status/leader":
+                self._answer(200, json.dumps(state.leader))
+            elif self.path == "/v1/acl/token/self":
+                if not state.acl_bootstrapped:
+                    self._answer(
+                        500, "ACL system must be bootstrapped before making any requests that require authorization"
+                    )
+                elif self.headers.get("X-Consul-Token") != TOKEN:
+                    self._answer(403, "ACL not found")
+                else:
+                    self._answer(200, json.dumps({"SecretID": TOKEN}))
+            else:
+                self._answer(404, "not found")
+
+        def _answer(self, status: int, body: str) -> None:
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+def free_port() -> int:
+    """A port nothing listens on (yet): connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(state: FakeConsul, port: int = 0, tls: ssl.SSLContext | None = None) -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(state))
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class FakeClock:
+    """Time that passes only when the poller sleeps, so the tests never wait for real."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_refused_then_no_leader_then_leader_then_acls_is_ready() -> None:
+    state = FakeConsul()
+    port = free_port()
+    clock = FakeClock()
+    stack: list[object] = []
+
+    def boot_step(seconds: float) -> None:
+        # Each sleep moves the fake server one step further through its boot.
+        clock.sleep(seconds)
+        step = len(clock.sleeps)
+        if step == 1:
+            stack.append(serving(state, port))
+            stack[-1].__enter__()  # type: ignore[attr-defined]
+        elif step == 2:
+            state.leader = LEADER
+        elif step == 3:
+            state.acl_bootstrapped = True
+
+    try:
+        leader = wait_until_ready(
+            f"http://127.0.0.1:{port}",
+            TOKEN,
+            None,
+            timeout_seconds=600,
+            interval_seconds=5,
+            clock=clock,
+            sleep=boot_step,
+        )
+    finally:
+        for server in stack:
+            server.__exit__(None, None, None)  # type: ignore[attr-defined]
+    assert leader == LEADER
+    assert clock.sleeps == [5, 5, 5]
+    # Attempt 1 was refused; 2 saw no leader; 3 a leader but no ACLs; 4 both.
+    assert state.requests == [
+        "/v1/status/leader",
+        "/v1/status/leader",
+        "/v1/acl/token/self",
+        "/v1/status/leader",
+        "/v1/acl/token/self",
+    ]
+
+
+def test_never_ready_fails_at_the_deadline_with_what_it_last_saw() -> None:
+    state = FakeConsul()
+    clock = FakeClock()
+    with serving(state) as server:
+        with pytest.raises(ConsulNotReadyError) as err:
+            wait_until_ready(
+                f"http://127.0.0.1:{server.server_port}",
+                TOKEN,
+                None,
+                timeout_seconds=30,
+                interval_seconds=4,
+                clock=clock,
+                sleep=clock.sleep,
+            )
+    message = str(err.value)
+    assert "was not ready after 30 s" in message
+    assert "have not elected a leader" in message
+    assert "consulReadyTimeoutSeconds" in message
+    # It polled until the deadline and no further: 4 s steps, the last one cut to the 2 s left.
+    assert clock.sleeps == [4, 4, 4, 4, 4, 4, 4, 2]
+    assert clock.now == 30
+
+
+def test_unreachable_server_times_out_naming_the_address() -> None:
+    port = free_port()
+    clock = FakeClock()
+    with pytest.raises(ConsulNotReadyError, match=rf"cannot reach http://127\.0\.0\.1:{port}"):
+        wait_until_ready(f"http://127.0.0.1:{port}", TOKEN, None, 10, 5, clock=clock, sleep=clock.sleep)
+
+
+def test_a_token_the_cluster_does_not_know_is_not_ready() -> None:
+    state = FakeConsul()
+    state.leader = LEADER
+    state.acl_bootstrapped = True
+    clock = FakeClock()
+    with serving(state) as server:
+        addr = f"http://127.0.0.1:{server.server_port}"
+        assert check_once(addr, TOKEN, None) == LEADER
+        with pytest.raises(ConsulNotReadyError, match=r"does not accept the token yet .*HTTP 403: ACL not found"):
+            wait_until_ready(addr, "wrong-token", None, 10, 5, clock=clock, sleep=clock.sleep)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA (openssl)."""
+    openssl = tool("openssl")
+    d = tmp_path_factory.mktemp("pki")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
+
+    for ca in ("ca", "other-ca"):
+        run(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", f"/CN={ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
+        )  # fmt: skip
+    run(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-subj", "/CN=server.dc1.consul", "-keyout", "server.key", "-out", "server.csr",
+    )  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=DNS:server.dc1.consul,IP:127.0.0.1\n")
+    run(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "1", "-extfile", "san.ext", "-out", "server.pem",
+    )  # fmt: skip
+    return {name: d / name for name in ("ca.pem", "other-ca.pem", "server.pem", "server.key")}
+
+
+def _tls(pki: dict[str, Path]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki["server.pem"], pki["server.key"])
+    return context
+
+
+def test_https_is_verified_against_the_clusters_ca(pki: dict[str, Path]) -> None:
+    state = FakeConsul()
+    state.leader = LEADER
+    state.acl_bootstrapped = True
+    with serving(state, tls=_tls(pki)) as server:
+        addr = f"https://127.0.0.1:{server.server_port}"
+        assert check_once(addr, TOKEN, pki["ca.pem"].read_text()) == LEADER
+        # Without the cluster's CA the system store does not trust the server: fail, never fall back.
+        clock = FakeClock()
+        with pytest.raises(ConsulNotReadyError, match="does not verify against the cluster's CA"):
+            wait_until_ready(addr, TOKEN, pki["other-ca.pem"].read_text(), 600, 5, clock=clock, sleep=clock.sleep)
+        # A wrong CA cannot be fixed by waiting: it fails at the first attempt.
+        assert clock.sleeps == []
+
+
+def test_the_provider_survives_pulumis_serialization_and_waits_in_a_fresh_process() -> None:
+    """The engine runs dynamic providers in another process from the dill-pickled provider."""
+    state = FakeConsul()
+    state.leader = LEADER
+    state.acl_bootstrapped = True
+    serialized = serialize_provider(ConsulReadyProvider())
+    props = {"http_addr": "", "token": TOKEN, "ca_pem": None, "timeout_seconds": 5, "triggers": ["i-0abc"]}
+    script = (
+        "import base64, json, sys, dill\n"
+        "provider = dill.loads(base64.b64decode(sys.argv[1]))\n"
+        "result = provider.create(json.loads(sys.argv[2]))\n"
+        "print(json.dumps({'id': result.id, 'outs': result.outs}))\n"
+    )
+    with serving(state) as server:
+        props["http_addr"] = f"http://127.0.0.1:{server.server_port}"
+        done = subprocess.run(
+            [sys.executable, "-c", script, serialized, json.dumps(props)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["id"] == props["http_addr"]
+    assert result["outs"]["leader"] == LEADER
+    assert result["outs"]["triggers"] == ["i-0abc"]
+
+
+def test_diff_waits_again_only_when_the_cluster_changes() -> None:
+    provider = ConsulReadyProvider()
+    old = {"http_addr": "https://1.2.3.4:8501", "token": "a", "ca_pem": "ca", "triggers": ["i-1"], "leader": LEADER}
+    assert provider.diff("id", old, {**old, "leader": None}).changes is False
+    assert provider.diff("id", old, {**old, "token": "b"}).changes is False
+    assert provider.diff("id", old, {**old, "triggers": ["i-2"]}).changes is True
+    assert provider.diff("id", old, {**old, "http_addr": "https://5.6.7.8:8501"}).changes is True
