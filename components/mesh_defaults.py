@@ -23,6 +23,19 @@ service_prefix "" {
 """
 
 
+def service_defaults(
+    resource_name: str, service: str, protocol: str, opts: pulumi.ResourceOptions
+) -> consul.ConfigEntry:
+    """A service's `service-defaults` entry: its protocol (L7 intentions need http)."""
+    return consul.ConfigEntry(
+        resource_name,
+        kind="service-defaults",
+        name=service,
+        config_json=json.dumps({"Protocol": protocol}),
+        opts=opts,
+    )
+
+
 @dataclass
 class MeshDefaultsArgs:
     mesh_destinations_only: bool
@@ -52,13 +65,7 @@ class MeshDefaults(pulumi.ComponentResource):
             opts=child,
         )
         for service in sorted(args.protocols):
-            consul.ConfigEntry(
-                f"{name}-{service}-defaults",
-                kind="service-defaults",
-                name=service,
-                config_json=json.dumps({"Protocol": args.protocols[service]}),
-                opts=child,
-            )
+            service_defaults(f"{name}-{service}-defaults", service, args.protocols[service], child)
         policy = consul.AclPolicy(
             f"{name}-dns-read",
             name=args.dns_policy_name,

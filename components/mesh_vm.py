@@ -37,9 +37,9 @@ class ConsulJoinArgs:
 class MeshVmArgs:
     service: ServiceSpec
     """The service this VM runs: name, port, application, redirect exclusions, instance type."""
-    consul_version: str
+    consul_version: pulumi.Input[str]
     """Consul version to install (apt package consul=<version>-*)."""
-    envoy_version: str
+    envoy_version: pulumi.Input[str]
     """Envoy version to install (apt package hashicorp-envoy=<version>-*); supported by consul_version."""
     cluster: ConsulJoinArgs
     """The cluster the agent joins."""
@@ -120,8 +120,8 @@ class MeshVm(pulumi.ComponentResource):
             recipe = VmRecipe(
                 service=svc,
                 datacenter=str(v["datacenter"]),
-                consul_version=args.consul_version,
-                envoy_version=args.envoy_version,
+                consul_version=str(v["consul_version"]),
+                envoy_version=str(v["envoy_version"]),
                 retry_join=tuple(v["retry_join"]),  # type: ignore[arg-type]
                 ca_pem=str(v["ca"]) if v["ca"] else None,
                 grpc_ca_pem=str(v["grpc_ca"]) if v["grpc_ca"] else None,
@@ -139,6 +139,8 @@ class MeshVm(pulumi.ComponentResource):
         cloud_config = pulumi.Output.secret(
             pulumi.Output.all(
                 datacenter=cluster.datacenter,
+                consul_version=args.consul_version,
+                envoy_version=args.envoy_version,
                 retry_join=cluster.retry_join,
                 ca=cluster.ca_pem,
                 grpc_ca=cluster.grpc_ca_pem,

@@ -81,7 +81,7 @@ def resolve_admin_cidrs(spec: MeshSpec, lookup: Callable[[], str] = deployer_cid
     return replace(spec, admin_cidrs=tuple(sorted(cidrs)))
 
 
-def _split_addr(http_addr: str) -> tuple[str, str]:
+def split_addr(http_addr: str) -> tuple[str, str]:
     """https://host:port -> ("https", "host:port"), as the consul provider takes them."""
     scheme, _, rest = http_addr.partition("://")
     return scheme, rest.rstrip("/")
@@ -162,7 +162,7 @@ def build(
         triggers=triggers,
         opts=pulumi.ResourceOptions(depends_on=ready_after),
     )
-    address = ready.http_addr.apply(_split_addr)
+    address = ready.http_addr.apply(split_addr)
     provider = consul.Provider(
         "consul",
         address=address.apply(lambda a: a[1]),

@@ -447,6 +447,18 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
     )
 
 
+def load_service(name: str, raw: Any, default_instance_type: str = DEFAULTS["instanceType"]) -> ServiceSpec:
+    """One service's settings (as under `services.<name>`), validated; raises MeshSpecError.
+
+    For projects that add a VM to an existing mesh: the same rules as the mesh's own services.
+    """
+    problems = _Problems()
+    service = _service(name, _decode(raw, f"services.{name}", problems), default_instance_type, problems)
+    if problems.items or service is None:
+        raise MeshSpecError(problems.items)
+    return service
+
+
 def _intentions(raw: Any, services: Mapping[str, Any], problems: _Problems) -> tuple[IntentionSpec, ...]:
     result: list[IntentionSpec] = []
     seen: dict[tuple[str, str], int] = {}

@@ -1,0 +1,5 @@
+"""The consumer project's entry point: see consumer.py."""
+
+import consumer
+
+consumer.main()

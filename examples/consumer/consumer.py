@@ -1,0 +1,131 @@
+"""A second Pulumi project on top of a consul-tproxy-vms stack: one more mesh VM, and who may call it.
+
+Everything it needs comes from the mesh stack's outputs through a StackReference: the Consul API
+address, CA and management token (a secret, and it stays one), how agents join, the network and
+the mesh security group. It declares its VM with the mesh project's own MeshVm component.
+
+It owns the intentions whose destination is its own service, and no other: Consul keeps one
+`service-intentions` entry per destination, so two projects writing the same destination's entry
+would overwrite each other. Here the mesh stack's services are the sources.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_consul as consul
+
+# In this repository the mesh project sits two folders up; a project elsewhere would install it.
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from components.intentions import ServiceIntentions, ServiceIntentionsArgs  # noqa: E402
+from components.mesh_defaults import service_defaults  # noqa: E402
+from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs  # noqa: E402
+from components.program import split_addr  # noqa: E402
+from components.spec import DNS_LABEL, IntentionSpec, MeshSpecError, ServiceSpec, load_service  # noqa: E402
+
+PROJECT = "consul-tproxy-vms-consumer"
+
+
+def read_config(config: pulumi.Config) -> tuple[str, ServiceSpec, list[str], list[str]]:
+    """meshStack, the new service, who may call it, admin networks; MeshSpecError when bad."""
+    problems = []
+    mesh_stack = config.get("meshStack") or ""
+    if mesh_stack.count("/") != 2:
+        problems.append(f"meshStack: {mesh_stack!r} is not <organization>/consul-tproxy-vms/<stack>")
+    name = config.get("service") or "reports"
+    port = config.get_int("port") or 9400
+    allow_from = config.get_object("allowFrom") or ["web"]
+    for index, source in enumerate(allow_from):
+        if not isinstance(source, str) or not DNS_LABEL.match(source) or source == name:
+            problems.append(f"allowFrom[{index}]: {source!r} is not another service's name")
+    admin_cidrs = config.get_object("adminCidrs") or []
+    service = None
+    try:
+        service = load_service(name, {"port": port})
+    except MeshSpecError as err:
+        problems += err.problems
+    if problems or service is None:
+        raise MeshSpecError(problems)
+    return mesh_stack, service, list(allow_from), list(admin_cidrs)
+
+
+def build(
+    mesh: pulumi.StackReference, service: ServiceSpec, allow_from: Sequence[str], admin_cidrs: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Declare the new VM, its service-defaults and its intentions; return the stack outputs."""
+    out = mesh.require_output
+    address = out("consulHttpAddr").apply(split_addr)
+    provider = consul.Provider(
+        "consul",
+        address=address.apply(lambda a: a[1]),
+        scheme=address.apply(lambda a: a[0]),
+        datacenter=out("consulDatacenter"),
+        token=pulumi.Output.secret(out("consulManagementToken")),
+        ca_pem=mesh.get_output("consulCaPem"),
+    )
+    with_consul = pulumi.ResourceOptions(providers=[provider])
+
+    defaults = service_defaults(f"{service.name}-defaults", service.name, service.protocol, with_consul)
+    vm = MeshVm(
+        service.name,
+        MeshVmArgs(
+            service=service,
+            consul_version=out("consulVersion"),
+            envoy_version=out("envoyVersion"),
+            cluster=ConsulJoinArgs(
+                datacenter=out("consulDatacenter"),
+                retry_join=out("consulRetryJoin"),
+                ca_pem=mesh.get_output("consulCaPem"),
+                grpc_ca_pem=mesh.get_output("consulGrpcCaPem"),
+                gossip_key=mesh.get_output("consulGossipKey"),
+                # The mesh stack's own servers are found by cloud auto-join (by EC2 tag).
+                cloud_auto_join=True,
+            ),
+            subnet_id=out("subnetIds").apply(lambda ids: ids[0]),
+            vpc_id=out("vpcId"),
+            mesh_security_group_id=out("meshSecurityGroupId"),
+            dns_policy_name=out("dnsPolicyName"),
+            admin_cidrs=admin_cidrs,
+            tags={"consul-tproxy-vms:stack": pulumi.get_stack(), "consul-tproxy-vms:project": PROJECT},
+        ),
+        opts=with_consul,
+    )
+    intentions = ServiceIntentions(
+        "intentions",
+        ServiceIntentionsArgs(
+            intentions=[
+                IntentionSpec(source, service.name, "allow", f"{source} calls {service.name}") for source in allow_from
+            ]
+        ),
+        opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
+    )
+    return {
+        "service": {
+            "instanceId": vm.instance_id,
+            "privateIp": vm.private_ip,
+            "publicIp": vm.public_ip,
+            "nodeName": vm.node_name,
+            "virtualHostname": vm.virtual_hostname,
+            "port": vm.port,
+        },
+        "intentions": intentions.applied,
+    }
+
+
+def main() -> dict[str, Any]:
+    try:
+        mesh_stack, service, allow_from, admin_cidrs = read_config(pulumi.Config(PROJECT))
+    except MeshSpecError as err:
+        listed = "\n".join(f"  - {p}" for p in err.problems)
+        raise pulumi.RunError(f"invalid stack config for {PROJECT}:\n{listed}") from None
+    outputs = build(pulumi.StackReference(mesh_stack), service, allow_from, admin_cidrs)
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+    return outputs
