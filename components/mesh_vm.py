@@ -191,16 +191,18 @@ class MeshVm(pulumi.ComponentResource):
         self.virtual_hostname = pulumi.Output.from_input(svc.virtual_hostname)
         self.port = pulumi.Output.from_input(svc.port)
         self.cloud_config = cloud_config
-        self.register_outputs(
-            {
-                "instanceId": self.instance_id,
-                "privateIp": self.private_ip,
-                "publicIp": self.public_ip,
-                "nodeName": self.node_name,
-                "virtualHostname": self.virtual_hostname,
-                "port": self.port,
-            }
-        )
+        self.register_outputs(self.summary())
+
+    def summary(self) -> dict[str, pulumi.Output]:
+        """What the stack exports of this VM (camelCase, the `services` output's contract)."""
+        return {
+            "instanceId": self.instance_id,
+            "privateIp": self.private_ip,
+            "publicIp": self.public_ip,
+            "nodeName": self.node_name,
+            "virtualHostname": self.virtual_hostname,
+            "port": self.port,
+        }
 
     def _secret_id(self, token: consul.AclToken) -> pulumi.Output[str]:
         # The token resource does not hold its SecretID; read it, and keep it secret (the invoke's

@@ -216,17 +216,7 @@ def build(
 
     outputs.update(
         {
-            "services": {
-                name: {
-                    "instanceId": vm.instance_id,
-                    "privateIp": vm.private_ip,
-                    "publicIp": vm.public_ip,
-                    "nodeName": vm.node_name,
-                    "virtualHostname": vm.virtual_hostname,
-                    "port": vm.port,
-                }
-                for name, vm in vms.items()
-            },
+            "services": {name: vm.summary() for name, vm in vms.items()},
             "intentions": intentions.applied,
             "consulHttpAddr": ready.http_addr,
             "consulUiUrl": ready.http_addr.apply(lambda a: f"{a}/ui/"),

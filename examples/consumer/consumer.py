@@ -107,14 +107,7 @@ def build(
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
     )
     return {
-        "service": {
-            "instanceId": vm.instance_id,
-            "privateIp": vm.private_ip,
-            "publicIp": vm.public_ip,
-            "nodeName": vm.node_name,
-            "virtualHostname": vm.virtual_hostname,
-            "port": vm.port,
-        },
+        "service": vm.summary(),
         "intentions": intentions.applied,
     }
 
