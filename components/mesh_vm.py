@@ -109,9 +109,7 @@ class MeshVm(pulumi.ComponentResource):
             f"{name}-service-token",
             description=f"{PROJECT}: registration and Envoy token of service {svc.name}",
             service_identities=[
-                consul.AclTokenServiceIdentityArgs(
-                    service_name=svc.name, datacenters=pulumi.Output.from_input(cluster.datacenter).apply(lambda d: [d])
-                )
+                consul.AclTokenServiceIdentityArgs(service_name=svc.name, datacenters=[cluster.datacenter])
             ],
             opts=child,
         )

@@ -23,7 +23,16 @@ from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
 from components.network import MeshNetwork, MeshNetworkArgs
 from components.readiness import ConsulReady
-from components.spec import DEPLOYER, PROJECT, SECRET_KEYS, TOP_LEVEL_KEYS, MeshSpec, MeshSpecError, load_spec
+from components.spec import (
+    DEPLOYER,
+    PROJECT,
+    SECRET_KEYS,
+    TOP_LEVEL_KEYS,
+    MeshSpec,
+    MeshSpecError,
+    load_spec,
+    split_http_addr,
+)
 
 # Answers with the caller's public IPv4 address; used only when adminCidrs names "deployer".
 DEPLOYER_LOOKUP_URL = "https://checkip.amazonaws.com"
@@ -79,12 +88,6 @@ def resolve_admin_cidrs(spec: MeshSpec, lookup: Callable[[], str] = deployer_cid
         return spec
     cidrs = {c for c in spec.admin_cidrs if c != DEPLOYER} | {lookup()}
     return replace(spec, admin_cidrs=tuple(sorted(cidrs)))
-
-
-def split_addr(http_addr: str) -> tuple[str, str]:
-    """https://host:port -> ("https", "host:port"), as the consul provider takes them."""
-    scheme, _, rest = http_addr.partition("://")
-    return scheme, rest.rstrip("/")
 
 
 def build(
@@ -162,7 +165,7 @@ def build(
         triggers=triggers,
         opts=pulumi.ResourceOptions(depends_on=ready_after),
     )
-    address = ready.http_addr.apply(split_addr)
+    address = ready.http_addr.apply(split_http_addr)
     provider = consul.Provider(
         "consul",
         address=address.apply(lambda a: a[1]),

@@ -83,9 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "intentions": [],
 }
 REQUIRED = ("services",)
-# Keys that point the stack at an existing Consul cluster instead of creating servers. They have no
-# default: set, they mean "existing cluster"; consulHttpAddr decides the mode.
-EXISTING_CLUSTER_KEYS = ("consulHttpAddr", "consulRetryJoin", "consulToken", "consulGossipKey")
+# Keys that point the stack at an existing Consul cluster instead of creating servers. Empty (their
+# default), they are unset; consulHttpAddr decides the mode, and the others need it.
+EXISTING_CLUSTER_KEYS = ("consulHttpAddr", "consulRetryJoin", "consulToken", "consulGossipKey", "consulCaPem")
 SECRET_KEYS = ("consulToken", "consulGossipKey")
 TOP_LEVEL_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED) | frozenset(EXISTING_CLUSTER_KEYS)
 
@@ -177,6 +177,12 @@ class IntentionSpec:
     description: str = ""
 
 
+def split_http_addr(http_addr: str) -> tuple[str, str]:
+    """https://host:port -> ("https", "host:port"): the consul provider's scheme and address."""
+    scheme, _, rest = http_addr.partition("://")
+    return scheme, rest.rstrip("/")
+
+
 @dataclass(frozen=True)
 class ConsulClusterSpec:
     """An existing Consul cluster: how agents and the Pulumi consul provider reach its servers."""
@@ -187,12 +193,12 @@ class ConsulClusterSpec:
 
     @property
     def scheme(self) -> str:
-        return self.http_addr.split("://", 1)[0]
+        return split_http_addr(self.http_addr)[0]
 
     @property
     def address(self) -> str:
         """host:port, as the consul provider's `address` wants it."""
-        return self.http_addr.split("://", 1)[1].rstrip("/")
+        return split_http_addr(self.http_addr)[1]
 
 
 @dataclass(frozen=True)
@@ -647,8 +653,6 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
 def _existing_cluster(raw: Mapping[str, Any], problems: _Problems) -> ConsulClusterSpec | None:
     """The cluster named by consulHttpAddr and its companions; None when the stack creates servers."""
     given = [key for key in EXISTING_CLUSTER_KEYS if raw.get(key) not in (None, "", [], "[]")]
-    if _optional(raw, "consulCaPem") is not None:
-        given.append("consulCaPem")
     if "consulHttpAddr" not in given:
         for key in given:
             # A token or CA for servers this stack is about to create would be silently ignored.

@@ -172,13 +172,14 @@ def redirect_exclusions(recipe: VmRecipe) -> RedirectExclusions:
 def vm_files(recipe: VmRecipe, secrets: VmSecrets) -> list[VmFile]:
     """Every file the VM gets, in the order cloud-init writes them."""
     svc = recipe.service
+    grpc_ca_file = _grpc_ca_path(recipe)
     context: dict[str, Any] = {
         "service": svc,
         "datacenter": recipe.datacenter,
         "retry_join": list(recipe.retry_join),
         "tls": recipe.ca_pem is not None,
         "grpc_tls": recipe.grpc_ca_pem is not None,
-        "grpc_ca_file": _grpc_ca_path(recipe),
+        "grpc_ca_file": grpc_ca_file,
         "gossip_key": secrets.gossip_key,
         "agent_token": secrets.agent_token,
         "service_token": secrets.service_token,
@@ -193,7 +194,7 @@ def vm_files(recipe: VmRecipe, secrets: VmSecrets) -> list[VmFile]:
     ]
     if recipe.ca_pem is not None:
         files.append(VmFile(CA_PATH, recipe.ca_pem))
-    if recipe.grpc_ca_pem is not None and _grpc_ca_path(recipe) != CA_PATH:
+    if recipe.grpc_ca_pem is not None and grpc_ca_file != CA_PATH:
         files.append(VmFile(GRPC_CA_PATH, recipe.grpc_ca_pem))
     files += [
         VmFile(f"/etc/envoy/{svc.name}.env", _render("envoy.env.j2", **context), "0640", "root:envoy"),
@@ -254,9 +255,21 @@ def packages(recipe: VmRecipe) -> list[tuple[str, str]]:
     return pinned + sorted(extra)
 
 
+# System users the VMs' services run as: name -> home directory.
+CONSUL_USER = ("consul", "/var/lib/consul")
+ENVOY_USER = ("envoy", "/nonexistent")
+
+
 def _cloud_config(
-    title: str, users: list[str], packages: list[tuple[str, str]], files: list[VmFile], units: list[str]
+    title: str,
+    users: list[tuple[str, str]],
+    packages: list[tuple[str, str]],
+    files: list[VmFile],
+    restart: list[str],
+    start: list[str],
 ) -> str:
+    """runcmd restarts the `restart` units (already running, reconfigured), then enables and starts
+    the `start` units, each in the order given."""
     return _render(
         "cloud-config.yaml.j2",
         title=title,
@@ -264,7 +277,8 @@ def _cloud_config(
         hashicorp_key_fingerprint=HASHICORP_KEY_FINGERPRINT,
         packages=packages,
         files=files,
-        units=units,
+        restart=restart,
+        start=start,
     )
 
 
@@ -273,11 +287,12 @@ def render_cloud_config(recipe: VmRecipe, secrets: VmSecrets) -> str:
     svc = recipe.service
     return _cloud_config(
         title=f'Mesh VM for service "{svc.name}" (Consul node "{svc.node_name}", datacenter "{recipe.datacenter}").',
-        users=["consul", "envoy"],
+        users=[CONSUL_USER, ENVOY_USER],
         packages=packages(recipe),
         files=vm_files(recipe, secrets),
+        restart=["systemd-resolved.service"],
         # The application starts before Envoy, whose ExecStartPre redirects the VM's traffic.
-        units=["systemd-resolved.service", "consul.service", "mesh-app.service", f"envoy@{svc.name}.service"],
+        start=["consul.service", "mesh-app.service", f"envoy@{svc.name}.service"],
     )
 
 
@@ -285,10 +300,11 @@ def render_server_cloud_config(recipe: ServerRecipe, secrets: ServerSecrets) -> 
     """The cloud-config text for one Consul server."""
     return _cloud_config(
         title=f'Consul server "{recipe.node_name}" of datacenter "{recipe.datacenter}".',
-        users=["consul"],
+        users=[CONSUL_USER],
         packages=[("consul", f"{recipe.consul_version}-*")],
         files=server_files(recipe, secrets),
-        units=["consul.service"],
+        restart=[],
+        start=["consul.service"],
     )
 
 

@@ -27,8 +27,14 @@ if str(REPO) not in sys.path:
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs  # noqa: E402
 from components.mesh_defaults import service_defaults  # noqa: E402
 from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs  # noqa: E402
-from components.program import split_addr  # noqa: E402
-from components.spec import DNS_LABEL, IntentionSpec, MeshSpecError, ServiceSpec, load_service  # noqa: E402
+from components.spec import (  # noqa: E402
+    DNS_LABEL,
+    IntentionSpec,
+    MeshSpecError,
+    ServiceSpec,
+    load_service,
+    split_http_addr,
+)
 
 PROJECT = "consul-tproxy-vms-consumer"
 
@@ -61,7 +67,7 @@ def build(
 ) -> dict[str, Any]:
     """Declare the new VM, its service-defaults and its intentions; return the stack outputs."""
     out = mesh.require_output
-    address = out("consulHttpAddr").apply(split_addr)
+    address = out("consulHttpAddr").apply(split_http_addr)
     provider = consul.Provider(
         "consul",
         address=address.apply(lambda a: a[1]),
