@@ -9,18 +9,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_consul as consul
 
+from components.acl import dns_rules
 from components.spec import PROJECT
-
-# What Consul DNS needs under the default token: the node identity gives a node no read on other
-# nodes, and without node read DNS answers nothing for them.
-DNS_READ_RULES = """\
-node_prefix "" {
-  policy = "read"
-}
-service_prefix "" {
-  policy = "read"
-}
-"""
 
 
 def service_defaults(
@@ -43,13 +33,13 @@ class MeshDefaultsArgs:
     protocols: Mapping[str, str]
     """Service name -> protocol (http, http2, grpc, tcp), written as each service's service-defaults."""
     dns_policy_name: str
-    """Name of the ACL policy giving DNS its read rights; unique within the Consul cluster."""
+    """Name of the ACL policy of the agents' DNS tokens (read-only); unique within the Consul cluster."""
     datacenter: str
     """Datacenter the DNS policy applies in."""
 
 
 class MeshDefaults(pulumi.ComponentResource):
-    """The `mesh` config entry, one `service-defaults` per service, and the DNS read policy."""
+    """The `mesh` config entry, one `service-defaults` per service, and the DNS tokens' read-only policy."""
 
     dns_policy_name: pulumi.Output[str]
 
@@ -69,8 +59,8 @@ class MeshDefaults(pulumi.ComponentResource):
         policy = consul.AclPolicy(
             f"{name}-dns-read",
             name=args.dns_policy_name,
-            description=f"{PROJECT}: node and service read for Consul DNS under the default token",
-            rules=DNS_READ_RULES,
+            description=f"{PROJECT}: read-only rights of Consul DNS (the agents' DNS token)",
+            rules=dns_rules(),
             datacenters=[args.datacenter],
             opts=child,
         )

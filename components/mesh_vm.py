@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_consul as consul
 
-from components import ec2
+from components import acl, ec2
 from components.spec import ENVOY_PUBLIC_PORT, PROJECT, SSH_PORT, ServiceSpec
 from components.userdata import VmRecipe, VmSecrets, encode_user_data, render_cloud_config
 
@@ -23,9 +23,6 @@ class ConsulJoinArgs:
     """Server addresses, or a cloud auto-join string ("provider=aws tag_key=... tag_value=...")."""
     ca_pem: pulumi.Input[str] | None = None
     """The servers' CA certificate: when set (not None or empty), the agent uses TLS and auto_encrypt."""
-    grpc_ca_pem: pulumi.Input[str] | None = None
-    """CA of the agents' auto_encrypt certificates (the Connect CA): when set, Envoy reaches its agent
-    over gRPC TLS. Otherwise over plaintext gRPC bound to loopback."""
     gossip_key: pulumi.Input[str] | None = None
     """The cluster's gossip encryption key (a secret), if it has one."""
     cloud_auto_join: bool | None = None
@@ -50,7 +47,7 @@ class MeshVmArgs:
     mesh_security_group_id: pulumi.Input[str]
     """The mesh membership group: the VM joins it, and admits peers that are in it."""
     dns_policy_name: pulumi.Input[str]
-    """ACL policy added to the node token so that DNS works under the default token."""
+    """ACL policy of the VM's DNS token (read-only; MeshDefaults declares it)."""
     admin_cidrs: Sequence[str] = ()
     """Networks SSH is open to. Empty: no SSH from the network at all."""
     ami_id: pulumi.Input[str] | None = None
@@ -72,8 +69,17 @@ def _cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
     )
 
 
+def _token_secret(value: object, which: str) -> str:
+    """A token SecretID read from Consul; an empty answer must never reach a file as "None"."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"Consul returned no SecretID for the VM's {which} token: is the provider's token allowed acl:read?"
+        )
+    return value
+
+
 class MeshVm(pulumi.ComponentResource):
-    """The VM of one mesh service: its two ACL tokens, IAM role, security group and instance.
+    """The VM of one mesh service: its ACL tokens and policy, IAM role, security group and instance.
 
     Its user data is rendered from the service, the cluster's join settings and the tokens' secret
     IDs, so it is a secret; it holds nothing about other services or intentions, so the mesh can
@@ -98,19 +104,37 @@ class MeshVm(pulumi.ComponentResource):
         auto_join = _cloud_auto_join(cluster)
         tags = {**args.tags, "consul-tproxy-vms:service": svc.name, "consul-tproxy-vms:node": svc.node_name}
 
+        # Three tokens, each with what its processes need (components/acl.py, tests/test_acl.py):
+        # the agent's, the registration's and Envoy's (the service token), and DNS's (read-only).
+        # Both the agent and the service token need agent read on this node for /v1/agent/self.
+        agent_read = consul.AclPolicy(
+            f"{name}-agent-read",
+            name=acl.policy_name(pulumi.get_stack(), svc.node_name, "agent-read"),
+            description=f"{PROJECT}: agent read on node {svc.node_name} (/v1/agent/self)",
+            rules=acl.agent_read_rules(svc.node_name),
+            datacenters=[cluster.datacenter],
+            opts=child,
+        )
         agent_token = consul.AclToken(
             f"{name}-agent-token",
-            description=f"{PROJECT}: agent and default token of node {svc.node_name}",
+            description=f"{PROJECT}: agent token of node {svc.node_name}",
             node_identities=[consul.AclTokenNodeIdentityArgs(node_name=svc.node_name, datacenter=cluster.datacenter)],
-            policies=[args.dns_policy_name],
+            policies=[agent_read.name],
             opts=child,
         )
         service_token = consul.AclToken(
             f"{name}-service-token",
-            description=f"{PROJECT}: registration and Envoy token of service {svc.name}",
+            description=f"{PROJECT}: registration, traffic redirect and Envoy token of service {svc.name}",
             service_identities=[
                 consul.AclTokenServiceIdentityArgs(service_name=svc.name, datacenters=[cluster.datacenter])
             ],
+            policies=[agent_read.name],
+            opts=child,
+        )
+        dns_token = consul.AclToken(
+            f"{name}-dns-token",
+            description=f"{PROJECT}: DNS token of node {svc.node_name} (read-only)",
+            policies=[args.dns_policy_name],
             opts=child,
         )
 
@@ -122,13 +146,13 @@ class MeshVm(pulumi.ComponentResource):
                 envoy_version=str(v["envoy_version"]),
                 retry_join=tuple(v["retry_join"]),  # type: ignore[arg-type]
                 ca_pem=str(v["ca"]) if v["ca"] else None,
-                grpc_ca_pem=str(v["grpc_ca"]) if v["grpc_ca"] else None,
             )
             if ec2.is_cloud_auto_join(recipe.retry_join) and not auto_join:
                 raise ValueError(f"{name}: retry_join uses cloud auto-join, but cloud_auto_join is False")
             secrets = VmSecrets(
-                agent_token=str(v["agent"]),
-                service_token=str(v["service"]),
+                agent_token=_token_secret(v["agent"], "agent"),
+                service_token=_token_secret(v["service"], "service"),
+                dns_token=_token_secret(v["dns"], "DNS"),
                 gossip_key=str(v["gossip"]) if v["gossip"] else None,
             )
             return render_cloud_config(recipe, secrets)
@@ -141,10 +165,10 @@ class MeshVm(pulumi.ComponentResource):
                 envoy_version=args.envoy_version,
                 retry_join=cluster.retry_join,
                 ca=cluster.ca_pem,
-                grpc_ca=cluster.grpc_ca_pem,
                 gossip=pulumi.Output.secret(cluster.gossip_key) if cluster.gossip_key is not None else None,
                 agent=self._secret_id(agent_token),
                 service=self._secret_id(service_token),
+                dns=self._secret_id(dns_token),
             ).apply(render)
         )
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -50,7 +52,13 @@ DEPLOYER_STAND_IN = "192.0.2.1/32"
 
 
 def placeholder(what: str) -> str:
-    return f"<secret: {what}, not rendered>"
+    """A stand-in for a secret, written with characters every file format takes as they are."""
+    return "secret-not-rendered:" + re.sub(r"[^A-Za-z0-9.-]+", "-", what).strip("-")
+
+
+def stand_in_host(name: str) -> int:
+    """A number from 0 to 4095 that depends on `name` alone: the host part of stand-in addresses."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:2], "big") % 4096
 
 
 class PlanMocks(pulumi.runtime.Mocks):
@@ -63,7 +71,7 @@ class PlanMocks(pulumi.runtime.Mocks):
         """Resource name -> URN of its parent (MockResourceArgs does not carry it)."""
 
     def secret_id(self, accessor_id: str) -> str:
-        return placeholder(f"SecretID of ACL token {accessor_id.removeprefix('accessor-')}")
+        return placeholder(f"SecretID of {accessor_id.removeprefix('accessor-')}")
 
     def generated(self, what: str) -> str:
         """A value the stack generates in secret (a token, a key): never a real one."""
@@ -75,12 +83,14 @@ class PlanMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.resources.append(args)
         state = dict(args.inputs)
-        count = len(self.of_type(args.typ))
+        # Stand-in values are derived from the resource's name, never from arrival order: the engine
+        # registers resources in a different order on each run, and the render must be repeatable.
+        host = stand_in_host(args.name)
         if args.typ == INSTANCE:
-            state["privateIp"] = f"10.42.0.{count + 9}"
-            state["publicIp"] = f"198.51.100.{count + 9}"
+            state.setdefault("privateIp", f"10.42.{host // 250}.{host % 250 + 4}")
+            state["publicIp"] = f"198.51.100.{host % 250 + 4}"
         elif args.typ == "aws:ec2/eip:Eip":
-            state.update(publicIp=f"203.0.113.{count + 9}", allocationId=f"eipalloc-{args.name}")
+            state.update(publicIp=f"203.0.113.{host % 250 + 4}", allocationId=f"eipalloc-{args.name}")
         elif args.typ == "random:index/randomUuid:RandomUuid":
             state["result"] = self.generated(f"{args.name} (uuid)")
         elif args.typ == "random:index/randomBytes:RandomBytes":
@@ -228,7 +238,8 @@ def user_data_by_vm(mocks: PlanMocks) -> dict[str, str]:
 
 def plan_rows(mocks: PlanMocks) -> list[dict[str, Any]]:
     rows = []
-    for r in mocks.resources:
+    # By type and name: the engine registers resources in a different order on each run.
+    for r in sorted(mocks.resources, key=lambda r: (r.typ, r.name)):
         inputs = masked(r.inputs)
         if "userDataBase64" in inputs:
             size = len(base64.b64decode(unwrap(r.inputs["userDataBase64"])))

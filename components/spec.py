@@ -11,20 +11,34 @@ Raw config arrives as it does from `pulumi config`: strings, with structured key
 from __future__ import annotations
 
 import base64
+import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 PROJECT = "consul-tproxy-vms"
 
+# Every pattern is matched against the whole value (re.fullmatch): `$` alone lets a trailing newline
+# through, and a newline is how a value breaks out of the line of a file it lands in.
 # A service is reachable as <name>.virtual.consul only if its name is a DNS label.
-DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-DATACENTER = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
-VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-INSTANCE_TYPE = re.compile(r"^[a-z0-9-]+\.[a-z0-9]+$")
+DNS_LABEL = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+DATACENTER = re.compile(r"[a-z0-9]([a-z0-9_-]{0,62})")
+VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+INSTANCE_TYPE = re.compile(r"[a-z0-9-]+\.[a-z0-9]+")
+# Debian policy 5.6.1 (Package): lowercase letters, digits, + - ., at least two characters, starting
+# with a letter or digit; 5.6.12 (Version): digits, letters, . + ~ - and : (and * for an apt pin).
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:*-]+)?")
+# A URL path (RFC 3986 pchar, plus / and a query): no whitespace, quotes or backslashes.
+URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
+HTTP_ADDR = re.compile(r"https?://(?P<host>[A-Za-z0-9.-]+)(:(?P<port>\d{1,5}))?/?")
+SSH_KEY_NAME = re.compile(r"[\x21-\x7e ]{1,255}")
+AMI_ID = re.compile(r"ami-[0-9a-f]{8,17}")
+VPC_ID = re.compile(r"vpc-[0-9a-f]{8,17}")
+SUBNET_ID = re.compile(r"subnet-[0-9a-f]{8,17}")
+RETRY_JOIN = re.compile(r"[^\s\"'\\]+( [^\s\"'\\]+)*")
 
 ACTIONS = ("allow", "deny")
 PROTOCOLS = ("http", "http2", "grpc", "tcp")
@@ -49,17 +63,45 @@ RESERVED_PORTS = {
     ENVOY_PUBLIC_PORT: "Envoy public listener",
 }
 
-# Envoy minor versions HashiCorp supports per Consul minor (envoyextensions/xdscommon/ENVOY_VERSIONS
-# at each Consul release tag). A pair outside this table fails at program time rather than on the VM.
-SUPPORTED_ENVOY = {
-    "1.22": ("1.38", "1.37", "1.35"),
-    "1.21": ("1.38", "1.37", "1.35"),
-    "1.20": ("1.33", "1.32", "1.31", "1.30"),
+# Envoy versions each Consul minor accepts. `consul connect envoy` runs Envoy only if its major.minor
+# lies between the lowest and the highest line of envoyextensions/xdscommon/ENVOY_VERSIONS embedded in
+# that Consul build (command/connect/envoy/envoy.go checkEnvoyVersionCompatibility: the constraint
+# ">= min, < max+1"; "Envoy version ... is not supported" and exit 1 otherwise), and patch versions
+# are not compared. The ranges are those of the v1.22.x compatibility tables
+# (hashicorp/web-unified-docs content/consul/v1.22.x/content/partials/tables/compatibility/envoy/
+# standard-release.mdx): 1.22.x 1.35-1.31, 1.21.x 1.34-1.31, 1.20.x 1.33-1.30. A Consul minor not
+# listed here is refused: its range is unknown until checked and added.
+SUPPORTED_ENVOY: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "1.22": ((1, 31), (1, 35)),
+    "1.21": ((1, 31), (1, 34)),
+    "1.20": ((1, 30), (1, 33)),
 }
+
+
+def envoy_supported(consul_version: str, envoy_version: str) -> bool | None:
+    """Whether Consul `consul_version` runs Envoy `envoy_version`; None for a Consul minor not in the table."""
+    consul_minor = ".".join(consul_version.split(".")[:2])
+    if consul_minor not in SUPPORTED_ENVOY:
+        return None
+    low, high = SUPPORTED_ENVOY[consul_minor]
+    major, minor = (int(part) for part in envoy_version.split(".")[:2])
+    return low <= (major, minor) <= high
+
 
 # adminCidrs entry that stands for the public IPv4 address of the machine running `pulumi`.
 DEPLOYER = "deployer"
 SERVER_COUNTS = (1, 3, 5)
+# Installed and pinned by every mesh VM (userdata.packages): an app package of the same name would
+# override the pin.
+MESH_PACKAGES = ("consul", "hashicorp-envoy", "iptables")
+MAX_COMMAND = 1024
+# Names the stack gives its own parts. A service (or node) named like one would share its Consul
+# name ("consul" is the servers' own service), its server node names (consul-server-N) or its
+# component names (network, defaults, intentions, consul-ready).
+RESERVED_NAMES = frozenset({"consul", "consul-ready", "network", "defaults", "intentions"})
+RESERVED_PREFIX = "consul-server"
+# Key names that look like secrets: their values are never echoed in a message.
+SECRET_WORDS = ("token", "secret", "password", "gossip", "key", "pem")
 
 DEFAULTS: dict[str, Any] = {
     "datacenter": "dc1",
@@ -248,6 +290,8 @@ class MeshSpec:
     admin_cidrs: tuple[str, ...] = ()
     ssh_key_name: str | None = None
     ami_id: str | None = None
+    warnings: tuple[str, ...] = ()
+    """Valid but probably not meant (see spec.footguns): `pulumi up` and the render print them."""
 
     def __post_init__(self) -> None:
         if (self.consul is None) == (self.servers is None):
@@ -288,7 +332,7 @@ def _string(
     if not isinstance(raw, str):
         problems.add(key, raw, "must be a string")
         return None
-    if pattern is not None and not pattern.match(raw):
+    if pattern is not None and not pattern.fullmatch(raw):
         problems.add(key, raw, f"is not {what}")
         return None
     return raw
@@ -345,10 +389,15 @@ def _cidr(raw: Any, key: str, problems: _Problems, deployer: bool = False) -> st
         problems.add(key, raw, "must be a CIDR string such as 10.0.0.0/16")
         return None
     try:
-        return str(ipaddress.ip_network(raw, strict=True))
+        network = ipaddress.ip_network(raw, strict=True)
     except ValueError as err:
         problems.add(key, raw, f"is not a CIDR ({err})")
         return None
+    if network.version != 4:
+        # `consul connect redirect-traffic` and the security group rules this stack writes are IPv4.
+        problems.add(key, raw, "is an IPv6 network: the mesh and its security groups are IPv4 only")
+        return None
+    return str(network)
 
 
 def _cidrs(raw: Any, key: str, problems: _Problems, deployer: bool = False) -> tuple[str, ...]:
@@ -356,20 +405,38 @@ def _cidrs(raw: Any, key: str, problems: _Problems, deployer: bool = False) -> t
     return tuple(sorted({c for c in cidrs if c is not None}))
 
 
-def _unknown_keys(obj: Mapping[str, Any], allowed: frozenset[str], key: str, problems: _Problems) -> None:
-    for name in sorted(set(obj) - allowed):
-        problems.add(f"{key}.{name}", obj[name], f"is not a known key (known: {', '.join(sorted(allowed))})")
+def _names(names: Iterable[Any]) -> str:
+    """Names for a message, whatever their types (YAML keys need not be strings)."""
+    return ", ".join(sorted(str(n) for n in names))
+
+
+def looks_secret(name: Any) -> bool:
+    """A key whose value must not be echoed: a secret key, or a name that looks like one (consul_token)."""
+    folded = str(name).lower().replace("_", "").replace("-", "")
+    return folded in {k.lower() for k in SECRET_KEYS} or any(word in folded for word in SECRET_WORDS)
+
+
+def _unknown_keys(obj: Mapping[Any, Any], allowed: frozenset[str], key: str, problems: _Problems) -> None:
+    for name in sorted(set(obj) - allowed, key=str):
+        shown = "<secret>" if looks_secret(name) else obj[name]
+        close = difflib.get_close_matches(str(name), sorted(allowed), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(allowed))}"
+        problems.add(f"{key}.{name}" if key else str(name), shown, f"is not a known key ({hint})")
 
 
 def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problems) -> ServiceSpec | None:
     key = f"services.{name}"
-    if not isinstance(name, str) or not DNS_LABEL.match(name):
+    if not isinstance(name, str) or not DNS_LABEL.fullmatch(name):
         problems.add(
             f"services.{name}",
             name,
             "is not a valid service name: use a DNS label (lowercase letters, digits and '-', "
             "starting with a letter, at most 63 characters) so <name>.virtual.consul resolves",
         )
+        return None
+    if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIX):
+        problems.add(key, name, f"is a name the stack uses itself ({', '.join(sorted(RESERVED_NAMES))}, "
+                     f"{RESERVED_PREFIX}*): choose another service name")
         return None
     if not isinstance(raw, Mapping):
         problems.add(key, raw, "must be an object such as {port: 8080}")
@@ -388,6 +455,8 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
     node_name = raw.get("nodeName", name)
     if _string(node_name, f"{key}.nodeName", problems, DNS_LABEL, "a DNS label") is None:
         node_name = name
+    elif node_name in RESERVED_NAMES or node_name.startswith(RESERVED_PREFIX):
+        problems.add(f"{key}.nodeName", node_name, f"is a node name the stack uses itself ({RESERVED_PREFIX}*)")
     protocol = raw.get("protocol", "http")
     if protocol not in PROTOCOLS:
         problems.add(f"{key}.protocol", protocol, f"is not one of {', '.join(PROTOCOLS)}")
@@ -398,8 +467,22 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
             upstreams.append(up)
 
     command = raw.get("command")
-    if command is not None and (not isinstance(command, str) or not command.startswith("/") or "\n" in command):
-        problems.add(f"{key}.command", command, "must be a one-line command starting with an absolute path")
+    if command is not None and (
+        not isinstance(command, str)
+        or not command.startswith("/")
+        # One line of printable characters: \r, \v, U+2028 and the like would end the ExecStart=
+        # line of the unit file and start a setting of their own (ExecStartPre=+... runs as root).
+        or not command.isprintable()
+        # systemd joins a line that ends in a backslash with the next one (systemd.syntax(7)).
+        or command.endswith("\\")
+        or len(command) > MAX_COMMAND
+    ):
+        problems.add(
+            f"{key}.command",
+            command,
+            f"must be a one-line command starting with an absolute path: printable characters only, "
+            f"no trailing backslash, at most {MAX_COMMAND} characters",
+        )
     packages = []
     for i, pkg in enumerate(_list(raw.get("packages", []), f"{key}.packages", problems)):
         if (
@@ -407,12 +490,20 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
                 pkg,
                 f"{key}.packages[{i}]",
                 problems,
-                re.compile(r"^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:*-]+)?$"),
+                DEBIAN_PACKAGE,
                 "a Debian package name (optionally name=version)",
             )
             is not None
         ):
-            packages.append(pkg)
+            if pkg.partition("=")[0] in MESH_PACKAGES:
+                problems.add(
+                    f"{key}.packages[{i}]",
+                    pkg,
+                    f"is installed and pinned by the mesh itself ({', '.join(MESH_PACKAGES)}): "
+                    "set consulVersion or envoyVersion instead",
+                )
+            else:
+                packages.append(pkg)
     health = raw.get("healthCheckPath", DEMO_HEALTH_PATH if command is None else None)
     if (
         health is not None
@@ -420,11 +511,15 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
             health,
             f"{key}.healthCheckPath",
             problems,
-            re.compile(r"^/[^\s\"']*$"),
+            URL_PATH,
             "an absolute URL path such as /health",
         )
         is None
     ):
+        health = None
+    elif health is not None and ("${" in health or "%{" in health):
+        # HCL reads ${ and %{ in a quoted string as a template (escape.hcl).
+        problems.add(f"{key}.healthCheckPath", health, "must not contain ${ or %{")
         health = None
 
     instance_type = raw.get("instanceType", default_instance_type)
@@ -480,13 +575,16 @@ def _intentions(raw: Any, services: Mapping[str, Any], problems: _Problems) -> t
             if name is None:
                 problems.add(f"{key}.{end}", None, "is missing")
                 ok = False
+            elif not isinstance(name, str):
+                problems.add(f"{key}.{end}", name, "must be a service name (a string)")
+                ok = False
             elif name not in services:
                 problems.add(
-                    f"{key}.{end}", name, f"is not a service of this stack (services: {', '.join(sorted(services))})"
+                    f"{key}.{end}", name, f"is not a service of this stack (services: {_names(services)})"
                 )
                 ok = False
         action = item.get("action")
-        if action not in ACTIONS:
+        if not isinstance(action, str) or action not in ACTIONS:
             problems.add(f"{key}.action", action, "must be allow or deny")
             ok = False
         description = item.get("description", "")
@@ -512,14 +610,18 @@ def _intentions(raw: Any, services: Mapping[str, Any], problems: _Problems) -> t
 def _versions(consul: str | None, envoy: str | None, problems: _Problems) -> None:
     if consul is None or envoy is None:
         return
-    consul_minor = ".".join(consul.split(".")[:2])
-    envoy_minor = ".".join(envoy.split(".")[:2])
-    supported = SUPPORTED_ENVOY.get(consul_minor)
-    if supported is not None and envoy_minor not in supported:
+    supported = envoy_supported(consul, envoy)
+    if supported is None:
+        known = ", ".join(f"{minor}.x" for minor in sorted(SUPPORTED_ENVOY))
+        problems.add("consulVersion", consul, f"is not a Consul version this project supports ({known})")
+    elif not supported:
+        consul_minor = ".".join(consul.split(".")[:2])
+        (low_major, low_minor), (high_major, high_minor) = SUPPORTED_ENVOY[consul_minor]
         problems.add(
             "envoyVersion",
             envoy,
-            f"is not supported by Consul {consul_minor} (supported Envoy: {', '.join(supported)})",
+            f"is not supported by Consul {consul_minor} (supported Envoy: {low_major}.{low_minor}.x "
+            f"to {high_major}.{high_minor}.x; `consul connect envoy` refuses to start any other)",
         )
 
 
@@ -528,10 +630,16 @@ def _http_addr(raw: Any, problems: _Problems) -> str | None:
         raw,
         "consulHttpAddr",
         problems,
-        re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$"),
+        HTTP_ADDR,
         "an address such as https://10.0.1.10:8501",
     )
-    return value.rstrip("/") if value else None
+    if not value:
+        return None
+    port = HTTP_ADDR.fullmatch(value)["port"]  # type: ignore[index]
+    if port is not None and not 1 <= int(port) <= 65535:
+        problems.add("consulHttpAddr", value, "has a port outside 1-65535")
+        return None
+    return value.rstrip("/")
 
 
 def _is_gossip_key(value: Any) -> bool:
@@ -552,8 +660,7 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     Raises MeshSpecError listing every problem; the caller declares nothing in that case.
     """
     problems = _Problems()
-    for name in sorted(set(raw) - TOP_LEVEL_KEYS):
-        problems.add(name, raw[name], f"is not a config key of {PROJECT} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    _unknown_keys(raw, TOP_LEVEL_KEYS, "", problems)
     for name in REQUIRED:
         if raw.get(name) in (None, ""):
             problems.add(name, None, "is missing (see README: Configuration)")
@@ -569,8 +676,8 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     raw_services = _decode(raw.get("services"), "services", problems)
     if raw_services is not None and not isinstance(raw_services, Mapping):
         problems.add("services", raw_services, "must be a map of service name to {port: ...}")
-        raw_services = {}
-    if raw_services is not None and not raw_services and "services" in raw:
+        raw_services = None  # one message per cause: not also "is empty"
+    elif raw_services is not None and not raw_services and "services" in raw:
         problems.add("services", raw_services, "is empty: the mesh needs at least one service")
     for name in sorted(raw_services or {}, key=str):
         svc = _service(name, raw_services[name], instance_type, problems)
@@ -623,14 +730,15 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
 
     optional = {}
     for key, pattern, what in (
-        ("sshKeyName", re.compile(r"^[\x21-\x7e ]{1,255}$"), "an EC2 key pair name"),
-        ("amiId", re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id such as ami-0123456789abcdef0"),
+        ("sshKeyName", SSH_KEY_NAME, "an EC2 key pair name"),
+        ("amiId", AMI_ID, "an AMI id such as ami-0123456789abcdef0"),
     ):
         value = _optional(raw, key)
         optional[key] = _string(value, key, problems, pattern, what) if value is not None else None
 
     if problems.items:
         raise MeshSpecError(problems.items)
+    warnings = footguns(services, intentions, admin_cidrs)
     assert datacenter and consul_version and envoy_version and ready_timeout is not None
     assert mesh_destinations_only is not None and network is not None
     return MeshSpec(
@@ -647,7 +755,40 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         admin_cidrs=admin_cidrs,
         ssh_key_name=optional["sshKeyName"],
         ami_id=optional["amiId"],
+        warnings=warnings,
     )
+
+
+# Every *.virtual.consul address comes from this range (CONSUL_FACTS: virtual IPs).
+VIRTUAL_IPS = ipaddress.ip_network("240.0.0.0/4")
+EVERYWHERE = "0.0.0.0/0"
+
+
+def footguns(
+    services: Mapping[str, ServiceSpec], intentions: Sequence[IntentionSpec], admin_cidrs: Sequence[str]
+) -> tuple[str, ...]:
+    """Settings that are valid but rarely meant, each as a message naming its key."""
+    found = []
+    if EVERYWHERE in admin_cidrs:
+        found.append(f"adminCidrs: {EVERYWHERE} opens SSH and the Consul API and UI to the whole internet")
+    allowed = {(i.source, i.destination) for i in intentions if i.action == "allow"}
+    for name, svc in sorted(services.items()):
+        for cidr in svc.exclusions.outbound_cidrs:
+            key = f"services.{name}.excludeOutboundCidrs"
+            if cidr == EVERYWHERE:
+                found.append(f"{key}: {EVERYWHERE} takes every outbound connection out of the mesh")
+            elif ipaddress.ip_network(cidr).overlaps(VIRTUAL_IPS):
+                found.append(
+                    f"{key}: {cidr} overlaps {VIRTUAL_IPS}, the *.virtual.consul addresses: "
+                    "calls to those services bypass Envoy and fail"
+                )
+        for up in svc.upstreams:
+            if (name, up) not in allowed:
+                found.append(
+                    f"services.{name}.upstreams: {up} is listed but no allow intention lets {name} reach it "
+                    "(default deny refuses the calls)"
+                )
+    return tuple(found)
 
 
 def _existing_cluster(raw: Mapping[str, Any], problems: _Problems) -> ConsulClusterSpec | None:
@@ -678,15 +819,31 @@ def _existing_cluster(raw: Mapping[str, Any], problems: _Problems) -> ConsulClus
                 target,
                 f"consulRetryJoin[{i}]",
                 problems,
-                re.compile(r"^[^\s\"'\\]+( [^\s\"'\\]+)*$"),
+                RETRY_JOIN,
                 "an address or a cloud auto-join string",
             )
             is not None
         ):
-            retry_join.append(target)
+            if not target.startswith("provider=") and (target.startswith("[") or target.count(":") >= 2):
+                # The redirect excludes servers given by address, and redirect-traffic is IPv4 only.
+                problems.add(f"consulRetryJoin[{i}]", target, "is an IPv6 address: the mesh is IPv4 only")
+            else:
+                retry_join.append(target)
     ca_pem = _optional(raw, "consulCaPem")
-    if ca_pem is not None and "-----BEGIN CERTIFICATE-----" not in str(ca_pem):
-        problems.add("consulCaPem", "<text>", "is not a PEM certificate (no BEGIN CERTIFICATE line)")
+    if ca_pem is not None:
+        text = str(ca_pem)
+        # Never echoed: it might be a key pasted by mistake.
+        if "PRIVATE KEY" in text:
+            problems.add(
+                "consulCaPem",
+                "<text>",
+                "contains a private key: give the CA certificate only (it is written world-readable on every VM)",
+            )
+            ca_pem = None
+        elif "-----BEGIN CERTIFICATE-----" not in text:
+            problems.add("consulCaPem", "<text>", "is not a PEM certificate (no BEGIN CERTIFICATE line)")
+        elif not all(line.isprintable() for line in text.split("\n")):
+            problems.add("consulCaPem", "<text>", "has control characters (\\r, tabs...) outside its lines")
     gossip_key = raw.get("consulGossipKey")
     if gossip_key and not _is_gossip_key(gossip_key):
         # Never echo a secret, even a malformed one.
@@ -724,7 +881,7 @@ def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: _Probl
     vpc_id = _optional(raw, "vpcId")
     if vpc_id is not None:
         vpc_id = _string(
-            vpc_id, "vpcId", problems, re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC id such as vpc-0123456789abcdef0"
+            vpc_id, "vpcId", problems, VPC_ID, "a VPC id such as vpc-0123456789abcdef0"
         )
     subnet_ids = []
     raw_subnets = _list(get("subnetIds"), "subnetIds", problems)
@@ -734,7 +891,7 @@ def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: _Probl
                 subnet,
                 f"subnetIds[{i}]",
                 problems,
-                re.compile(r"^subnet-[0-9a-f]{8,17}$"),
+                SUBNET_ID,
                 "a subnet id such as subnet-0123456789abcdef0",
             )
             is not None

@@ -18,7 +18,9 @@ from components.userdata import (
 )
 
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdemo\n-----END CERTIFICATE-----\n"
-SECRETS = VmSecrets(agent_token="agent-secret-0001", service_token="service-secret-0002", gossip_key=None)
+SECRETS = VmSecrets(
+    agent_token="agent-secret-0001", service_token="service-secret-0002", dns_token="dns-secret-0006", gossip_key=None
+)
 GOSSIP_KEY = "c2VjcmV0LWdvc3NpcC1rZXktb2YtMzItYnl0ZXMhISE="
 SERVER = ServerRecipe(
     node_name="consul-server-1",
@@ -33,7 +35,6 @@ SERVER_SECRETS = ServerSecrets(
     management_token="management-secret-0003",
     gossip_key=GOSSIP_KEY,
     key_pem="-----BEGIN EC PRIVATE KEY-----\nserver-key-secret-0004\n-----END EC PRIVATE KEY-----\n",
-    ca_key_pem="-----BEGIN EC PRIVATE KEY-----\nca-key-secret-0005\n-----END EC PRIVATE KEY-----\n",
 )
 
 
@@ -52,9 +53,9 @@ def tls_recipe() -> VmRecipe:
     return replace(recipe(), ca_pem=CA_PEM)
 
 
-def grpc_tls_recipe() -> VmRecipe:
-    """A VM of a stack that created its servers: TLS, and gRPC TLS to Envoy with the same CA."""
-    return replace(recipe(), ca_pem=CA_PEM, grpc_ca_pem=CA_PEM, retry_join=SERVER.retry_join)
+def server_made_recipe() -> VmRecipe:
+    """A VM of a stack that created its servers: TLS, gossip, cloud auto-join."""
+    return replace(recipe(), ca_pem=CA_PEM, retry_join=SERVER.retry_join)
 
 
 def custom_app_recipe() -> VmRecipe:
@@ -78,7 +79,7 @@ def all_recipes() -> dict[str, tuple[VmRecipe, VmSecrets]]:
     return {
         "demo": (recipe(), SECRETS),
         "tls-gossip": (tls_recipe(), replace(SECRETS, gossip_key=GOSSIP_KEY)),
-        "grpc-tls": (grpc_tls_recipe(), replace(SECRETS, gossip_key=GOSSIP_KEY)),
+        "server-made": (server_made_recipe(), replace(SECRETS, gossip_key=GOSSIP_KEY)),
         "custom-app": (custom_app_recipe(), SECRETS),
     }
 

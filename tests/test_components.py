@@ -10,7 +10,8 @@ import pulumi
 
 from components.ec2 import AUTO_JOIN_POLICY
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
-from components.mesh_defaults import DNS_READ_RULES, MeshDefaults, MeshDefaultsArgs
+from components.acl import dns_rules
+from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
 from components.network import MeshNetwork, MeshNetworkArgs
 from components.render import SECRET_MARKER, unwrap
@@ -81,21 +82,27 @@ class MeshVmTest(MockedTestCase):
         assert self.mocks.named("web-instance").inputs["ami"] == "ami-0fedcba9876543210"
         assert not [c for c in self.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]
 
-    async def test_acl_tokens_node_and_service_identity(self) -> None:
+    async def test_acl_tokens_agent_service_and_dns(self) -> None:
         await self.make()
+        agent_read = "consul-tproxy-vms-test-web-agent-read"
+        policy = self.mocks.named("web-agent-read").inputs
+        assert policy["name"] == agent_read and policy["rules"] == 'agent "web" {\n  policy = "read"\n}\n'
         agent = self.mocks.named("web-agent-token").inputs
         assert agent["nodeIdentities"] == [{"nodeName": "web", "datacenter": "dc1"}]
-        assert agent["policies"] == ["dns-read"]
+        assert agent["policies"] == [agent_read]
         service = self.mocks.named("web-service-token").inputs
         assert service["serviceIdentities"] == [{"serviceName": "web", "datacenters": ["dc1"]}]
+        assert service["policies"] == [agent_read]
+        dns = self.mocks.named("web-dns-token").inputs
+        assert dns["policies"] == ["dns-read"] and "nodeIdentities" not in dns and "serviceIdentities" not in dns
         lookups = sorted(c.args["accessorId"] for c in self.mocks.calls if c.token.startswith("consul:"))
-        assert lookups == ["accessor-web-agent-token", "accessor-web-service-token"]
+        assert lookups == ["accessor-web-agent-token", "accessor-web-dns-token", "accessor-web-service-token"]
 
     async def test_secret_ids_stay_secret_in_the_rendered_user_data(self) -> None:
         vm = await self.make()
         text = await value(vm.cloud_config)
-        assert secret_id_of("accessor-web-agent-token") in text
-        assert secret_id_of("accessor-web-service-token") in text
+        for token in ("agent", "service", "dns"):
+            assert secret_id_of(f"accessor-web-{token}-token") in text
         assert await is_secret(vm.cloud_config)
         for plain in (vm.instance_id, vm.private_ip, vm.node_name, vm.virtual_hostname, vm.port):
             assert not await is_secret(plain)
@@ -110,7 +117,6 @@ class MeshVmTest(MockedTestCase):
             datacenter=pulumi.Output.from_input("dc2"),
             retry_join=pulumi.Output.from_input([AUTO_JOIN]),
             ca_pem=pulumi.Output.from_input(CA_PEM),
-            grpc_ca_pem=pulumi.Output.from_input(CA_PEM),
             gossip_key=pulumi.Output.secret(GOSSIP_KEY),
             cloud_auto_join=True,
         )
@@ -118,7 +124,7 @@ class MeshVmTest(MockedTestCase):
         files = unpack_cloud_config(await value(vm.cloud_config))
         assert f'retry_join  = ["{AUTO_JOIN}"]' in files["/etc/consul.d/consul.hcl"]
         assert 'datacenter  = "dc2"' in files["/etc/consul.d/consul.hcl"]
-        assert "CONSUL_GRPC_ADDR=https://127.0.0.1:8503" in files["/etc/envoy/web.env"]
+        assert "CONSUL_GRPC_ADDR=127.0.0.1:8502" in files["/etc/envoy/web.env"]
         assert files["/etc/consul.d/ca.pem"] == CA_PEM
         assert self.mocks.named("web-agent-token").inputs["nodeIdentities"][0]["datacenter"] == "dc2"
         assert self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
@@ -220,8 +226,8 @@ class MeshDefaultsTest(MockedTestCase):
             ("service-defaults", "web"): {"Protocol": "http"},
         }
         (policy,) = self.mocks.of_type("consul:index/aclPolicy:AclPolicy")
-        assert policy.inputs["rules"] == DNS_READ_RULES
-        assert 'node_prefix "" {\n  policy = "read"' in DNS_READ_RULES
+        assert policy.inputs["rules"] == dns_rules()
+        assert 'node_prefix "" {\n  policy = "read"' in dns_rules() and "write" not in dns_rules()
         assert policy.inputs["datacenters"] == ["dc1"]
 
 

@@ -79,10 +79,8 @@ class Consumer(MockedTestCase):
         assert instance.name == "reports-instance"
         assert instance.inputs["subnetId"] == "network-subnet-0-id"
         assert instance.inputs["vpcSecurityGroupIds"] == ["reports-sg-id", "network-members-id"]
-        (agent_token,) = [
-            t for t in self.mocks.of_type("consul:index/aclToken:AclToken") if t.name.endswith("agent-token")
-        ]
-        assert agent_token.inputs["policies"] == [f"consul-tproxy-vms-{STACK}-dns-read"]
+        (dns_token,) = [t for t in self.mocks.of_type("consul:index/aclToken:AclToken") if t.name.endswith("dns-token")]
+        assert dns_token.inputs["policies"] == [f"consul-tproxy-vms-{STACK}-dns-read"]
 
     async def test_the_vm_joins_the_mesh_stacks_cluster_as_its_own_vms_do(self) -> None:
         await self.consume()
@@ -95,17 +93,18 @@ class Consumer(MockedTestCase):
         assert f'encrypt     = "{generated_of("consul-server-gossip-key (base64)")}"' in hcl
         assert "auto_encrypt {\n  tls = true\n}" in hcl
         assert files["/etc/consul.d/ca.pem"].split("\n")[1] == "consul-server-ca"
-        assert "CONSUL_GRPC_ADDR=https://127.0.0.1:8503" in files["/etc/envoy/reports.env"]
-        assert 'packages:\n  - [consul, "1.22.1-*"]' in decode_user_data(user_data_by_vm(self.mocks)["reports"])
+        assert "CONSUL_GRPC_ADDR=127.0.0.1:8502" in files["/etc/envoy/reports.env"]
+        assert 'packages:\n  - ["consul", "1.22.1-*"]' in decode_user_data(user_data_by_vm(self.mocks)["reports"])
 
     async def test_consul_resources_go_through_a_provider_built_from_the_references_secret_token(self) -> None:
         await self.consume()
         (provider,) = self.mocks.of_type("pulumi:providers:consul")
-        assert (provider.inputs["address"], provider.inputs["scheme"]) == ("203.0.113.10:8501", "https")
+        assert (provider.inputs["address"], provider.inputs["scheme"]) == ("203.0.113.147:8501", "https")
         assert SECRET_MARKER in provider.inputs["token"]
         assert unwrap(provider.inputs["token"]) == generated_of("consul-server-management-token (uuid)")
         resources = [r for r in self.mocks.resources if r.typ.startswith("consul:index/")]
-        assert len(resources) == 4  # two tokens, service-defaults, one intentions entry
+        # three tokens, the agent-read policy, service-defaults, one intentions entry
+        assert len(resources) == 6
         for resource in resources:
             assert (resource.provider or "").endswith("$pulumi:providers:consul::consul::consul-id"), resource.name
 

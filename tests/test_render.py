@@ -93,9 +93,9 @@ def test_server_files_are_written_with_generated_secrets_as_placeholders(
     out, _ = demo
     hcl = (out / "consul-server-0/etc/consul.d/consul.hcl").read_text()
     assert "bootstrap_expect = 1" in hcl
-    assert 'initial_management = "<secret: consul-server-management-token (uuid), not rendered>"' in hcl
-    assert "<secret: consul-server-ca-key private key, not rendered>" in hcl
-    assert "not rendered" in (out / "consul-server-0/etc/consul.d/server-key.pem").read_text()
+    assert 'initial_management = "secret-not-rendered:consul-server-management-token-uuid"' in hcl
+    assert "PRIVATE KEY" not in hcl  # the Connect CA is Consul's own: no CA key on a server
+    assert "secret-not-rendered" in (out / "consul-server-0/etc/consul.d/server-key.pem").read_text()
     # "deployer" is never looked up offline: a documentation address stands in for it.
     plan = json.loads((out / "plan.json").read_text())
     https = [r for r in plan if r["name"] == "consul-server-https-0"]
@@ -141,8 +141,8 @@ def test_no_secret_value_is_ever_written(tmp_path: Path) -> None:
     written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()) + result.stdout
     assert CONSUL_TOKEN not in written and GOSSIP_KEY not in written
     hcl = (out / "web/etc/consul.d/consul.hcl").read_text()
-    assert 'encrypt     = "<secret: consulGossipKey, not rendered>"' in hcl
-    assert 'agent   = "<secret: SecretID of ACL token web-agent-token, not rendered>"' in hcl
+    assert 'encrypt     = "secret-not-rendered:consulGossipKey"' in hcl
+    assert 'agent = "secret-not-rendered:SecretID-of-web-agent-token"' in hcl
 
 
 def test_bad_config_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:

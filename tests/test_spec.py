@@ -195,7 +195,8 @@ def test_unknown_keys_in_a_service_and_an_intention_and_top_level() -> None:
     )
     assert any(p.startswith("services.web.prot: 1 is not a known key") for p in found), found
     assert any(p.startswith('intentions[0].acton: "x" is not a known key') for p in found), found
-    assert any(p.startswith('datacentre: "dc2" is not a config key') for p in found), found
+    assert 'datacentre: "dc2" is not a known key (did you mean \'datacenter\'?)' in found, found
+    assert "services.web.prot: 1 is not a known key (did you mean 'port'?)" in found, found
 
 
 def test_intention_problems_are_all_reported_at_once() -> None:
@@ -250,7 +251,7 @@ def test_duplicate_node_names() -> None:
         ({"subnetIds": ["subnet-1"]}, 'subnetIds[0]: "subnet-1" is not a subnet id'),
         ({"subnetIds": ["subnet-0aaaaaaaaaaaaaaaa"] * 2}, "subnetIds: "),
         ({"vpcCidr": "10.0.0.0/8"}, 'vpcCidr: "10.0.0.0/8" must be a /16 to /24 network'),
-        ({"vpcCidr": "fd00::/56"}, 'vpcCidr: "fd00::/56" must be an IPv4 network'),
+        ({"vpcCidr": "fd00::/56"}, 'vpcCidr: "fd00::/56" is an IPv6 network'),
         ({"zoneCount": 0}, "zoneCount: 0 is out of range"),
         ({"serverCount": 2}, "serverCount: 2 is not 1, 3 or 5"),
         ({"serverCount": "three"}, 'serverCount: "three" must be an integer'),

@@ -89,7 +89,6 @@ def build(
                 datacenter=out("consulDatacenter"),
                 retry_join=out("consulRetryJoin"),
                 ca_pem=mesh.get_output("consulCaPem"),
-                grpc_ca_pem=mesh.get_output("consulGrpcCaPem"),
                 gossip_key=mesh.get_output("consulGossipKey"),
                 # The mesh stack's own servers are found by cloud auto-join (by EC2 tag).
                 cloud_auto_join=True,

@@ -1,0 +1,217 @@
+"""The ACL rights of a mesh VM: every Consul API call each process makes, and the token it uses.
+
+The tokens and policies the stack declares (components/mesh_vm.py, components/mesh_defaults.py) are
+built from the tables here, and tests/test_acl.py checks the other way round: from the tokens
+declared and the files rendered, the token each process actually uses grants every right its calls
+need, and nothing that no call needs (least privilege).
+
+Consul checks (acl/authorizer.go): a rule on a resource is exact (`node "web"`) or by prefix
+(`node_prefix "web-"`, the empty prefix matching every name); `write` implies `read`; with
+`default_policy = "deny"` anything without a rule is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from components.escape import hcl
+
+READ, WRITE = "read", "write"
+_ACCESS = {READ: 1, WRITE: 2}
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    """One rule: `<resource> "<name>"` (exact) or `<resource>_prefix "<name>"`, with an access level."""
+
+    resource: str
+    """agent, node, service or query."""
+    name: str
+    prefix: bool
+    access: str
+
+    def covers(self, need: Need) -> bool:
+        matches = need.name.startswith(self.name) if self.prefix else need.name == self.name
+        return self.resource == need.resource and matches and _ACCESS[self.access] >= _ACCESS[need.access]
+
+    def hcl(self) -> str:
+        kind = f"{self.resource}_prefix" if self.prefix else self.resource
+        return f"{kind} {hcl(self.name)} {{\n  policy = {hcl(self.access)}\n}}\n"
+
+
+@dataclass(frozen=True, order=True)
+class Need:
+    """A right one call needs, on one concrete name (`*` stands for "any name": a prefix "" rule)."""
+
+    resource: str
+    name: str
+    access: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """One Consul API call a process on a mesh VM makes, and what Consul checks for it."""
+
+    process: str
+    what: str
+    needs: tuple[tuple[str, str, str], ...]
+    """(resource, name template, access); templates: {node}, {service}, {proxy}, * (every name)."""
+    source: str
+    """Where Consul says so."""
+
+
+# Processes, and which token each uses (the file it takes it from: see TOKEN_OF below).
+AGENT, DNS, REGISTRATION, REDIRECT, ENVOY = "agent", "dns", "registration", "redirect-traffic", "envoy"
+
+CALLS: tuple[Call, ...] = (
+    Call(
+        AGENT,
+        "anti-entropy: register and update its own node in the catalog (Catalog.Register)",
+        (("node", "{node}", WRITE),),
+        "developer.hashicorp.com/consul/docs/security/acl/tokens/create/create-an-agent-token: the agent "
+        "token needs node:write on its node; agent/consul/catalog_endpoint.go vetRegisterWithACL",
+    ),
+    Call(
+        AGENT,
+        "anti-entropy: read the catalog's services of its node to sync them",
+        (("service", "*", READ),),
+        "agent/consul/acl_templated_policy / aclNodeIdentityTemplate (node identity = node write + "
+        "service_prefix \"\" read, 'designed for agent tokens'); agent/local/state.go syncs the node's services",
+    ),
+    Call(
+        AGENT,
+        "xDS listener generation: netutil.IsDualStack reads /v1/agent/self under the agent's own token",
+        (("agent", "{node}", READ),),
+        "hashicorp/consul PR #23234; agent/agent_endpoint.go AgentSelf: authz.AgentRead(node)",
+    ),
+    Call(
+        DNS,
+        "answer <name>.virtual.consul, <svc>.service.consul and node lookups",
+        (("node", "*", READ), ("service", "*", READ), ("query", "*", READ)),
+        "developer.hashicorp.com/consul/docs/security/acl/tokens/create/create-a-dns-token: node_prefix, "
+        "service_prefix and query_prefix read",
+    ),
+    Call(
+        REGISTRATION,
+        "register the service and its sidecar from the config dir (the service block's token)",
+        (("service", "{service}", WRITE), ("service", "{proxy}", WRITE)),
+        "agent/agent.go vetServiceRegister: authz.ServiceWrite on the service (a sidecar is a service of its own name)",
+    ),
+    Call(
+        REDIRECT,
+        "consul connect redirect-traffic: GET /v1/agent/service/<proxy-id> for the proxy's ports",
+        (("service", "{proxy}", READ),),
+        "command/connect/redirecttraffic/redirect_traffic.go; agent/agent_endpoint.go AgentService: service:read",
+    ),
+    Call(
+        REDIRECT,
+        "consul connect redirect-traffic: netutil.IsDualStack, GET /v1/agent/self (exits 1 on 403)",
+        (("agent", "{node}", READ),),
+        "command/connect/redirecttraffic/redirect_traffic.go (Consul 1.22.0 changelog: 'Added IsDualStack "
+        "utility function'); agent/agent_endpoint.go AgentSelf: agent:read",
+    ),
+    Call(
+        ENVOY,
+        "consul connect envoy -sidecar-for: find the sidecar, GET /v1/agent/service/<proxy-id>",
+        (("service", "{proxy}", READ),),
+        "command/connect/envoy/envoy.go; agent/agent_endpoint.go AgentService: service:read",
+    ),
+    Call(
+        ENVOY,
+        "consul connect envoy: GET /v1/agent/self (version check and IsDualStack)",
+        (("agent", "{node}", READ),),
+        "hashicorp/consul PR #22788 (403 'lacks permission agent:read' on the 1.22 line)",
+    ),
+    Call(
+        ENVOY,
+        "xDS stream of the sidecar: ADS for a proxy of the service",
+        (("service", "{service}", WRITE),),
+        "agent/xds/server.go (authz.ServiceWrite on the proxied service)",
+    ),
+    Call(
+        ENVOY,
+        "xDS stream: upstreams' endpoints and intentions (transparent proxy watches every service)",
+        (("service", "*", READ), ("node", "*", READ)),
+        "agent/proxycfg (catalog and health watches need service and node read; the service identity "
+        "grants service_prefix and node_prefix read for this)",
+    ),
+)
+
+# Where each process takes its token from on the VM (components/templates).
+TOKEN_SOURCE = {
+    AGENT: "consul.hcl acl.tokens.agent",
+    DNS: "consul.hcl acl.tokens.dns",
+    REGISTRATION: "service-<name>.hcl service.token",
+    REDIRECT: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN",
+    ENVOY: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN",
+}
+# The demo application calls no Consul API: it only dials <upstream>.virtual.consul through Envoy.
+
+
+def needs_of(process: str, node: str, service: str) -> set[Need]:
+    """Every right `process` needs on the VM of `service` (node `node`)."""
+    names = {"{node}": node, "{service}": service, "{proxy}": f"{service}-sidecar-proxy", "*": "*"}
+    return {
+        Need(resource, names[template], access)
+        for call in CALLS
+        if call.process == process
+        for resource, template, access in call.needs
+    }
+
+
+def node_identity(node: str) -> set[Grant]:
+    """What a node identity expands to (agent/structs/acl_templated_policy.go, aclNodeIdentityTemplate)."""
+    return {Grant("node", node, False, WRITE), Grant("service", "", True, READ)}
+
+
+def service_identity(service: str) -> set[Grant]:
+    """What a service identity expands to (aclServiceIdentityTemplate): its service and sidecar write,
+    every service and node read."""
+    return {
+        Grant("service", service, False, WRITE),
+        Grant("service", f"{service}-sidecar-proxy", False, WRITE),
+        Grant("service", "", True, READ),
+        Grant("node", "", True, READ),
+    }
+
+
+def grants_cover(grants: Iterable[Grant], need: Need) -> bool:
+    # "*" needs a prefix "" rule: any name at all.
+    concrete = Need(need.resource, "", need.access) if need.name == "*" else need
+    return any(g.covers(concrete) and (need.name != "*" or (g.prefix and g.name == "")) for g in grants)
+
+
+def unused(grants: Iterable[Grant], needs: Iterable[Need]) -> set[Grant]:
+    """Grants that no need uses: what a token has beyond least privilege."""
+    needs = list(needs)
+    return {g for g in grants if not any(grants_cover([g], n) for n in needs)}
+
+
+def agent_read_rules(node: str) -> str:
+    """Policy rules: read of the agent on `node` (for /v1/agent/self), added to the agent and service tokens."""
+    return Grant("agent", node, False, READ).hcl()
+
+
+def dns_rules() -> str:
+    """Policy rules of the DNS token: read-only, exactly the DNS row of CALLS."""
+    needs = sorted(needs_of(DNS, node="", service=""))
+    return "".join(Grant(n.resource, "", True, n.access).hcl() for n in needs)
+
+
+_RULE = re.compile(r'(\w+?)(_prefix)?\s+"((?:[^"\\]|\\.)*)"\s*\{\s*policy\s*=\s*"(read|write|deny|list)"\s*\}')
+
+
+def parse_rules(rules: str) -> set[Grant]:
+    """The grants of policy rules in the one-rule-per-block form this project writes (see Grant.hcl)."""
+    found = {Grant(m[1], m[3], bool(m[2]), m[4]) for m in _RULE.finditer(rules)}
+    blocks = rules.count("policy")
+    if len(found) != blocks:
+        raise ValueError(f"rules not in the expected form: {rules!r}")
+    return found
+
+
+def policy_name(stack: str, *parts: str) -> str:
+    """A Consul ACL policy name unique per project and stack: letters, digits, '-' and '_', at most 128."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", "-".join(("consul-tproxy-vms", stack, *parts)))[:128]
