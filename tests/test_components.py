@@ -8,9 +8,9 @@ from typing import Any
 
 import pulumi
 
+from components.acl import dns_rules
 from components.ec2 import AUTO_JOIN_POLICY
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
-from components.acl import dns_rules
 from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
 from components.network import MeshNetwork, MeshNetworkArgs

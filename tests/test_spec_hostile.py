@@ -1,0 +1,147 @@
+"""One regression test per class of hostile input (the fuzzing in test_fuzz_config.py covers them too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.spec import MeshSpecError, envoy_supported, load_spec
+from components.userdata import user_data_problems
+
+GOOD = {"services": {"web": {"port": 9090}, "api": {"port": 9091}}, "adminCidrs": ["203.0.113.0/24"]}
+
+
+def problems(**overrides: Any) -> list[str]:
+    with pytest.raises(MeshSpecError) as caught:
+        load_spec({**GOOD, **overrides})
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"services": {"web\n": {"port": 9090}}},
+        {"services": {"web": {"port": 9090, "nodeName": "web\n"}}},
+        {"datacenter": "dc1\n"},
+        {"consulVersion": "1.22.1\n"},
+        {"instanceType": "t3.small\n"},
+        {"amiId": "ami-0123456789abcdef0\n"},
+        {"sshKeyName": "key\n"},
+    ],
+)
+def test_a_trailing_newline_is_refused(overrides: dict[str, Any]) -> None:
+    assert problems(**overrides)
+
+
+@pytest.mark.parametrize("tail", ["\r", "\v", "\u2028", "\x85", " \\", "\x00"])
+def test_a_command_that_would_break_its_unit_line_is_refused(tail: str) -> None:
+    command = f"/opt/app{tail}" + ("" if tail.endswith("\\") else "ExecStartPre=+/bin/id")
+    (problem,) = problems(services={"web": {"port": 9090, "command": command}})
+    assert problem.startswith("services.web.command:")
+
+
+@pytest.mark.parametrize("path", ["/a\\b", "/${x}", "/%{x}", '/a"b', "/a b"])
+def test_a_health_path_hcl_cannot_carry_is_refused(path: str) -> None:
+    found = problems(services={"web": {"port": 9090, "healthCheckPath": path}})
+    assert all(p.startswith("services.web.healthCheckPath:") for p in found)
+
+
+def test_an_app_package_cannot_override_the_mesh_pins() -> None:
+    (problem,) = problems(services={"web": {"port": 9090, "packages": ["consul=1.10.0-1"]}})
+    assert "pinned by the mesh" in problem
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"adminCidrs": ["2001:db8::/32"]}, "adminCidrs[0]"),
+        ({"services": {"web": {"port": 9090, "excludeOutboundCidrs": ["fd00::/8"]}}}, "services.web"),
+        (
+            {"consulHttpAddr": "https://10.0.0.1:8501", "consulRetryJoin": ["fd00::1"], "consulToken": "t"},
+            "consulRetryJoin",
+        ),
+        (
+            {"consulHttpAddr": "https://10.0.0.1:99999", "consulRetryJoin": ["10.0.0.1"], "consulToken": "t"},
+            "consulHttpAddr",
+        ),
+    ],
+)
+def test_what_the_vm_cannot_use_is_refused(overrides: dict[str, Any], key: str) -> None:
+    assert any(p.startswith(key) for p in problems(**overrides))
+
+
+@pytest.mark.parametrize("name", ["consul", "consul-server-0", "network", "consul-ready"])
+def test_names_the_stack_uses_itself_are_refused(name: str) -> None:
+    assert any(p.startswith(f"services.{name}") for p in problems(services={name: {"port": 9090}}))
+
+
+@pytest.mark.parametrize("source", [["web"], {"name": "web"}, 7])
+def test_an_intention_end_of_the_wrong_type_is_a_message(source: Any) -> None:
+    found = problems(intentions=[{"source": source, "destination": "api", "action": "allow"}])
+    assert "intentions[0].source" in found[0] and "must be a service name" in found[0]
+
+
+def test_service_keys_of_mixed_types_are_a_message() -> None:
+    assert problems(services={"web": {"port": 9090}, 7: {"port": 1}})
+
+
+@pytest.mark.parametrize("key", ["consul_token", "ConsulToken", "gossipKey"])
+def test_a_mistyped_secret_key_is_named_but_its_value_never_shown(key: str) -> None:
+    found = problems(**{key: "hunter2-secret"})
+    assert any(p.startswith(key) and "<secret>" in p for p in found)
+    assert not any("hunter2" in p for p in found)
+
+
+def test_a_ca_pem_with_a_private_key_is_refused_without_echo() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n-----BEGIN EC PRIVATE KEY-----\nsecretkey\n"
+    found = problems(
+        consulHttpAddr="https://10.0.0.1:8501", consulRetryJoin=["10.0.0.1"], consulToken="t", consulCaPem=pem
+    )
+    assert any("contains a private key" in p for p in found)
+    assert not any("secretkey" in p for p in found)
+
+
+def test_a_list_for_services_gets_one_message() -> None:
+    assert problems(services=["web"]) == ['services: ["web"] must be a map of service name to {port: ...}']
+
+
+@pytest.mark.parametrize(
+    ("consul", "envoy", "ok"),
+    [
+        ("1.22.1", "1.35.3", True),
+        ("1.22.1", "1.31.0", True),
+        ("1.22.1", "1.33.9", True),  # between the lowest and highest lines: Consul compares major.minor
+        ("1.22.1", "1.36.0", False),
+        ("1.22.1", "1.38.0", False),
+        ("1.22.1", "1.30.9", False),
+        ("1.21.4", "1.35.0", False),
+        ("1.20.6", "1.30.0", True),
+        ("1.19.0", "1.30.0", None),
+    ],
+)
+def test_envoy_ranges_follow_consuls_own_check(consul: str, envoy: str, ok: bool | None) -> None:
+    assert envoy_supported(consul, envoy) is ok
+
+
+def test_footguns_are_warnings_not_errors() -> None:
+    spec = load_spec(
+        {
+            "services": {
+                "web": {"port": 9090, "upstreams": ["api"], "excludeOutboundCidrs": ["240.0.0.0/5"]},
+                "api": {"port": 9091},
+            },
+            "adminCidrs": ["0.0.0.0/0"],
+        }
+    )
+    text = "\n".join(spec.warnings)
+    assert "adminCidrs: 0.0.0.0/0" in text
+    assert "services.web.excludeOutboundCidrs: 240.0.0.0/5 overlaps 240.0.0.0/4" in text
+    assert "services.web.upstreams: api is listed but no allow intention" in text
+
+
+def test_user_data_over_the_limit_is_named_before_anything_is_declared() -> None:
+    spec = load_spec({**GOOD, "services": {"web": {"port": 9090, "excludeOutboundPorts": list(range(1, 6000))}}})
+    (problem,) = user_data_problems(spec.services.values(), "dc1", "1.22.1", "1.35.3", ("10.0.0.1",), None)
+    assert problem.startswith("services.web: its user data would be")
+    assert user_data_problems(load_spec(GOOD).services.values(), "dc1", "1.22.1", "1.35.3", ("10.0.0.1",), None) == []
