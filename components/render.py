@@ -185,13 +185,30 @@ def masked(value: Any) -> Any:
     return _map_secrets(value, lambda _: "[secret]")
 
 
+class _NoDuplicatesLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys without a word; a stack file with one is a mistake."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                warn(f"{key}: appears twice in the stack file (line {key_node.start_mark.line + 1}); the last one wins")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def load_stack_config(path: Path) -> dict[str, Any]:
     """This project's keys from a Pulumi stack file, without the namespace.
 
     `secure:` ciphertexts are never kept, only the fact that the key is set; plan_spec then drops
     every secret key's value, plain or not: the render never needs them and must never write them.
     """
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = yaml.load(path.read_text(), Loader=_NoDuplicatesLoader) or {}
     prefix = f"{PROJECT}:"
     config = {}
     for key, val in (doc.get("config") or {}).items():
@@ -214,6 +231,8 @@ def plan_spec(config: Mapping[str, Any]) -> tuple[MeshSpec, bool]:
     if gossip_key in raw:
         raw[gossip_key] = base64.b64encode(b"placeholder-gossip-key-32-bytes!").decode()
     spec = resolve_admin_cidrs(load_spec(raw), lambda: DEPLOYER_STAND_IN)
+    for message in spec.warnings:
+        warn(message)
     return spec, gossip_key in config
 
 

@@ -160,3 +160,17 @@ def test_bad_config_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
 def test_unknown_stack_is_an_error(tmp_path: Path) -> None:
     result = run_cli("render", "--stack", "nosuchstack", "--out", tmp_path / "out")
     assert result.returncode == 2 and "no stack config" in result.stderr
+
+
+def test_duplicate_keys_and_footguns_are_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = tmp_path / "Pulumi.dup.yaml"
+    stack.write_text(
+        "config:\n"
+        "  consul-tproxy-vms:services: {web: {port: 9090}}\n"
+        "  consul-tproxy-vms:adminCidrs: [203.0.113.0/24]\n"
+        "  consul-tproxy-vms:adminCidrs: [0.0.0.0/0]\n"
+    )
+    assert render.main(["render", "--config", str(stack), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "consul-tproxy-vms:adminCidrs: appears twice in the stack file (line 4)" in err
+    assert "adminCidrs: 0.0.0.0/0 opens SSH" in err
