@@ -69,6 +69,8 @@ class PlanMocks(pulumi.runtime.Mocks):
         self.calls: list[pulumi.runtime.MockCallArgs] = []
         self.parents: dict[str, str] = {}
         """Resource name -> URN of its parent (MockResourceArgs does not carry it)."""
+        self.parent_of: dict[tuple[str, str], str] = {}
+        """(type, name) -> URN of its parent: names alone repeat across types."""
 
     def secret_id(self, accessor_id: str) -> str:
         return placeholder(f"SecretID of {accessor_id.removeprefix('accessor-')}")
@@ -147,6 +149,7 @@ class RecordingMonitor(MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:
         self.recorder.parents[request.name] = request.parent
+        self.recorder.parent_of[(request.type, request.name)] = request.parent
         return super().RegisterResource(request)
 
 
@@ -264,7 +267,7 @@ def plan_rows(mocks: PlanMocks) -> list[dict[str, Any]]:
             size = len(base64.b64decode(unwrap(r.inputs["userDataBase64"])))
             inputs["userDataBase64"] = f"[secret: {size} bytes gzip, see {r.name.removesuffix('-instance')}/]"
         # A parent URN ends in "...$<type>::<name>"; the stack itself is no parent worth naming.
-        parent = mocks.parents.get(r.name) or ""
+        parent = mocks.parent_of.get((r.typ, r.name)) or ""
         parent_type, _, parent_name = parent.rpartition("$")[2].partition("::")
         rows.append(
             {

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pulumi
 import pytest
 import yaml
 
@@ -174,3 +175,16 @@ def test_duplicate_keys_and_footguns_are_warned_about(tmp_path: Path, capsys: py
     err = capsys.readouterr().err
     assert "consul-tproxy-vms:adminCidrs: appears twice in the stack file (line 4)" in err
     assert "adminCidrs: 0.0.0.0/0 opens SSH" in err
+
+
+def test_plan_rows_give_same_named_resources_of_different_types_their_own_parents() -> None:
+    mocks = render.PlanMocks()
+    for typ, parent in [
+        ("aws:iam/role:Role", "urn:...$t:index:MeshVm::a"),
+        ("aws:ec2/eip:Eip", "urn:...$t:index:Other::b"),
+    ]:
+        mocks.resources.append(pulumi.runtime.MockResourceArgs(typ, "same", {}, None, None, True))
+        mocks.parent_of[(typ, "same")] = parent
+        mocks.parents["same"] = parent  # by name alone, the last one would win for both
+    rows = {row["type"]: row["parent"] for row in render.plan_rows(mocks)}
+    assert rows == {"aws:iam/role:Role": "MeshVm a", "aws:ec2/eip:Eip": "Other b"}
