@@ -1,7 +1,7 @@
 """See the mesh before paying for it: run the program offline and write what it would create.
 
     python -m components.render render --stack dev --out out/dev
-    python -m components.render render --config my-stack.yaml --out out/mine
+    python -m components.render render --config my-stack.yaml --stack mine --out out/mine
 
 The very same program (components.program.build) runs under Pulumi's mock runtime: no network, no
 credentials. Secrets never reach it: token secret IDs, the provider token and the gossip key are
@@ -10,7 +10,8 @@ clear placeholders, so nothing secret can land in the output. It writes:
     <vm>/user-data.yaml         the cloud-config cloud-init reads
     <vm>/user-data.gz.b64       what EC2 receives (user_data_base64)
     <vm>/etc/..., <vm>/usr/...  every file the VM gets, with its mode
-    plan.json, plan.md          every resource: type, name, parent, key inputs
+    plan.json, plan.md          every resource: type, name, parent, inputs (stand-in values listed)
+    outputs.json                the stack outputs, secrets masked
     mesh.mmd, mesh.dot          services as nodes, intentions as edges (deny dashed and red)
     mesh.svg                    when Graphviz's `dot` is installed
 
@@ -184,8 +185,19 @@ def unwrap(value: Any) -> Any:
 
 
 def masked(value: Any) -> Any:
-    """Inputs for the plan, with secret values replaced by a mark."""
-    return _map_secrets(value, lambda _: "[secret]")
+    """Inputs for the plan, with secret values replaced by a mark and whole numbers as integers
+    (the engine hands every number over as a float: a port would print as 8302.0)."""
+    return _integers(_map_secrets(value, lambda _: "[secret]"))
+
+
+def _integers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integers(v) for v in value]
+    return value
 
 
 class _NoDuplicatesLoader(yaml.SafeLoader):
@@ -281,19 +293,37 @@ def plan_rows(mocks: PlanMocks) -> list[dict[str, Any]]:
     return rows
 
 
+# Values the mock runtime makes up where AWS would answer: never real, and marked as such.
+STAND_INS = {
+    "AMI": "ami-0123456789abcdef0 (the newest Ubuntu 24.04 image, looked up at `pulumi up`)",
+    "availability zones": "us-east-1a, us-east-1b, us-east-1c (the region's zones at `pulumi up`)",
+    "instance addresses": "10.42.x.y private and 198.51.100.x public, derived from the resource name",
+    "API address": "203.0.113.x, the Elastic IP of the servers' API",
+    "adminCidrs deployer": f"{DEPLOYER_STAND_IN} (this machine's public address at `pulumi up`)",
+    "secrets": "secret-not-rendered:<what> (tokens, keys and the gossip key are never rendered)",
+}
+
+
 def plan_markdown(rows: Sequence[dict[str, Any]], stack: str) -> str:
-    lines = [f"# Plan of stack {stack}", "", "| type | name | parent | key inputs |", "|---|---|---|---|"]
+    lines = [f"# Plan of stack {stack}", "", "Rendered offline under Pulumi's mocks. Stand-in values:", ""]
+    lines += [f"- {what}: {value}" for what, value in STAND_INS.items()]
+    lines += ["", "| type | name | parent | inputs |", "|---|---|---|---|"]
     for row in rows:
         keys = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(row["inputs"].items()))
-        keys = keys if len(keys) <= 300 else keys[:297] + "..."
         lines.append(f"| `{row['type']}` | {row['name']} | {row['parent'] or '-'} | {keys.replace('|', '&#124;')} |")
     return "\n".join(lines) + "\n"
 
 
-def mermaid(spec: MeshSpec) -> str:
-    lines = ["flowchart LR"]
+def _label(svc: Any) -> str:
+    # What a caller dials: port 80 of the virtual address, which Envoy sends on to the app's port.
+    return f"http://{svc.virtual_hostname}"
+
+
+def mermaid(spec: MeshSpec, stack: str = "") -> str:
+    lines = ["---", f"title: Mesh of stack {stack} (solid: allow, dashed red: deny, default deny)", "---"]
+    lines.append("flowchart LR")
     for name, svc in spec.services.items():
-        lines.append(f'  {name}["{name}<br/>{svc.virtual_hostname}:{svc.port}"]')
+        lines.append(f'  {name}["{name}<br/>{_label(svc)}"]')
     deny_links = []
     for index, i in enumerate(spec.intentions):
         arrow = f"-- {i.action} -->" if i.action == "allow" else f"-. {i.action} .-x"
@@ -305,10 +335,16 @@ def mermaid(spec: MeshSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def graphviz(spec: MeshSpec) -> str:
-    lines = ["digraph mesh {", "  rankdir=LR;", "  node [shape=box, style=rounded];"]
+def graphviz(spec: MeshSpec, stack: str = "") -> str:
+    lines = [
+        "digraph mesh {",
+        "  rankdir=LR;",
+        f'  label="Mesh of stack {stack}\\nsolid green: allow, dashed red: deny; no arrow: denied by default";',
+        "  labelloc=t;",
+        "  node [shape=box, style=rounded];",
+    ]
     for name, svc in spec.services.items():
-        lines.append(f'  "{name}" [label="{name}\\n{svc.virtual_hostname}:{svc.port}"];')
+        lines.append(f'  "{name}" [label="{name}\\n{_label(svc)}"];')
     for i in spec.intentions:
         style = 'color="#2e7d32"' if i.action == "allow" else 'color="#c62828", style=dashed, arrowhead=tee'
         lines.append(f'  "{i.source}" -> "{i.destination}" [label="{i.action}", {style}];')
@@ -331,18 +367,41 @@ def write_vm(out: Path, vm: str, user_data_b64: str) -> tuple[int, int]:
     return len(text.encode()), len(base64.b64decode(user_data_b64))
 
 
+SECRET_OUTPUTS = ("consulManagementToken", "consulGossipKey")
+
+
+def masked_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack outputs as `pulumi stack output --json` would show them, secrets masked."""
+    return {k: "[secret]" if k in SECRET_OUTPUTS else _integers(v) for k, v in outputs.items()}
+
+
+class OutNotEmpty(Exception):
+    """--out names a directory that holds something other than an earlier render."""
+
+
+def fresh_out(out: Path) -> None:
+    """Start from an empty `out`: an earlier render there is removed (no stale VM folders), and
+    anything else is refused rather than mixed with the render."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / "plan.json").is_file():
+            raise OutNotEmpty(f"{out} is not empty and holds no earlier render (no plan.json): choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def render(config: Mapping[str, Any], out: Path, stack: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Render a stack's config into `out`. Raises MeshSpecError on bad config, before writing."""
     spec, with_gossip = plan_spec(config)
-    mocks, _ = plan(spec, with_gossip, stack)
-    out.mkdir(parents=True, exist_ok=True)
+    mocks, outputs = plan(spec, with_gossip, stack)
+    fresh_out(out)
 
     sizes = {vm: write_vm(out, vm, data) for vm, data in sorted(user_data_by_vm(mocks).items())}
     rows = plan_rows(mocks)
     (out / "plan.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     (out / "plan.md").write_text(plan_markdown(rows, stack))
-    (out / "mesh.mmd").write_text(mermaid(spec))
-    (out / "mesh.dot").write_text(graphviz(spec))
+    (out / "outputs.json").write_text(json.dumps(masked_outputs(outputs), indent=2, sort_keys=True) + "\n")
+    (out / "mesh.mmd").write_text(mermaid(spec, stack))
+    (out / "mesh.dot").write_text(graphviz(spec, stack))
     dot = shutil.which("dot")
     if dot:
         subprocess.run([dot, "-Tsvg", "-o", str(out / "mesh.svg"), str(out / "mesh.dot")], check=True)
@@ -364,11 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.render", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("render", help="write every VM's files, the plan and a mesh diagram")
-    source = cmd.add_mutually_exclusive_group(required=True)
-    source.add_argument("--stack", help="stack name: reads Pulumi.<stack>.yaml")
-    source.add_argument("--config", type=Path, help="a stack config file to read instead")
-    cmd.add_argument("--out", type=Path, required=True, help="directory to write into")
+    cmd.add_argument("--stack", help="stack name (names resources and tags): reads Pulumi.<stack>.yaml by default")
+    cmd.add_argument("--config", type=Path, help="a stack config file to read instead (stack name from --stack)")
+    cmd.add_argument("--out", type=Path, required=True, help="directory to write into (an earlier render is replaced)")
     args = parser.parse_args(argv)
+    if not args.stack and not args.config:
+        parser.error("give --stack, --config or both")
 
     path = args.config or ROOT / f"Pulumi.{args.stack}.yaml"
     if not path.is_file():
@@ -376,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         render(load_stack_config(path), args.out, args.stack or path.stem.removeprefix("Pulumi."))
-    except MeshSpecError as err:
+    except (MeshSpecError, OutNotEmpty) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

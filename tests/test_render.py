@@ -188,3 +188,48 @@ def test_plan_rows_give_same_named_resources_of_different_types_their_own_parent
         mocks.parents["same"] = parent  # by name alone, the last one would win for both
     rows = {row["type"]: row["parent"] for row in render.plan_rows(mocks)}
     assert rows == {"aws:iam/role:Role": "MeshVm a", "aws:ec2/eip:Eip": "Other b"}
+
+
+def test_outputs_are_written_with_secrets_masked_and_numbers_as_integers(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, _ = demo
+    outputs = json.loads((out / "outputs.json").read_text())
+    assert outputs["consulManagementToken"] == "[secret]" and outputs["consulGossipKey"] == "[secret]"
+    assert outputs["services"]["api"]["port"] == 9091 and isinstance(outputs["services"]["api"]["port"], int)
+    plan = json.loads((out / "plan.json").read_text())
+    ports = [r["inputs"]["fromPort"] for r in plan if "fromPort" in r["inputs"]]
+    assert ports and all(isinstance(p, int) for p in ports)
+    markdown = (out / "plan.md").read_text()
+    assert "Stand-in values:" in markdown and "ami-0123456789abcdef0" in markdown
+    assert "..." not in markdown.split("| type |")[1]  # nothing cut short
+
+
+def test_the_diagram_has_a_title_a_legend_and_the_url_a_caller_uses(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, _ = demo
+    mmd = (out / "mesh.mmd").read_text()
+    assert "title: Mesh of stack dev" in mmd and "deny" in mmd.splitlines()[1]
+    assert "http://api.virtual.consul" in mmd and ":9091" not in mmd
+    assert 'label="Mesh of stack dev' in (out / "mesh.dot").read_text()
+
+
+def test_a_second_render_replaces_the_first_and_a_foreign_directory_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = render.load_stack_config(ROOT / "Pulumi.dev.yaml")
+    render.render(config, out, "dev", echo=lambda _: None)
+    (out / "stale-vm").mkdir()
+    render.render(config, out, "dev", echo=lambda _: None)
+    assert not (out / "stale-vm").exists() and (out / "plan.json").is_file()
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert run_cli("render", "--stack", "dev", "--out", foreign).returncode == 1
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_config_and_stack_together_name_the_stack(tmp_path: Path) -> None:
+    result = run_cli("render", "--config", ROOT / "Pulumi.dev.yaml", "--stack", "prod", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    assert "# Plan of stack prod" in (tmp_path / "o" / "plan.md").read_text()
