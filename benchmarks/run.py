@@ -8,8 +8,10 @@
    with user data of the same size, measured in the same run.
 2. User data bytes per VM as EC2 receives it (gzip), against EC2's 16,384-byte limit, also with 20
    extra redirect exclusions of each kind.
-3. Blast radius: VMs whose user data changes when one service and two intentions are added to a
-   20-service mesh.
+3. Blast radius: what the engine would replace, update, create and delete when one service and two
+   intentions are added to a 20-service mesh, judged by the lifecycle simulator
+   (components/lifecycle.py: the providers' force-new arguments, cascades, resource options),
+   not by comparing user data.
 4. Wall time of the test suite.
 """
 
@@ -23,14 +25,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components import render  # noqa: E402 (after the path set-up above)
-from components.spec import load_spec  # noqa: E402
+from components import lifecycle, program, render  # noqa: E402 (after the path set-up above)
+from components.spec import SECRET_KEYS, load_spec  # noqa: E402
 from components.userdata import EC2_USER_DATA_LIMIT  # noqa: E402
 
 TARGET_RATIO = 1.5
@@ -154,17 +157,40 @@ def user_data_sizes() -> list[dict[str, Any]]:
     return rows
 
 
+def simulated(config: dict[str, Any]) -> Callable[[], Any]:
+    """The stack of `config` as the lifecycle simulator runs it (secrets as the render's placeholders)."""
+    spec, _ = render.plan_spec(config)
+    token = render.placeholder(SECRET_KEYS[0])
+    return lambda: program.build(spec, token, None)
+
+
 def blast_radius() -> dict[str, Any]:
-    before = render.user_data_by_vm(plan(mesh_config(20)))
+    """Replacements the engine would make for +1 service and +2 intentions on a 20-service mesh."""
     grown = mesh_config(20)
     grown["services"]["extra"] = {"port": 7000}
     grown["intentions"] += [
         {"source": "extra", "destination": "s000", "action": "allow"},
         {"source": "s019", "destination": "extra", "action": "deny"},
     ]
-    after = render.user_data_by_vm(plan(grown))
-    changed = sorted(vm for vm in before if after.get(vm) != before[vm])
-    return {"existingVms": len(before), "changed": len(changed), "changedVms": changed}
+    first = lifecycle.run(simulated(mesh_config(20)), render.PlanMocks(), stack="bench")
+    plan = lifecycle.plan_after(first, simulated(grown), render.PlanMocks(), stack="bench")
+    existing = sorted(n.removesuffix("-instance") for n in of_type(first.record, render.INSTANCE))
+    replaced_vms = sorted(n.removesuffix("-instance") for n in plan.replaced if n.endswith("-instance"))
+    return {
+        "existingVms": len(existing),
+        "changed": len(replaced_vms),
+        "changedVms": replaced_vms,
+        "plan": {
+            "replaced": plan.replaced,
+            "updated": plan.updated,
+            "created": len(plan.created),
+            "deleted": len(plan.deleted),
+        },
+    }
+
+
+def of_type(record: lifecycle.Record, typ: str) -> list[str]:
+    return [lifecycle.name_of(urn) for urn, r in record.items() if r.type == typ]
 
 
 def suite_seconds() -> float:
@@ -214,9 +240,15 @@ def main() -> int:
             f"  base64 {row['base64Bytes']:5d}"
         )
 
-    results["blastRadius"] = blast_radius()
-    radius = results["blastRadius"]
-    print(f"Blast radius (+1 service, +2 intentions on 20): {radius['changed']} of {radius['existingVms']} VMs changed")
+    radius = blast_radius()
+    results["blastRadius"] = {k: radius[k] for k in ("existingVms", "changed", "changedVms")}
+    results["blastRadiusPlan"] = radius["plan"]
+    plan = radius["plan"]
+    print(
+        f"Blast radius (+1 service, +2 intentions on 20, lifecycle simulator): {radius['changed']} of "
+        f"{radius['existingVms']} VMs replaced; resources replaced {len(plan['replaced'])}, updated "
+        f"{len(plan['updated'])}, created {plan['created']}, deleted {plan['deleted']}"
+    )
 
     if not args.no_suite:
         results["testSuiteSeconds"] = suite_seconds()

@@ -1,4 +1,23 @@
-"""ConsulServer: the Consul servers of a stack that has no existing cluster, secured from the start."""
+"""ConsulServer: the Consul servers of a stack that has no existing cluster, secured from the start.
+
+Built for day two as much as for the first `up`:
+
+- Each server's Consul data lives on its own encrypted EBS volume (`<node>-data`), attached at a
+  fixed device and mounted at boot as data_dir: a replaced instance comes back with the Raft log,
+  tokens, policies, config entries and intentions. The volume is `retain_on_delete`: a deletion,
+  `pulumi destroy` included, leaves it in AWS (destroy still completes); `protect_data` protects
+  it as well, so that an `up` that would replace it fails instead.
+- Each server keeps its private address: its own network interface (`<node>-eni`), the instance's
+  primary, outlives the instance. So does its public address (an Elastic IP on that interface;
+  server 0's is the API's). An interface can only be one instance's primary, so a server instance
+  is deleted before its replacement is created.
+- Servers are replaced one at a time: server i+1's instance depends on server i's gate
+  (readiness.ServerReady), which, when server i was replaced, waits until autopilot reports it a
+  healthy voter again. On the first `up` the gates wait for nothing, so the chain cannot deadlock
+  against bootstrap_expect; the stack's ConsulReady waits for the bootstrapped cluster instead.
+- Server certificates renew ahead of expiry (early_renewal_hours): a renewed certificate changes
+  its server's user data, and the replacement goes through the same chain.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +30,7 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from components import ec2
+from components.readiness import ServerReady
 from components.spec import PROJECT, SSH_PORT
 from components.userdata import ServerRecipe, ServerSecrets, encode_user_data, render_server_cloud_config
 
@@ -20,6 +40,14 @@ SERF_WAN_PORT = 8302
 # The CA outlives many server generations; server certificates are renewed by replacing servers.
 CA_VALIDITY_HOURS = 10 * 365 * 24
 SERVER_CERT_VALIDITY_HOURS = 2 * 365 * 24
+# Renew a server certificate in the first `up` of its last 90 days (pulumi-tls early_renewal_hours:
+# the certificate is then "ready for renewal" and replaced; terraform-provider-tls
+# internal/provider/resource_locally_signed_cert.go). The CA has no early renewal: a new CA must
+# be rolled out to every agent first (a CA bundle), a planned act, never an automatic one.
+SERVER_CERT_EARLY_RENEWAL_HOURS = 90 * 24
+# Where each server's data volume is attached; the boot script mounts it as /var/lib/consul.
+DATA_DEVICE = "/dev/sdf"
+DATA_VOLUME_GB = 10
 # EC2 tag by which the servers find each other, and agents find the servers (cloud auto-join).
 JOIN_TAG_KEY = "consul-tproxy-vms-cluster"
 
@@ -51,11 +79,24 @@ class ConsulServerArgs:
     admin_cidrs: Sequence[str]
     """Networks the HTTPS API and UI (and SSH) are open to; Pulumi itself must be in one."""
     ami_id: pulumi.Input[str] | None = None
-    """Image to boot. None: the newest Ubuntu 24.04 LTS image from Canonical."""
+    """Image to boot (a pin's image_id). None: each server pins the newest Ubuntu 24.04 LTS of its
+    first `up` (ec2.pinned_image)."""
     key_name: str | None = None
     """EC2 key pair for SSH, if any."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Extra tags for every taggable resource."""
+    zones: Sequence[pulumi.Input[str]] = ()
+    """Availability zone of each subnet, in the same order (the data volumes go there). Empty: looked
+    up from the subnets."""
+    network_path: Sequence[pulumi.Resource] = ()
+    """The route between the deployer and the subnets (MeshNetwork.path): the public addresses and
+    the gates depend on it, so destroy removes it only after them."""
+    ready_timeout_seconds: int = 600
+    """How long a server's gate waits for it to be a healthy voter again after its replacement."""
+    protect_data: bool = False
+    """Also `protect` the data volumes: an `up` or `destroy` that would delete one fails."""
+    data_volume_gb: int = DATA_VOLUME_GB
+    """Size of each server's data volume (grows in place; never shrinks)."""
 
 
 class ConsulServer(pulumi.ComponentResource):
@@ -63,14 +104,20 @@ class ConsulServer(pulumi.ComponentResource):
 
     Everything secret is generated in the stack and kept secret in its state: the initial management
     token (random UUID), the gossip key (32 random bytes), the CA's and servers' private keys (ECDSA
-    P-256). The CA signs the servers' certificates and is the Connect CA as well, so agents and
-    Envoy trust one ca.pem. The HTTPS API and UI are served at a fixed public address (an Elastic
-    IP on server 0, in every server certificate), so Pulumi's consul provider verifies the
-    servers like any client does.
+    P-256). The CA signs the servers' certificates (RPC and HTTPS TLS) in Pulumi; its key never
+    reaches a VM. The Connect CA is Consul's built-in one, whose root key lives in Raft. The HTTPS
+    API and UI are served at a fixed public address (an Elastic IP on server 0, in every server
+    certificate), so Pulumi's consul provider verifies the servers like any client does.
     """
 
     http_addr: pulumi.Output[str]
-    """https://<public address>:8501, where the API and UI answer."""
+    """https://<public address>:8501, where the API and UI answer. Known at preview once the
+    address exists: it is the Elastic IP's, whatever happens to the servers."""
+    api_access: list[pulumi.Resource]
+    """What carries the deployer's requests to the API: the address's association and the admin
+    HTTPS rules. Whatever talks to the API depends on these (and on the network's path)."""
+    gates: list[pulumi.Resource]
+    """Each server's readiness.ServerReady, in server order."""
     ca_pem: pulumi.Output[str]
     management_token: pulumi.Output[str]
     """The initial management token (secret)."""
@@ -103,9 +150,10 @@ class ConsulServer(pulumi.ComponentResource):
             opts=child,
         )
         api_ip = aws.ec2.Eip(f"{name}-api-ip", domain="vpc", tags={**tags, "Name": f"{name}-api-ip"}, opts=child)
+        self.http_addr = api_ip.public_ip.apply(lambda ip: f"https://{ip}:{HTTPS_PORT}")
 
         profile = ec2.instance_profile(name, f"Consul servers of datacenter {args.datacenter}", True, tags, self)
-        group = ec2.security_group(
+        group, rules = ec2.security_group_with_rules(
             name,
             args.vpc_id,
             f"Consul servers of {args.datacenter}: RPC and gossip from mesh members, HTTPS API from admins",
@@ -123,11 +171,24 @@ class ConsulServer(pulumi.ComponentResource):
             tags,
             self,
         )
+        https_rules = [rule for key, rule in sorted(rules.items()) if key.startswith("https-")]
+        # An Elastic IP can only be associated in a VPC with an internet gateway: after the path.
+        after_path = pulumi.ResourceOptions(parent=self, depends_on=list(args.network_path))
 
         instances = []
         self.servers = []
+        self.gates = []
+        self.api_access = []
         for index in range(args.count):
             node = f"{name}-{index}"
+            subnet = args.subnet_ids[index % len(args.subnet_ids)]
+            zone = (
+                args.zones[index % len(args.zones)]
+                if args.zones
+                else aws.ec2.get_subnet_output(
+                    id=subnet, opts=pulumi.InvokeOutputOptions(parent=self)
+                ).availability_zone
+            )
             key = tls.PrivateKey(f"{node}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
             request = tls.CertRequest(
                 f"{node}-csr",
@@ -145,8 +206,47 @@ class ConsulServer(pulumi.ComponentResource):
                 ca_private_key_pem=ca_key.private_key_pem,
                 ca_cert_pem=ca.cert_pem,
                 validity_period_hours=SERVER_CERT_VALIDITY_HOURS,
+                early_renewal_hours=SERVER_CERT_EARLY_RENEWAL_HOURS,
                 allowed_uses=["digital_signature", "key_encipherment", "server_auth", "client_auth"],
                 opts=child,
+            )
+
+            # The server's address and security groups live on an interface of its own, which the
+            # instance only borrows: its Raft peers find it at the same address after a replacement.
+            interface = aws.ec2.NetworkInterface(
+                f"{node}-eni",
+                subnet_id=subnet,
+                security_groups=[group.id, args.mesh_security_group_id],
+                description=f"{PROJECT}: Consul server {node}, kept across instance replacements",
+                tags={**tags, "Name": f"{node}-eni"},
+                opts=child,
+            )
+            # Server 0's public address is the API's; the others need one too: a server installs
+            # Consul from HashiCorp's apt repository at boot, and the subnets have no NAT.
+            public_ip = (
+                api_ip
+                if index == 0
+                else aws.ec2.Eip(
+                    f"{node}-public-ip", domain="vpc", tags={**tags, "Name": f"{node}-public-ip"}, opts=child
+                )
+            )
+            association = aws.ec2.EipAssociation(
+                f"{name}-api-ip-association" if index == 0 else f"{node}-public-ip-association",
+                allocation_id=public_ip.allocation_id,
+                network_interface_id=interface.id,
+                opts=after_path,
+            )
+            if index == 0:
+                self.api_access = [association, *https_rules]
+            data = aws.ebs.Volume(
+                f"{node}-data",
+                availability_zone=zone,
+                size=args.data_volume_gb,
+                type="gp3",
+                encrypted=True,
+                tags={**tags, "Name": f"{node}-data", "consul-tproxy-vms:node": node},
+                # Consul's state: never deleted with the stack, and protected on request.
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, protect=args.protect_data),
             )
 
             def render(v: dict[str, str], node: str = node) -> str:
@@ -160,9 +260,7 @@ class ConsulServer(pulumi.ComponentResource):
                         ca_pem=v["ca"],
                         cert_pem=v["cert"],
                     ),
-                    ServerSecrets(
-                        management_token=v["token"], gossip_key=v["gossip"], key_pem=v["key"], ca_key_pem=v["ca_key"]
-                    ),
+                    ServerSecrets(management_token=v["token"], gossip_key=v["gossip"], key_pem=v["key"]),
                 )
 
             cloud_config = pulumi.Output.secret(
@@ -172,33 +270,54 @@ class ConsulServer(pulumi.ComponentResource):
                     token=token.result,
                     gossip=gossip.base64,
                     key=key.private_key_pem,
-                    ca_key=ca_key.private_key_pem,
                 ).apply(render)
             )
             server = ec2.instance(
                 node,
                 ami_id=args.ami_id,
                 instance_type=args.instance_type,
-                subnet_id=args.subnet_ids[index % len(args.subnet_ids)],
-                security_group_ids=[group.id, args.mesh_security_group_id],
+                network_interface_id=interface.id,
                 profile=profile,
                 key_name=args.key_name,
                 user_data_base64=cloud_config.apply(encode_user_data),
                 tags={**tags, "consul-tproxy-vms:node": node},
                 parent=self,
+                # One at a time: never touch this server before the previous one is back.
+                depends_on=self.gates[-1:],
+            )
+            attachment = aws.ec2.VolumeAttachment(
+                f"{node}-data-attachment",
+                device_name=DATA_DEVICE,
+                volume_id=data.id,
+                instance_id=server.id,
+                # Stop Consul cleanly (the instance) before its data volume is taken away.
+                stop_instance_before_detaching=True,
+                opts=child,
+            )
+            gate = ServerReady(
+                f"{node}-ready",
+                http_addr=self.http_addr,
+                token=token.result,
+                ca_pem=ca.cert_pem,
+                node_name=node,
+                timeout_seconds=args.ready_timeout_seconds,
+                # A new instance (new id) or a resize (stop and start in place): wait for it again.
+                triggers=[server.id, args.instance_type],
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[attachment, association, *self.api_access, *args.network_path],
+                ),
             )
             instances.append(server)
+            self.gates.append(gate)
             self.servers.append(
-                {"instanceId": server.id, "privateIp": server.private_ip, "nodeName": pulumi.Output.from_input(node)}
+                {
+                    "instanceId": server.id,
+                    "privateIp": interface.private_ip,
+                    "nodeName": pulumi.Output.from_input(node),
+                }
             )
-        association = aws.ec2.EipAssociation(
-            f"{name}-api-ip-association", allocation_id=api_ip.allocation_id, instance_id=instances[0].id, opts=child
-        )
 
-        # Read through the association, so whoever uses the address waits until it points at a server.
-        self.http_addr = pulumi.Output.all(api_ip.public_ip, association.id).apply(
-            lambda v: f"https://{v[0]}:{HTTPS_PORT}"
-        )
         self.ca_pem = ca.cert_pem
         self.management_token = pulumi.Output.secret(token.result)
         self.gossip_key = pulumi.Output.secret(gossip.base64)

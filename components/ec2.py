@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from components.image import ImagePin
 from components.spec import PROJECT
 
 UBUNTU_OWNER = "099720109477"  # Canonical
@@ -75,17 +76,32 @@ def security_group(
     tags: Mapping[str, str],
     parent: pulumi.Resource,
 ) -> aws.ec2.SecurityGroup:
-    """A group admitting exactly `ingress`, with all outbound traffic allowed.
+    """A group admitting exactly `ingress`, with all outbound traffic allowed (see security_group_with_rules)."""
+    return security_group_with_rules(name, vpc_id, description, ingress, tags, parent)[0]
+
+
+def security_group_with_rules(
+    name: str,
+    vpc_id: pulumi.Input[str],
+    description: str,
+    ingress: Sequence[Ingress],
+    tags: Mapping[str, str],
+    parent: pulumi.Resource,
+) -> tuple[aws.ec2.SecurityGroup, dict[str, aws.vpc.SecurityGroupIngressRule]]:
+    """A group admitting exactly `ingress`, with all outbound traffic allowed, and its ingress rules by name.
 
     Outbound is open: packages at boot, and the mesh (not the network) decides what a service may
-    call. Rules are separate resources, never inline, so adding one never replaces the group.
+    call. Rules are separate resources, never inline, so adding one never replaces the group; a
+    rule's CIDR or port changes in place (only `security_group_id` and the kind of source force a
+    new rule: terraform-provider-aws internal/service/ec2/vpc_security_group_ingress_rule.go).
     """
     child = pulumi.ResourceOptions(parent=parent)
     group = aws.ec2.SecurityGroup(
         f"{name}-sg", vpc_id=vpc_id, description=description, tags={**tags, "Name": f"{name}-sg"}, opts=child
     )
+    rules = {}
     for rule in ingress:
-        aws.vpc.SecurityGroupIngressRule(
+        rules[rule.rule] = aws.vpc.SecurityGroupIngressRule(
             f"{name}-{rule.rule}",
             security_group_id=group.id,
             referenced_security_group_id=group.id if rule.source_group_id == SELF else rule.source_group_id,
@@ -104,7 +120,7 @@ def security_group(
         description="All outbound traffic",
         opts=child,
     )
-    return group
+    return group, rules
 
 
 SERF_LAN_PORT = 8301
@@ -125,39 +141,75 @@ def admin_ingress(rule: str, port: int, what: str, admin_cidrs: Sequence[str]) -
     ]
 
 
+def ubuntu_image_output(parent: pulumi.Resource | None) -> pulumi.Output[str]:
+    """The newest Ubuntu 24.04 LTS image from Canonical as of this run: only ever a pin's candidate."""
+    return aws.ec2.get_ami_output(
+        most_recent=True,
+        owners=[UBUNTU_OWNER],
+        filters=[{"name": "name", "values": [UBUNTU_IMAGE]}],
+        opts=pulumi.InvokeOutputOptions(parent=parent),
+    ).id
+
+
+def pinned_image(name: str, parent: pulumi.Resource | None, ami_id: str | None = None, generation: int = 0) -> ImagePin:
+    """The image a set of VMs boots, chosen once (see components/image.py).
+
+    `ami_id` (config amiId) names the image outright, and changing it moves the VMs; otherwise the
+    newest Ubuntu LTS of the first run is kept until `generation` (config imageGeneration) changes.
+    """
+    candidate: pulumi.Input[str] = ami_id if ami_id else ubuntu_image_output(parent)
+    return ImagePin(
+        name,
+        candidate=candidate,
+        explicit=bool(ami_id),
+        generation=generation,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
 def instance(
     name: str,
     *,
     ami_id: pulumi.Input[str] | None,
     instance_type: str,
-    subnet_id: pulumi.Input[str],
-    security_group_ids: Sequence[pulumi.Input[str]],
     profile: aws.iam.InstanceProfile,
     key_name: str | None,
     user_data_base64: pulumi.Output[str],
     tags: Mapping[str, str],
     parent: pulumi.Resource,
+    subnet_id: pulumi.Input[str] | None = None,
+    security_group_ids: Sequence[pulumi.Input[str]] = (),
+    network_interface_id: pulumi.Input[str] | None = None,
     depends_on: Sequence[pulumi.Resource] = (),
 ) -> aws.ec2.Instance:
     """An Ubuntu 24.04 VM with IMDSv2 required and an encrypted root volume.
 
     Cloud-init runs once per instance, so new user data means a new instance
     (user_data_replace_on_change), never a VM whose files and state disagree.
+
+    `ami_id` None pins an image for this VM alone (`<name>-image`); a stack passes its own pin's
+    image_id. Placement is either a subnet and security groups (a new network interface comes and
+    goes with the instance) or `network_interface_id`, an interface that outlives the instance:
+    its address and security groups stay when the instance is replaced. An interface can be the
+    primary of one instance only, so such an instance is deleted before its replacement is created
+    (delete_before_replace).
     """
-    ami = ami_id
-    if ami is None:
-        ami = aws.ec2.get_ami_output(
-            most_recent=True,
-            owners=[UBUNTU_OWNER],
-            filters=[{"name": "name", "values": [UBUNTU_IMAGE]}],
-            opts=pulumi.InvokeOutputOptions(parent=parent),
-        ).id
+    ami = ami_id if ami_id is not None else pinned_image(f"{name}-image", parent).image_id
+    if (network_interface_id is None) == (subnet_id is None):
+        raise ValueError(f"{name}: give either subnet_id (and security groups) or network_interface_id")
+    placement: dict[str, object] = (
+        {
+            "primary_network_interface": aws.ec2.InstancePrimaryNetworkInterfaceArgs(
+                network_interface_id=network_interface_id, delete_on_termination=False
+            )
+        }
+        if network_interface_id is not None
+        else {"subnet_id": subnet_id, "vpc_security_group_ids": list(security_group_ids)}
+    )
     return aws.ec2.Instance(
         f"{name}-instance",
         ami=ami,
         instance_type=instance_type,
-        subnet_id=subnet_id,
-        vpc_security_group_ids=list(security_group_ids),
         iam_instance_profile=profile.name,
         key_name=key_name,
         user_data_base64=pulumi.Output.secret(user_data_base64),
@@ -167,5 +219,10 @@ def instance(
         ),
         root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(encrypted=True, volume_type="gp3"),
         tags={**tags, "Name": name},
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=list(depends_on),
+            delete_before_replace=network_interface_id is not None,
+        ),
+        **placement,  # type: ignore[arg-type]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,20 @@ class MeshNetworkArgs:
     """Subnets to create, one per availability zone, in zone order (see NetworkSpec.subnet_cidrs)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Extra tags for every taggable resource."""
+
+
+def placement_index(key: str, count: int) -> int:
+    """Which of `count` subnets the VM named `key` goes into: a function of `key` and `count` alone.
+
+    A subnet (and so its availability zone) forces the replacement of an EC2 instance (the AWS
+    provider's `subnet_id` and `availability_zone` are force-new: terraform-provider-aws
+    internal/service/ec2/ec2_instance.go). Deriving it from the VM's position in a sorted list moved
+    every VM after a new name; a hash of the name never moves one for another's sake. Changing the
+    number of subnets (zoneCount, subnetIds) is the deliberate act that moves VMs.
+    """
+    if count < 1:
+        raise ValueError("placement_index: there is no subnet to place a VM in")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % count
 
 
 def _zone(names: list[str], index: int) -> str:
@@ -48,14 +63,26 @@ class MeshNetwork(pulumi.ComponentResource):
 
     vpc_id: pulumi.Output[str]
     subnet_ids: list[pulumi.Output[str]]
+    zones: list[pulumi.Output[str]]
+    """The availability zone of each subnet, in the same order (EBS volumes must be in their VM's)."""
     mesh_security_group_id: pulumi.Output[str]
+    path: list[pulumi.Resource]
+    """What carries traffic between the deployer and the VMs: the internet gateway, the default
+    route and the route-table associations (empty for given subnets: the stack does not own their
+    path). Whatever Pulumi reaches over the network (the Consul API) depends on these, so
+    `pulumi destroy` deletes them last, never while it still needs them."""
 
     def __init__(self, name: str, args: MeshNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PROJECT}:index:MeshNetwork", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = dict(args.tags)
+        self.path = []
         if args.subnet_ids:
             self.subnet_ids = [pulumi.Output.from_input(s) for s in args.subnet_ids]
+            self.zones = [
+                aws.ec2.get_subnet_output(id=s, opts=pulumi.InvokeOutputOptions(parent=self)).availability_zone
+                for s in args.subnet_ids
+            ]
             self.vpc_id = (
                 pulumi.Output.from_input(args.vpc_id)
                 if args.vpc_id
@@ -80,7 +107,7 @@ class MeshNetwork(pulumi.ComponentResource):
             routes = aws.ec2.RouteTable(
                 f"{name}-public", vpc_id=vpc.id, tags={**tags, "Name": f"{name}-public"}, opts=child
             )
-            aws.ec2.Route(
+            route = aws.ec2.Route(
                 f"{name}-default-route",
                 route_table_id=routes.id,
                 destination_cidr_block="0.0.0.0/0",
@@ -93,7 +120,9 @@ class MeshNetwork(pulumi.ComponentResource):
                 filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
                 opts=pulumi.InvokeOutputOptions(parent=self),
             )
+            self.path = [gateway, route]
             self.subnet_ids = []
+            self.zones = []
             for index, cidr in enumerate(args.subnet_cidrs):
                 subnet = aws.ec2.Subnet(
                     f"{name}-subnet-{index}",
@@ -104,10 +133,12 @@ class MeshNetwork(pulumi.ComponentResource):
                     tags={**tags, "Name": f"{name}-subnet-{index}"},
                     opts=child,
                 )
-                aws.ec2.RouteTableAssociation(
+                association = aws.ec2.RouteTableAssociation(
                     f"{name}-subnet-{index}-public", subnet_id=subnet.id, route_table_id=routes.id, opts=child
                 )
+                self.path.append(association)
                 self.subnet_ids.append(subnet.id)
+                self.zones.append(subnet.availability_zone)
             self.vpc_id = vpc.id
 
         members = aws.ec2.SecurityGroup(
@@ -122,6 +153,14 @@ class MeshNetwork(pulumi.ComponentResource):
             {"vpcId": self.vpc_id, "subnetIds": self.subnet_ids, "meshSecurityGroupId": self.mesh_security_group_id}
         )
 
-    def subnet_for(self, index: int) -> pulumi.Output[str]:
-        """The subnet of the index-th VM: VMs are spread over the subnets (and so the zones) in turn."""
+    def subnet_for(self, key: str) -> pulumi.Output[str]:
+        """The subnet of the VM named `key`: it depends on that name alone (see placement_index)."""
+        return self.subnet_ids[placement_index(key, len(self.subnet_ids))]
+
+    def subnet_at(self, index: int) -> pulumi.Output[str]:
+        """The subnet of the index-th member of a fixed set (the servers): spread over the zones in turn."""
         return self.subnet_ids[index % len(self.subnet_ids)]
+
+    def zone_at(self, index: int) -> pulumi.Output[str]:
+        """The availability zone of subnet_at(index)."""
+        return self.zones[index % len(self.zones)]

@@ -17,6 +17,7 @@ from typing import Any
 import pulumi
 import pulumi_consul as consul
 
+from components import ec2
 from components.consul_server import ConsulServer, ConsulServerArgs
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
@@ -112,6 +113,12 @@ def build(
         ),
     )
 
+    # One image for the whole stack, chosen once: a newer Ubuntu release replaces nothing until the
+    # image generation (or amiId) changes (components/image.py). Servers then go one at a time.
+    # imageGeneration and protectServerData are config keys requested for components/spec.py
+    # (issue 11); until the spec carries them, their defaults apply.
+    image = ec2.pinned_image("image", None, ami_id=spec.ami_id, generation=int(getattr(spec, "image_generation", 0)))
+
     outputs: dict[str, Any] = {}
     if spec.servers is not None:
         server = ConsulServer(
@@ -126,36 +133,39 @@ def build(
                 vpc_id=network.vpc_id,
                 mesh_security_group_id=network.mesh_security_group_id,
                 admin_cidrs=spec.admin_cidrs,
-                ami_id=spec.ami_id,
+                ami_id=image.image_id,
                 key_name=spec.ssh_key_name,
                 tags=tags,
+                zones=network.zones,
+                network_path=network.path,
+                ready_timeout_seconds=spec.ready_timeout_seconds,
+                protect_data=bool(getattr(spec, "protect_server_data", False)),
             ),
         )
         http_addr: pulumi.Input[str] = server.http_addr
         token: pulumi.Output[str] = server.management_token
         ca_pem: pulumi.Input[str] | None = server.ca_pem
-        # The servers' CA is their Connect CA too: Envoy verifies the agent's gRPC TLS with it.
-        grpc_ca_pem: pulumi.Input[str] | None = server.ca_pem
         gossip: pulumi.Output[str] | None = server.gossip_key
         retry_join = server.retry_join
-        ready_after: list[pulumi.Resource] = [server]
+        # The last server's gate closes the one-at-a-time chain; the API's association and admin
+        # rules are what carries the requests.
+        ready_after: list[pulumi.Resource] = [*server.gates[-1:], *server.api_access]
         triggers: list[pulumi.Output[str]] = server.instance_ids
+        expect_voters: int | None = spec.servers.count
         outputs["consulServers"] = server.servers
     else:
         cluster = spec.consul
         assert cluster is not None
         if consul_token is None:
             raise ValueError("build: an existing cluster needs its token (consulToken)")
-        http_addr, token, ca_pem, grpc_ca_pem = (
-            cluster.http_addr,
-            pulumi.Output.secret(consul_token),
-            cluster.ca_pem,
-            None,
-        )
+        http_addr, token, ca_pem = cluster.http_addr, pulumi.Output.secret(consul_token), cluster.ca_pem
         gossip = pulumi.Output.secret(gossip_key) if gossip_key is not None else None
         retry_join, ready_after, triggers = list(cluster.retry_join), [], []
+        expect_voters = None
 
-    # The provider's address and token come from the gate: every consul resource waits for it.
+    # The gate depends on the network path to the API (gateway, route, route-table associations)
+    # as well: `pulumi destroy` deletes a resource only after everything that depends on it, so
+    # every Consul object, the provider and the gate are gone before the route to Consul is.
     ready = ConsulReady(
         "consul-ready",
         http_addr=http_addr,
@@ -163,16 +173,22 @@ def build(
         ca_pem=ca_pem,
         timeout_seconds=spec.ready_timeout_seconds,
         triggers=triggers,
-        opts=pulumi.ResourceOptions(depends_on=ready_after),
+        expect_voters=expect_voters,
+        opts=pulumi.ResourceOptions(depends_on=[*ready_after, *network.path]),
     )
-    address = ready.http_addr.apply(split_http_addr)
+    # The provider is configured from values known at preview (the API's fixed address, the token,
+    # the CA), never from the gate's outputs: with a server being replaced, an unknown provider
+    # configuration would show a change to every Consul object in preview that the update never
+    # makes. It is ordered after the gate instead.
+    address = pulumi.Output.from_input(http_addr).apply(split_http_addr)
     provider = consul.Provider(
         "consul",
         address=address.apply(lambda a: a[1]),
         scheme=address.apply(lambda a: a[0]),
         datacenter=spec.datacenter,
-        token=pulumi.Output.secret(ready.token),
+        token=pulumi.Output.secret(token),
         ca_pem=ca_pem,
+        opts=pulumi.ResourceOptions(depends_on=[ready]),
     )
     with_consul = pulumi.ResourceOptions(providers=[provider])
 
@@ -186,9 +202,7 @@ def build(
         ),
         opts=with_consul,
     )
-    join = ConsulJoinArgs(
-        datacenter=spec.datacenter, retry_join=retry_join, ca_pem=ca_pem, grpc_ca_pem=grpc_ca_pem, gossip_key=gossip
-    )
+    join = ConsulJoinArgs(datacenter=spec.datacenter, retry_join=retry_join, ca_pem=ca_pem, gossip_key=gossip)
     vms = {
         name: MeshVm(
             name,
@@ -197,18 +211,19 @@ def build(
                 consul_version=spec.consul_version,
                 envoy_version=spec.envoy_version,
                 cluster=join,
-                subnet_id=network.subnet_for(index),
+                # Placement by the service's name alone: other services never move it.
+                subnet_id=network.subnet_for(name),
                 vpc_id=network.vpc_id,
                 mesh_security_group_id=network.mesh_security_group_id,
                 dns_policy_name=defaults.dns_policy_name,
                 admin_cidrs=spec.admin_cidrs,
-                ami_id=spec.ami_id,
+                ami_id=image.image_id,
                 key_name=spec.ssh_key_name,
                 tags=tags,
             ),
             opts=with_consul,
         )
-        for index, (name, svc) in enumerate(sorted(spec.services.items()))
+        for name, svc in sorted(spec.services.items())
     }
     # Intentions wait for the service-defaults so that protocol-dependent (L7) rules are accepted.
     intentions = ServiceIntentions(
@@ -221,12 +236,11 @@ def build(
         {
             "services": {name: vm.summary() for name, vm in vms.items()},
             "intentions": intentions.applied,
-            "consulHttpAddr": ready.http_addr,
-            "consulUiUrl": ready.http_addr.apply(lambda a: f"{a}/ui/"),
+            "consulHttpAddr": http_addr,
+            "consulUiUrl": pulumi.Output.from_input(http_addr).apply(lambda a: f"{a}/ui/"),
             "consulDatacenter": spec.datacenter,
             "consulRetryJoin": retry_join,
             "consulCaPem": ca_pem,
-            "consulGrpcCaPem": grpc_ca_pem,
             "consulManagementToken": pulumi.Output.secret(token),
             "consulVersion": spec.consul_version,
             "envoyVersion": spec.envoy_version,

@@ -1,11 +1,22 @@
-"""ConsulReady: a gate that exists once the Consul servers have a leader and their ACLs are bootstrapped.
+"""Readiness gates: dynamic resources that exist once Consul can take what comes after them.
 
-The consul provider takes its address and token from this resource, so no token, policy, config
-entry or intention is sent before the servers can take it. The gate polls the HTTPS API with the
-cluster's CA until a deadline; it never sleeps a fixed time, and it fails with the last thing it saw.
+ConsulReady: the cluster has a leader, its ACLs accept the token and (for servers the stack
+created) autopilot reports every expected server a healthy voter. The consul provider is ordered
+after it (`depends_on`), so no token, policy, config entry or intention is sent before the servers
+can take it. The provider's address and token are NOT read from the gate: they are values known at
+preview (the API's fixed address, the token), so a preview with a replaced server shows what the
+update will do, not an unknown provider and a change to every Consul object.
 
-The polling (`wait_until_ready`) is plain Python, tested against local HTTP servers; the dynamic
-resource only calls it from `create` and `update`.
+ServerReady: one per created server, the link of the one-at-a-time chain. Server i+1's instance
+depends on server i's gate. Creating the gate waits for nothing: on the first `up` no server can
+be healthy before `bootstrap_expect` servers are up, so a gate that waited there would deadlock the
+chain (ConsulReady waits for the bootstrapped cluster at the end instead). Updating the gate, which
+happens when its server was replaced (its `triggers` changed), waits until autopilot reports the
+cluster healthy with that server a healthy voter again: only then is the next server touched.
+
+The gates poll the HTTPS API with the cluster's CA until a deadline; they never sleep a fixed time
+and fail with the last thing they saw. The polling is plain Python, tested against local HTTP
+servers; the dynamic resources only call it from `create` and `update`.
 """
 
 from __future__ import annotations
@@ -16,7 +27,8 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pulumi
@@ -25,8 +37,10 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 DEFAULT_INTERVAL_SECONDS = 5.0
 # Per request: a server that accepts the connection but never answers must not eat the deadline.
 REQUEST_TIMEOUT_SECONDS = 10.0
-# Inputs whose change means "a different cluster, or rebuilt servers": wait again.
-WATCHED_INPUTS = ("http_addr", "ca_pem", "triggers")
+# Inputs whose change means "a different cluster, rebuilt servers, or a new token": wait again. The
+# token is watched so that a rotated consulToken (existing-cluster mode) is checked and stored.
+WATCHED_INPUTS = ("http_addr", "ca_pem", "token", "triggers", "expect_voters")
+SERVER_WATCHED_INPUTS = ("http_addr", "ca_pem", "token", "node_name", "triggers")
 
 
 class NotReady(Exception):
@@ -54,17 +68,61 @@ def _get(url: str, context: ssl.SSLContext | None, token: str | None, timeout: f
         return err.code, err.read().decode(errors="replace")
 
 
-def check_once(http_addr: str, token: str, ca_pem: str | None, timeout: float = REQUEST_TIMEOUT_SECONDS) -> str:
+@contextmanager
+def _talking_to(base: str) -> Iterator[None]:
+    """Turn what a request can raise into NotReady (wait) or ConsulNotReadyError (waiting cannot help)."""
+    try:
+        yield
+    except json.JSONDecodeError as err:
+        raise NotReady(f"{base} answered something other than JSON ({err.msg})") from None
+    except (OSError, http.client.HTTPException) as err:
+        # urllib wraps the TLS failure in a URLError; unwrap it to tell it from "not listening yet".
+        reason = getattr(err, "reason", None) or err
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise ConsulNotReadyError(
+                f"the server at {base} presented a certificate that does not verify against the cluster's CA: "
+                f"{reason.verify_message or reason}"
+            ) from None
+        raise NotReady(f"cannot reach {base}: {reason}") from None
+
+
+def autopilot_health(base: str, context: ssl.SSLContext | None, token: str, timeout: float) -> dict[str, Any]:
+    """GET /v1/operator/autopilot/health (needs operator:read): Healthy, FailureTolerance and Servers.
+
+    Consul answers 200 when the cluster is healthy and 429 with the same report when it is not.
+    """
+    status, body = _get(f"{base}/v1/operator/autopilot/health", context, token, timeout)
+    if status not in (200, 429):
+        raise NotReady(f"GET /v1/operator/autopilot/health answered HTTP {status}: {body.strip()[:200]}")
+    report = json.loads(body)
+    if not isinstance(report, dict):
+        raise NotReady("GET /v1/operator/autopilot/health answered something other than a report")
+    return report
+
+
+def healthy_voters(report: dict[str, Any]) -> list[str]:
+    """Names of the servers autopilot reports as healthy voters."""
+    return sorted(s.get("Name", "") for s in report.get("Servers") or [] if s.get("Healthy") and s.get("Voter"))
+
+
+def check_once(
+    http_addr: str,
+    token: str,
+    ca_pem: str | None,
+    timeout: float = REQUEST_TIMEOUT_SECONDS,
+    expect_voters: int | None = None,
+) -> str:
     """Return the leader's address if the cluster is ready; raise NotReady saying why not.
 
-    Ready means: /v1/status/leader names a leader, and /v1/acl/token/self accepts `token` (which
-    only happens once the ACL system is bootstrapped and knows the token).
+    Ready means: /v1/status/leader names a leader, /v1/acl/token/self accepts `token` (which only
+    happens once the ACL system is bootstrapped and knows the token), and, with `expect_voters`,
+    autopilot reports the cluster healthy with at least that many healthy voters.
     Raises ConsulNotReadyError at once when the server's certificate does not verify: waiting does
     not fix a wrong CA or address.
     """
     base = http_addr.rstrip("/")
     context = _context(base, ca_pem)
-    try:
+    with _talking_to(base):
         status, body = _get(f"{base}/v1/status/leader", context, None, timeout)
         if status != 200:
             raise NotReady(f"GET /v1/status/leader answered HTTP {status}: {body.strip()[:200]}")
@@ -77,18 +135,73 @@ def check_once(http_addr: str, token: str, ca_pem: str | None, timeout: float = 
                 f"a leader is elected ({leader}) but the ACL system does not accept the token yet "
                 f"(GET /v1/acl/token/self answered HTTP {status}: {body.strip()[:200]})"
             )
+        if expect_voters is not None:
+            report = autopilot_health(base, context, token, timeout)
+            voters = healthy_voters(report)
+            if not report.get("Healthy") or len(voters) < expect_voters:
+                raise NotReady(
+                    f"a leader is elected ({leader}) but autopilot reports {len(voters)} of {expect_voters} "
+                    f"servers as healthy voters ({', '.join(voters) or 'none'}; cluster healthy: "
+                    f"{bool(report.get('Healthy'))})"
+                )
         return str(leader)
-    except json.JSONDecodeError as err:
-        raise NotReady(f"GET /v1/status/leader answered something other than JSON ({err.msg})") from None
-    except (OSError, http.client.HTTPException) as err:
-        # urllib wraps the TLS failure in a URLError; unwrap it to tell it from "not listening yet".
-        reason = getattr(err, "reason", None) or err
-        if isinstance(reason, ssl.SSLCertVerificationError):
+
+
+def check_server_once(
+    http_addr: str, token: str, ca_pem: str | None, node_name: str, timeout: float = REQUEST_TIMEOUT_SECONDS
+) -> str:
+    """Return a summary if `node_name` is back: a healthy voter of a healthy cluster; else raise NotReady.
+
+    Asked of the cluster's API (any server forwards it to the leader), so it holds whichever server
+    was replaced, server 0 (which carries the API's address) included.
+    """
+    base = http_addr.rstrip("/")
+    context = _context(base, ca_pem)
+    with _talking_to(base):
+        report = autopilot_health(base, context, token, timeout)
+        servers = {s.get("Name"): s for s in report.get("Servers") or []}
+        server = servers.get(node_name)
+        if server is None:
+            raise NotReady(f"autopilot does not list {node_name} yet (servers: {', '.join(sorted(map(str, servers)))})")
+        if not (server.get("Healthy") and server.get("Voter")):
+            raise NotReady(
+                f"{node_name} is listed but not yet a healthy voter "
+                f"(healthy: {bool(server.get('Healthy'))}, voter: {bool(server.get('Voter'))})"
+            )
+        if not report.get("Healthy"):
+            raise NotReady(f"{node_name} is a healthy voter but the cluster is not healthy yet")
+        return f"{node_name} healthy voter; failure tolerance {report.get('FailureTolerance')}"
+
+
+def wait_until(
+    check: Callable[[], str],
+    what: str,
+    timeout_seconds: float,
+    interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Call `check` until it returns; raise ConsulNotReadyError at the deadline, saying what it last saw."""
+    deadline = clock() + timeout_seconds
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return check()
+        except NotReady as err:
+            last = str(err)
+        remaining = deadline - clock()
+        if remaining <= 0:
             raise ConsulNotReadyError(
-                f"the server at {base} presented a certificate that does not verify against the cluster's CA: "
-                f"{reason.verify_message or reason}"
-            ) from None
-        raise NotReady(f"cannot reach {base}: {reason}") from None
+                f"{what} was not ready after {timeout_seconds:g} s ({attempts} attempts). "
+                f"Last seen: {last}. New servers need a few minutes to install and elect a leader; "
+                "raise consulReadyTimeoutSeconds if they are still booting, or check their console output."
+            )
+        sleep(min(interval_seconds, remaining))
+
+
+def _request_timeout(timeout_seconds: float) -> float:
+    return min(REQUEST_TIMEOUT_SECONDS, max(timeout_seconds, 1.0))
 
 
 def wait_until_ready(
@@ -99,24 +212,40 @@ def wait_until_ready(
     interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    expect_voters: int | None = None,
 ) -> str:
     """Poll until the cluster is ready and return its leader; raise ConsulNotReadyError at the deadline."""
-    deadline = clock() + timeout_seconds
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            return check_once(http_addr, token, ca_pem, min(REQUEST_TIMEOUT_SECONDS, max(timeout_seconds, 1.0)))
-        except NotReady as err:
-            last = str(err)
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise ConsulNotReadyError(
-                f"Consul at {http_addr} was not ready after {timeout_seconds:g} s ({attempts} attempts). "
-                f"Last seen: {last}. New servers need a few minutes to install and elect a leader; "
-                "raise consulReadyTimeoutSeconds if they are still booting, or check their console output."
-            )
-        sleep(min(interval_seconds, remaining))
+    timeout = _request_timeout(timeout_seconds)
+    return wait_until(
+        lambda: check_once(http_addr, token, ca_pem, timeout, expect_voters),
+        f"Consul at {http_addr}",
+        timeout_seconds,
+        interval_seconds,
+        clock,
+        sleep,
+    )
+
+
+def wait_until_server_healthy(
+    http_addr: str,
+    token: str,
+    ca_pem: str | None,
+    node_name: str,
+    timeout_seconds: float,
+    interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Poll until `node_name` is a healthy voter of a healthy cluster; raise ConsulNotReadyError at the deadline."""
+    timeout = _request_timeout(timeout_seconds)
+    return wait_until(
+        lambda: check_server_once(http_addr, token, ca_pem, node_name, timeout),
+        f"Consul server {node_name} (asked of {http_addr})",
+        timeout_seconds,
+        interval_seconds,
+        clock,
+        sleep,
+    )
 
 
 class ConsulReadyProvider(ResourceProvider):
@@ -134,17 +263,23 @@ class ConsulReadyProvider(ResourceProvider):
 
     @staticmethod
     def _wait(props: dict[str, Any]) -> dict[str, Any]:
+        expect = props.get("expect_voters")
         leader = wait_until_ready(
-            props["http_addr"], props["token"], props.get("ca_pem") or None, float(props["timeout_seconds"])
+            props["http_addr"],
+            props["token"],
+            props.get("ca_pem") or None,
+            float(props["timeout_seconds"]),
+            expect_voters=int(expect) if expect is not None else None,
         )
-        # The token is passed on so the consul provider can take it from here (and so wait); the
-        # resource marks it secret in the state (additional_secret_outputs).
+        # The token is kept in the state (secret: additional_secret_outputs) so the diff can tell a
+        # rotated one and check it before anything uses it.
         return {
             "http_addr": props["http_addr"],
             "token": props["token"],
             "ca_pem": props.get("ca_pem"),
             "timeout_seconds": props["timeout_seconds"],
             "triggers": props.get("triggers", []),
+            "expect_voters": expect,
             "leader": leader,
         }
 
@@ -152,8 +287,9 @@ class ConsulReadyProvider(ResourceProvider):
 class ConsulReady(Resource, module="consul-tproxy-vms", name="ConsulReady"):
     """Exists once the Consul cluster at `http_addr` has a leader and accepts `token`.
 
-    Use `http_addr` and `token` of this resource (not the raw values) to configure the consul
-    provider: everything on that provider then waits for the gate.
+    Order the consul provider after it (`depends_on`), configured from the same known values: every
+    Consul object then waits for the gate, and preview knows the provider's configuration.
+    `expect_voters` (servers the stack created): also wait for that many healthy voters.
     """
 
     http_addr: pulumi.Output[str]
@@ -168,6 +304,7 @@ class ConsulReady(Resource, module="consul-tproxy-vms", name="ConsulReady"):
         ca_pem: pulumi.Input[str] | None,
         timeout_seconds: int,
         triggers: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
+        expect_voters: int | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(
@@ -179,7 +316,79 @@ class ConsulReady(Resource, module="consul-tproxy-vms", name="ConsulReady"):
                 "ca_pem": ca_pem,
                 "timeout_seconds": timeout_seconds,
                 "triggers": triggers or [],
+                "expect_voters": expect_voters,
                 "leader": None,
+            },
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"])),
+        )
+
+
+class ServerReadyProvider(ResourceProvider):
+    """Creating the gate waits for nothing (first bootstrap); updating it waits for its server (replacement)."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=str(props["node_name"]), outs=self._state(props, "created: no wait on first creation"))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [key for key in SERVER_WATCHED_INPUTS if olds.get(key) != news.get(key)]
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        seen = wait_until_server_healthy(
+            news["http_addr"],
+            news["token"],
+            news.get("ca_pem") or None,
+            news["node_name"],
+            float(news["timeout_seconds"]),
+        )
+        return UpdateResult(outs=self._state(news, seen))
+
+    @staticmethod
+    def _state(props: dict[str, Any], seen: str) -> dict[str, Any]:
+        return {
+            "http_addr": props["http_addr"],
+            "token": props["token"],
+            "ca_pem": props.get("ca_pem"),
+            "node_name": props["node_name"],
+            "timeout_seconds": props["timeout_seconds"],
+            "triggers": props.get("triggers", []),
+            "seen": seen,
+        }
+
+
+class ServerReady(Resource, module="consul-tproxy-vms", name="ServerReady"):
+    """One server's link in the one-at-a-time chain: after its replacement, exists once it is back.
+
+    `triggers` carries the server's instance id: a replaced server changes it, and the update waits
+    until autopilot (asked at `http_addr`) reports `node_name` a healthy voter of a healthy cluster.
+    Make the next server's instance depend on this resource.
+    """
+
+    node_name: pulumi.Output[str]
+    seen: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        http_addr: pulumi.Input[str],
+        token: pulumi.Input[str],
+        ca_pem: pulumi.Input[str] | None,
+        node_name: str,
+        timeout_seconds: int,
+        triggers: pulumi.Input[Sequence[pulumi.Input[str]]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(
+            ServerReadyProvider(),
+            name,
+            {
+                "http_addr": http_addr,
+                "token": pulumi.Output.secret(token),
+                "ca_pem": ca_pem,
+                "node_name": node_name,
+                "timeout_seconds": timeout_seconds,
+                "triggers": triggers,
+                "seen": None,
             },
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"])),
         )

@@ -435,8 +435,12 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
         )
         return None
     if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIX):
-        problems.add(key, name, f"is a name the stack uses itself ({', '.join(sorted(RESERVED_NAMES))}, "
-                     f"{RESERVED_PREFIX}*): choose another service name")
+        problems.add(
+            key,
+            name,
+            f"is a name the stack uses itself ({', '.join(sorted(RESERVED_NAMES))}, "
+            f"{RESERVED_PREFIX}*): choose another service name",
+        )
         return None
     if not isinstance(raw, Mapping):
         problems.add(key, raw, "must be an object such as {port: 8080}")
@@ -579,9 +583,7 @@ def _intentions(raw: Any, services: Mapping[str, Any], problems: _Problems) -> t
                 problems.add(f"{key}.{end}", name, "must be a service name (a string)")
                 ok = False
             elif name not in services:
-                problems.add(
-                    f"{key}.{end}", name, f"is not a service of this stack (services: {_names(services)})"
-                )
+                problems.add(f"{key}.{end}", name, f"is not a service of this stack (services: {_names(services)})")
                 ok = False
         action = item.get("action")
         if not isinstance(action, str) or action not in ACTIONS:
@@ -880,9 +882,7 @@ def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: _Probl
     before = len(problems.items)
     vpc_id = _optional(raw, "vpcId")
     if vpc_id is not None:
-        vpc_id = _string(
-            vpc_id, "vpcId", problems, VPC_ID, "a VPC id such as vpc-0123456789abcdef0"
-        )
+        vpc_id = _string(vpc_id, "vpcId", problems, VPC_ID, "a VPC id such as vpc-0123456789abcdef0")
     subnet_ids = []
     raw_subnets = _list(get("subnetIds"), "subnetIds", problems)
     for i, subnet in enumerate(raw_subnets):

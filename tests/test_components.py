@@ -13,7 +13,7 @@ from components.ec2 import AUTO_JOIN_POLICY
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
-from components.network import MeshNetwork, MeshNetworkArgs
+from components.network import MeshNetwork, MeshNetworkArgs, placement_index
 from components.render import SECRET_MARKER, unwrap
 from components.spec import PROJECT, IntentionSpec, ServiceSpec
 from components.userdata import decode_user_data, unpack_cloud_config
@@ -76,6 +76,14 @@ class MeshVmTest(MockedTestCase):
         (lookup,) = [c for c in self.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]
         assert lookup.args["owners"] == ["099720109477"]
         assert lookup.args["filters"][0]["values"] == ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"]
+
+    async def test_a_vm_without_a_given_image_pins_the_newest_of_its_first_up(self) -> None:
+        await self.make()
+        (pin,) = self.mocks.of_type("pulumi-python:dynamic/consul-tproxy-vms:ImagePin")
+        assert pin.name == "web-image" and pin.inputs["explicit"] is False and pin.inputs["generation"] == 0
+        assert pin.inputs["candidate"] == "ami-0123456789abcdef0"
+        assert self.mocks.named("web-instance").inputs["ami"] == pin.inputs["image_id"]
+        assert self.mocks.parents["web-image"].endswith(f"${PROJECT}:index:MeshVm::web")
 
     async def test_given_ami_is_used_without_lookup(self) -> None:
         await self.make(ami_id="ami-0fedcba9876543210")
@@ -256,11 +264,17 @@ class MeshNetworkTest(MockedTestCase):
         assert all(a.inputs["routeTableId"] == "net-public-id" for a in associations)
         # Membership carries no rules: VMs' own groups admit members.
         assert not self.mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-        assert [await value(network.subnet_for(i)) for i in range(3)] == [
+        # Servers (a fixed set) take the subnets in turn; a VM's subnet comes from its name alone.
+        assert [await value(network.subnet_at(i)) for i in range(3)] == [
             "net-subnet-0-id",
             "net-subnet-1-id",
             "net-subnet-0-id",
         ]
+        assert await value(network.subnet_for("web")) == f"net-subnet-{placement_index('web', 2)}-id"
+        assert [await value(network.zone_at(i)) for i in range(2)] == ["us-east-1a", "us-east-1b"]
+        # What carries the deployer's traffic: Consul resources depend on it, so destroy keeps it to the end.
+        path = sorted(urn.rsplit("::", 1)[-1] for urn in await value([r.urn for r in network.path]))
+        assert path == ["net-default-route", "net-igw", "net-subnet-0-public", "net-subnet-1-public"]
 
     async def test_more_zones_than_the_region_has_is_a_clear_error(self) -> None:
         cidrs = tuple(f"10.42.{16 * i}.0/20" for i in range(4))  # the mocked region has three zones
@@ -277,3 +291,17 @@ class MeshNetworkTest(MockedTestCase):
             ["subnet-0cccccccccccccccc", "subnet-0dddddddddddddddd"],
         ]
         assert not self.mocks.of_type("aws:ec2/vpc:Vpc") and not self.mocks.of_type("aws:ec2/subnet:Subnet")
+        assert network.path == []  # the stack does not own the given subnets' routes
+        # Their zones (for the servers' data volumes) are looked up.
+        lookups = {c.args["id"] for c in self.mocks.calls if c.token == "aws:ec2/getSubnet:getSubnet"}
+        assert lookups == {"subnet-0cccccccccccccccc", "subnet-0dddddddddddddddd"}
+
+
+def test_placement_depends_on_the_name_and_the_subnet_count_alone() -> None:
+    names = ["api", "web", "db", "billing", "reports"]
+    placed = [placement_index(name, 3) for name in names]
+    # Whatever else the mesh holds, and in whatever order it is declared: the same subnets.
+    grown = {name: placement_index(name, 3) for name in reversed(["aaa", *names, "zzz"])}
+    assert [grown[name] for name in names] == placed
+    assert all(0 <= index < 3 for index in placed) and len(set(placed)) > 1  # it does spread
+    assert placement_index("web", 1) == 0

@@ -6,13 +6,15 @@ import json
 from typing import Any
 
 import hcl2
+import pulumi_aws as aws
 
+from components import lifecycle
 from components.consul_server import JOIN_TAG_KEY, ConsulServer, ConsulServerArgs
 from components.ec2 import AUTO_JOIN_POLICY
 from components.render import SECRET_MARKER, user_data_by_vm
 from components.spec import PROJECT
 from components.userdata import decode_user_data, unpack_cloud_config
-from tests.mocks import MockedTestCase, generated_of, is_secret, value
+from tests.mocks import MeshMocks, MockedTestCase, generated_of, is_secret, value
 
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 
@@ -28,6 +30,7 @@ def server_args(**overrides: Any) -> ConsulServerArgs:
         "vpc_id": "vpc-0aaaaaaaaaaaaaaaa",
         "mesh_security_group_id": "sg-0mesh",
         "admin_cidrs": ["198.51.100.7/32"],
+        "zones": ["us-east-1a", "us-east-1b"],
     }
     return ConsulServerArgs(**{**args, **overrides})
 
@@ -64,7 +67,9 @@ class ConsulServerTest(MockedTestCase):
             assert tls["internal_rpc"][0]["verify_server_hostname"] is True
             assert hcl["auto_encrypt"][0]["allow_tls"] is True
             assert hcl["ui_config"][0]["enabled"] is True
-            assert unquote(hcl["connect"][0]["ca_config"][0]["root_cert"]).strip().endswith("END CERTIFICATE-----")
+            # Consul's built-in Connect CA: its key is generated on the servers, never in user data.
+            connect = hcl["connect"][0]
+            assert unquote(connect["ca_provider"]) == "consul" and "ca_config" not in connect
             assert [unquote(t) for t in hcl["retry_join"]] == [
                 f"provider=aws tag_key={JOIN_TAG_KEY} tag_value=consul-tproxy-vms-test"
             ]
@@ -79,7 +84,7 @@ class ConsulServerTest(MockedTestCase):
         for request in requests:
             assert request.inputs["dnsNames"] == ["server.dc1.consul", "localhost"]
             # The API's public address, which Pulumi dials, is in every certificate.
-            assert request.inputs["ipAddresses"] == ["127.0.0.1", "203.0.113.10"]
+            assert request.inputs["ipAddresses"] == ["127.0.0.1", "203.0.113.147"]
         certs = self.mocks.of_type("tls:index/locallySignedCert:LocallySignedCert")
         assert sorted(c.inputs["certRequestPem"].split("\n")[1] for c in certs) == sorted(r.name for r in requests)
         assert all(c.inputs["caCertPem"].split("\n")[1] == "consul-server-ca" for c in certs)
@@ -101,11 +106,21 @@ class ConsulServerTest(MockedTestCase):
 
     async def test_the_api_address_is_a_fixed_public_ip_on_server_zero(self) -> None:
         server = await self.make()
-        assert await value(server.http_addr) == "https://203.0.113.10:8501"
-        (association,) = self.mocks.of_type("aws:ec2/eipAssociation:EipAssociation")
-        assert association.inputs["instanceId"] == "consul-server-0-instance-id"
-        subnets = [i.inputs["subnetId"] for i in self.mocks.of_type("aws:ec2/instance:Instance")]
-        assert subnets == ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb", "subnet-0aaaaaaaaaaaaaaaa"]
+        assert await value(server.http_addr) == "https://203.0.113.147:8501"
+        # On server 0's own network interface, not its instance: a replaced instance leaves it in place.
+        association = self.mocks.named("consul-server-api-ip-association")
+        assert association.inputs["allocationId"] == "eipalloc-consul-server-api-ip"
+        assert association.inputs["networkInterfaceId"] == "consul-server-0-eni-id"
+        assert "instanceId" not in association.inputs
+        # Keyed by name: mock registrations arrive in a different order on each run.
+        subnets = {
+            i.name: i.inputs["subnetId"] for i in self.mocks.of_type("aws:ec2/networkInterface:NetworkInterface")
+        }
+        assert subnets == {
+            "consul-server-0-eni": "subnet-0aaaaaaaaaaaaaaaa",
+            "consul-server-1-eni": "subnet-0bbbbbbbbbbbbbbbb",
+            "consul-server-2-eni": "subnet-0aaaaaaaaaaaaaaaa",
+        }
         assert [s["nodeName"] for s in await value(server.servers)] == [f"consul-server-{i}" for i in range(3)]
 
     async def test_servers_find_each_other_by_tag_with_describe_instances_only(self) -> None:
@@ -137,8 +152,52 @@ class ConsulServerTest(MockedTestCase):
             ("udp", 8301, "sg-0mesh"),
             ("udp", 8302, "consul-server-sg-id"),
         ]
-        instance = self.mocks.named("consul-server-0-instance")
-        assert instance.inputs["vpcSecurityGroupIds"] == ["consul-server-sg-id", "sg-0mesh"]
+        # The groups are the server's network interface's, kept across instance replacements.
+        interface = self.mocks.named("consul-server-0-eni")
+        assert interface.inputs["securityGroups"] == ["consul-server-sg-id", "sg-0mesh"]
+        assert "vpcSecurityGroupIds" not in self.mocks.named("consul-server-0-instance").inputs
+
+    async def test_each_server_keeps_its_data_address_and_image_apart_from_its_instance(self) -> None:
+        await self.make(ami_id="ami-0fedcba9876543210")
+        for index, zone in enumerate(["us-east-1a", "us-east-1b", "us-east-1a"]):
+            node = f"consul-server-{index}"
+            data = self.mocks.named(f"{node}-data").inputs
+            assert (data["availabilityZone"], data["encrypted"], data["type"]) == (zone, True, "gp3")
+            attachment = self.mocks.named(f"{node}-data-attachment").inputs
+            assert attachment == {
+                "deviceName": "/dev/sdf",
+                "volumeId": f"{node}-data-id",
+                "instanceId": f"{node}-instance-id",
+                "stopInstanceBeforeDetaching": True,
+            }
+            instance = self.mocks.named(f"{node}-instance").inputs
+            assert instance["primaryNetworkInterface"] == {
+                "networkInterfaceId": f"{node}-eni-id",
+                "deleteOnTermination": False,
+            }
+            assert instance["ami"] == "ami-0fedcba9876543210" and "subnetId" not in instance
+            # Every server has a public address of its own (packages at boot); server 0's is the API's.
+            public = "consul-server-api-ip" if index == 0 else f"{node}-public-ip"
+            association = "consul-server-api-ip-association" if index == 0 else f"{node}-public-ip-association"
+            assert self.mocks.named(association).inputs["allocationId"] == f"eipalloc-{public}"
+
+    async def test_each_server_has_a_gate_watching_its_instance(self) -> None:
+        server = await self.make()
+        assert [await value(gate.node_name) for gate in server.gates] == [f"consul-server-{i}" for i in range(3)]
+        for index in range(3):
+            gate = self.mocks.named(f"consul-server-{index}-ready").inputs
+            assert gate["http_addr"] == "https://203.0.113.147:8501"
+            assert gate["node_name"] == f"consul-server-{index}"
+            assert gate["triggers"] == [f"consul-server-{index}-instance-id", "t3.small"]
+            assert SECRET_MARKER in gate["token"]
+        names = [urn.rsplit("::", 1)[-1] for urn in await value([r.urn for r in server.api_access])]
+        assert sorted(names) == ["consul-server-api-ip-association", "consul-server-https-0"]
+
+    async def test_certificates_renew_ahead_of_expiry(self) -> None:
+        await self.make()
+        for cert in self.mocks.of_type("tls:index/locallySignedCert:LocallySignedCert"):
+            assert cert.inputs["earlyRenewalHours"] == 90 * 24
+            assert cert.inputs["validityPeriodHours"] == 2 * 365 * 24
 
     async def test_children_are_parented_to_the_component_and_named_after_it(self) -> None:
         await self.make(count=1)
@@ -148,3 +207,32 @@ class ConsulServerTest(MockedTestCase):
             assert child.name.startswith("consul-server-"), child.name
             assert self.mocks.parents[child.name].endswith(f"${PROJECT}:index:ConsulServer::consul-server")
         assert self.config_of("consul-server-0")["bootstrap_expect"] == 1
+
+
+def test_servers_wait_for_each_other_and_for_the_network_path() -> None:
+    """The recorded dependencies: the one-at-a-time chain, and the route before anything on the API."""
+
+    def declare() -> ConsulServer:
+        gateway = aws.ec2.InternetGateway("net-igw", vpc_id="vpc-0aaaaaaaaaaaaaaaa")
+        return ConsulServer("consul-server", server_args(network_path=[gateway], protect_data=True))
+
+    record = lifecycle.run(declare, MeshMocks()).record
+
+    def urn(name: str) -> str:
+        return lifecycle.urn_named(record, name)
+
+    assert urn("consul-server-0-ready") not in record[urn("consul-server-0-instance")].needs
+    for index in (1, 2):
+        assert urn(f"consul-server-{index - 1}-ready") in record[urn(f"consul-server-{index}-instance")].dependencies
+    for index in range(3):
+        gate = record[urn(f"consul-server-{index}-ready")]
+        assert {
+            urn("net-igw"),
+            urn(f"consul-server-{index}-data-attachment"),
+            urn("consul-server-https-0"),
+        } <= gate.needs
+        assert urn(f"consul-server-{index}-instance") in gate.property_dependencies["triggers"]
+        data = record[urn(f"consul-server-{index}-data")].options
+        assert data.retain_on_delete and data.protect  # protect on request (protect_data)
+        assert record[urn(f"consul-server-{index}-instance")].options.delete_before_replace
+    assert urn("net-igw") in record[urn("consul-server-api-ip-association")].dependencies

@@ -12,10 +12,13 @@ from typing import Any
 import pulumi
 import pytest
 
-from components import program
+from components import lifecycle, program
+from components.network import placement_index
 from components.render import READY, SECRET_MARKER, set_plan_mocks, unwrap, user_data_by_vm
 from components.spec import PROJECT, MeshSpecError
 from components.userdata import decode_user_data, unpack_cloud_config
+from tests.lifecycle import DEMO as DEMO_LIFECYCLE
+from tests.lifecycle import first_up, named
 from tests.mocks import (
     CONSUL_TOKEN,
     GOSSIP_KEY,
@@ -46,6 +49,7 @@ EXISTING = {
 GENERATED_TOKEN = generated_of("consul-server-management-token (uuid)")
 GENERATED_GOSSIP = generated_of("consul-server-gossip-key (base64)")
 PROVIDER_REF = "$pulumi:providers:consul::consul::consul-id"
+IMAGE_PIN = "pulumi-python:dynamic/consul-tproxy-vms:ImagePin"
 
 
 def run_main() -> dict[str, Any]:
@@ -76,47 +80,47 @@ class NewServers(MockedTestCase):
             "web-instance",
         ]
         tokens = sorted(r.name for r in self.mocks.of_type("consul:index/aclToken:AclToken"))
-        assert tokens == ["api-agent-token", "api-service-token", "web-agent-token", "web-service-token"]
+        assert tokens == [f"{vm}-{kind}-token" for vm in ("api", "web") for kind in ("agent", "dns", "service")]
         assert len(self.mocks.of_type(READY)) == 1
         assert len(self.mocks.of_type("pulumi:providers:consul")) == 1
 
-    async def test_every_consul_resource_uses_the_provider_and_the_provider_waits_for_the_gate(self) -> None:
+    async def test_every_consul_resource_uses_the_provider_configured_from_known_values(self) -> None:
         await value(run_main())
         (provider,) = self.mocks.of_type("pulumi:providers:consul")
-        assert (provider.inputs["address"], provider.inputs["scheme"]) == ("203.0.113.10:8501", "https")
+        # The API's fixed address (the Elastic IP) and the generated token: known at preview.
+        assert (provider.inputs["address"], provider.inputs["scheme"]) == ("203.0.113.147:8501", "https")
         assert provider.inputs["datacenter"] == "dc1"
         assert unwrap(provider.inputs["token"]) == GENERATED_TOKEN
         assert SECRET_MARKER in provider.inputs["token"]
         assert provider.inputs["caPem"] == "-----BEGIN CERTIFICATE-----\nconsul-server-ca\n-----END CERTIFICATE-----\n"
         resources = consul_resources(self.mocks)
-        assert len(resources) == 9
+        assert resources
         for resource in resources:
             # A provider reference is "<urn>::<id>"; a default provider would be named default_<version>.
             assert (resource.provider or "").endswith(PROVIDER_REF), resource.name
-        # The gate is registered once the server is, and before the provider and all it serves.
-        order = [r.typ for r in self.mocks.resources]
-        assert order.index(READY) > order.index("aws:ec2/eipAssociation:EipAssociation")
-        assert order.index(READY) < order.index("pulumi:providers:consul") < order.index(resources[0].typ)
 
     async def test_the_gate_polls_the_new_servers_api_with_their_ca_and_the_management_token(self) -> None:
         await value(run_main())
         (gate,) = self.mocks.of_type(READY)
-        assert gate.inputs["http_addr"] == "https://203.0.113.10:8501"
+        assert gate.inputs["http_addr"] == "https://203.0.113.147:8501"
         assert gate.inputs["ca_pem"].split("\n")[1] == "consul-server-ca"
         assert unwrap(gate.inputs["token"]) == GENERATED_TOKEN and SECRET_MARKER in gate.inputs["token"]
         assert gate.inputs["timeout_seconds"] == 600
-        # A rebuilt server changes the triggers, so the next `up` waits for the cluster again.
+        # A rebuilt server changes the triggers, so the next `up` waits for the cluster again, and for
+        # as many healthy voters as the stack has servers.
         assert gate.inputs["triggers"] == ["consul-server-0-instance-id"]
+        assert gate.inputs["expect_voters"] == 1
 
-    async def test_mesh_vms_join_by_tag_with_gossip_encryption_tls_and_grpc_tls(self) -> None:
+    async def test_mesh_vms_join_by_tag_with_gossip_encryption_tls_and_loopback_xds(self) -> None:
         await value(run_main())
         files = unpack_cloud_config(user_data_of(self.mocks, "web"))
         hcl = files["/etc/consul.d/consul.hcl"]
         assert f'retry_join  = ["provider=aws tag_key=consul-tproxy-vms-cluster tag_value={PROJECT}-{STACK}"]' in hcl
         assert f'encrypt     = "{GENERATED_GOSSIP}"' in hcl
-        assert "auto_encrypt {\n  tls = true\n}" in hcl and "use_auto_cert = true" in hcl
+        assert "auto_encrypt {\n  tls = true\n}" in hcl
+        assert "grpc     = 8502" in hcl and "grpc_tls = -1" in hcl  # plaintext xDS, on loopback only
         assert files["/etc/consul.d/ca.pem"].split("\n")[1] == "consul-server-ca"
-        assert "CONSUL_GRPC_ADDR=https://127.0.0.1:8503" in files["/etc/envoy/web.env"]
+        assert "CONSUL_GRPC_ADDR=127.0.0.1:8502" in files["/etc/envoy/web.env"]
         (policy,) = [p for p in self.mocks.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == "web-auto-join"]
         assert "ec2:DescribeInstances" in policy.inputs["policy"]
 
@@ -143,13 +147,13 @@ class NewServers(MockedTestCase):
             "port": 9090,
         }
         assert outputs["intentions"] == [{"source": "web", "destination": "api", "action": "allow"}]
-        assert outputs["consulHttpAddr"] == "https://203.0.113.10:8501"
-        assert outputs["consulUiUrl"] == "https://203.0.113.10:8501/ui/"
+        assert outputs["consulHttpAddr"] == "https://203.0.113.147:8501"
+        assert outputs["consulUiUrl"] == "https://203.0.113.147:8501/ui/"
         assert outputs["consulDatacenter"] == "dc1"
         assert outputs["consulRetryJoin"] == [
             f"provider=aws tag_key=consul-tproxy-vms-cluster tag_value={PROJECT}-{STACK}"
         ]
-        assert outputs["consulCaPem"] == outputs["consulGrpcCaPem"]
+        assert outputs["consulCaPem"].split("\n")[1] == "consul-server-ca" and "consulGrpcCaPem" not in outputs
         assert outputs["consulManagementToken"] == GENERATED_TOKEN
         assert outputs["consulGossipKey"] == GENERATED_GOSSIP
         assert [s["nodeName"] for s in outputs["consulServers"]] == ["consul-server-0"]
@@ -171,14 +175,23 @@ class NewServers(MockedTestCase):
         assert "GENERATED-" not in text  # no generated token, gossip key or private key
         assert "SECRET-" not in text  # no token secret ID
 
-    async def test_vms_spread_over_the_zones(self) -> None:
+    async def test_a_vms_subnet_depends_on_its_service_name_alone(self) -> None:
         await value(run_main())
-        subnets = {r.name: r.inputs["subnetId"] for r in self.mocks.of_type("aws:ec2/instance:Instance")}
-        assert subnets["api-instance"] != subnets["web-instance"]
+        subnets = {r.name: r.inputs.get("subnetId") for r in self.mocks.of_type("aws:ec2/instance:Instance")}
+        for service in ("api", "web"):
+            assert subnets[f"{service}-instance"] == f"network-subnet-{placement_index(service, 2)}-id"
+
+    async def test_every_instance_boots_the_stacks_pinned_image(self) -> None:
+        await value(run_main())
+        (pin,) = self.mocks.of_type(IMAGE_PIN)
+        assert pin.name == "image" and pin.inputs["generation"] == 0 and pin.inputs["explicit"] is False
+        amis = {r.name: r.inputs["ami"] for r in self.mocks.of_type("aws:ec2/instance:Instance")}
+        assert set(amis.values()) == {pin.inputs["image_id"]}, amis
+        assert len([c for c in self.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]) == 1
 
 
 class GateMocks(MeshMocks):
-    """The gate answers with an address of its own, to show where the provider reads it from."""
+    """The gate answers with an address of its own, to show the provider does not read it from there."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         rid, state = super().new_resource(args)
@@ -187,17 +200,29 @@ class GateMocks(MeshMocks):
         return rid, state
 
 
-class ProviderReadsTheGate(MockedTestCase):
+class ProviderAfterTheGate(MockedTestCase):
     config = DEMO
 
-    async def test_provider_address_comes_from_the_gate_not_from_the_server(self) -> None:
+    async def test_provider_address_is_the_apis_fixed_address_not_a_gate_output(self) -> None:
         self.mocks = GateMocks()
         set_plan_mocks(self.mocks, STACK)
         self.set_config(DEMO)
         outputs = await value(run_main())
         (provider,) = self.mocks.of_type("pulumi:providers:consul")
-        assert provider.inputs["address"] == "gate.invalid:8501"
-        assert outputs["consulHttpAddr"] == "https://gate.invalid:8501"
+        assert provider.inputs["address"] == "203.0.113.147:8501"
+        assert outputs["consulHttpAddr"] == "https://203.0.113.147:8501"
+
+
+def test_the_provider_and_so_every_consul_object_waits_for_the_gate() -> None:
+    record = first_up(DEMO_LIFECYCLE).record
+    provider = named(record, "consul")
+    gate = lifecycle.urn_named(record, "consul-ready")
+    assert gate in provider.dependencies
+    assert not [key for key, deps in provider.property_dependencies.items() if gate in deps]
+    for resource in record.values():
+        if resource.type.startswith("consul:"):
+            assert resource.provider == provider.urn, resource.name
+            assert lifecycle.depends_transitively(record, resource.urn, gate)
 
 
 class ExistingCluster(MockedTestCase):
@@ -215,7 +240,7 @@ class ExistingCluster(MockedTestCase):
         ]
         assert outputs["consulHttpAddr"] == "https://10.0.1.10:8501"
         assert outputs["consulRetryJoin"] == ["10.0.1.10"]
-        assert outputs["consulCaPem"] == CA_PEM and outputs["consulGrpcCaPem"] is None
+        assert outputs["consulCaPem"] == CA_PEM and "consulGrpcCaPem" not in outputs
         assert outputs["subnetIds"] == ["subnet-0aaaaaaaaaaaaaaaa"] and outputs["vpcId"] == "vpc-0aaaaaaaaaaaaaaaa"
         assert "consulServers" not in outputs and "consulGossipKey" not in outputs
 
@@ -255,8 +280,8 @@ class ExistingCluster(MockedTestCase):
     async def test_user_data_carries_each_vms_own_tokens(self) -> None:
         await value(run_main())
         web = unpack_cloud_config(user_data_of(self.mocks, "web"))
-        assert f'agent   = "{secret_id_of("accessor-web-agent-token")}"' in web["/etc/consul.d/consul.hcl"]
-        assert f"CONSUL_HTTP_TOKEN={secret_id_of('accessor-web-service-token')}" in web["/etc/envoy/web.env"]
+        assert f'agent = "{secret_id_of("accessor-web-agent-token")}"' in web["/etc/consul.d/consul.hcl"]
+        assert f'CONSUL_HTTP_TOKEN="{secret_id_of("accessor-web-service-token")}"' in web["/etc/envoy/web.env"]
         assert secret_id_of("accessor-api-service-token") not in user_data_of(self.mocks, "web")
         assert self.mocks.named("web-instance").inputs["userDataReplaceOnChange"] is True
 
@@ -324,7 +349,7 @@ class BadConfig(MockedTestCase):
         self.set_config({**DEMO, "intentionz": []})
         with self.assertRaises(pulumi.RunError) as caught:
             run_main()
-        assert 'intentionz: "[]" is not a config key of consul-tproxy-vms' in str(caught.exception)
+        assert "intentionz: \"[]\" is not a known key (did you mean 'intentions'?)" in str(caught.exception)
         assert self.mocks.resources == []
 
 

@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
+from components import readiness
 from components.readiness import (
     ConsulNotReadyError,
     ConsulReadyProvider,
+    ServerReadyProvider,
     check_once,
     wait_until_ready,
+    wait_until_server_healthy,
 )
 from tests.conftest import ROOT, tool
 
@@ -29,12 +32,27 @@ LEADER = "10.42.1.10:8300"
 
 
 class FakeConsul:
-    """What a booting server answers: no leader, then a leader, then bootstrapped ACLs."""
+    """What a booting server answers: no leader, then a leader, then bootstrapped ACLs.
+
+    `servers` is autopilot's view: node name -> (healthy, voter); the cluster is healthy when every
+    listed server is a healthy voter.
+    """
 
     def __init__(self) -> None:
         self.leader = ""
         self.acl_bootstrapped = False
+        self.servers: dict[str, tuple[bool, bool]] = {}
         self.requests: list[str] = []
+
+    def autopilot(self) -> tuple[int, dict[str, object]]:
+        healthy = bool(self.servers) and all(h and v for h, v in self.servers.values())
+        report = {
+            "Healthy": healthy,
+            "FailureTolerance": max(0, (len(self.servers) - 1) // 2) if healthy else 0,
+            "Servers": [{"Name": n, "Healthy": h, "Voter": v} for n, (h, v) in sorted(self.servers.items())],
+        }
+        # Consul answers 429 with the same report when the cluster is not healthy.
+        return (200 if healthy else 429), report
 
 
 def _handler(state: FakeConsul) -> type[BaseHTTPRequestHandler]:
@@ -43,6 +61,14 @@ def _handler(state: FakeConsul) -> type[BaseHTTPRequestHandler]:
             state.requests.append(self.path)
             if self.path == "/v1/status/leader":
                 self._answer(200, json.dumps(state.leader))
+            elif self.path == "/v1/operator/autopilot/health":
+                if not state.leader:
+                    self._answer(500, "No cluster leader")
+                elif self.headers.get("X-Consul-Token") != TOKEN:
+                    self._answer(403, "Permission denied")
+                else:
+                    status, report = state.autopilot()
+                    self._answer(status, json.dumps(report))
             elif self.path == "/v1/acl/token/self":
                 if not state.acl_bootstrapped:
                     self._answer(
@@ -266,10 +292,110 @@ def test_the_provider_survives_pulumis_serialization_and_waits_in_a_fresh_proces
     assert result["outs"]["triggers"] == ["i-0abc"]
 
 
-def test_diff_waits_again_only_when_the_cluster_changes() -> None:
+def test_diff_waits_again_when_the_cluster_or_the_token_changes() -> None:
     provider = ConsulReadyProvider()
     old = {"http_addr": "https://1.2.3.4:8501", "token": "a", "ca_pem": "ca", "triggers": ["i-1"], "leader": LEADER}
     assert provider.diff("id", old, {**old, "leader": None}).changes is False
-    assert provider.diff("id", old, {**old, "token": "b"}).changes is False
+    assert provider.diff("id", old, {**old, "timeout_seconds": 60}).changes is False
+    # A rotated consulToken (existing cluster) is checked again, and stored for the next diff.
+    assert provider.diff("id", old, {**old, "token": "b"}).changes is True
     assert provider.diff("id", old, {**old, "triggers": ["i-2"]}).changes is True
     assert provider.diff("id", old, {**old, "http_addr": "https://5.6.7.8:8501"}).changes is True
+    assert provider.diff("id", old, {**old, "expect_voters": 3}).changes is True
+
+
+def ready_cluster(*servers: str) -> FakeConsul:
+    state = FakeConsul()
+    state.leader = LEADER
+    state.acl_bootstrapped = True
+    state.servers = {name: (True, True) for name in servers}
+    return state
+
+
+def test_the_cluster_gate_waits_for_the_expected_healthy_voters() -> None:
+    state = ready_cluster("consul-server-0")
+    state.servers["consul-server-1"] = (True, False)  # joined, not yet promoted by autopilot
+    clock = FakeClock()
+    with serving(state) as server:
+        addr = f"http://127.0.0.1:{server.server_port}"
+        assert check_once(addr, TOKEN, None) == LEADER  # without expect_voters: leader and ACLs suffice
+        with pytest.raises(ConsulNotReadyError, match=r"autopilot reports 1 of 2 servers as healthy voters"):
+            wait_until_ready(addr, TOKEN, None, 10, 5, clock=clock, sleep=clock.sleep, expect_voters=2)
+        state.servers["consul-server-1"] = (True, True)
+        assert check_once(addr, TOKEN, None, expect_voters=2) == LEADER
+
+
+def test_a_server_gate_waits_until_its_replaced_server_is_a_healthy_voter_again() -> None:
+    state = ready_cluster("consul-server-0", "consul-server-2")
+    clock = FakeClock()
+
+    def replacement_boots(seconds: float) -> None:
+        # The replaced server first appears unhealthy (autopilot still has the old one), then recovers.
+        clock.sleep(seconds)
+        step = len(clock.sleeps)
+        if step == 1:
+            state.servers["consul-server-1"] = (False, True)
+        elif step == 2:
+            state.servers["consul-server-1"] = (True, False)
+        elif step == 3:
+            state.servers["consul-server-1"] = (True, True)
+
+    with serving(state) as server:
+        seen = wait_until_server_healthy(
+            f"http://127.0.0.1:{server.server_port}",
+            TOKEN,
+            None,
+            "consul-server-1",
+            timeout_seconds=600,
+            interval_seconds=5,
+            clock=clock,
+            sleep=replacement_boots,
+        )
+    assert seen == "consul-server-1 healthy voter; failure tolerance 1"
+    assert clock.sleeps == [5, 5, 5]
+
+
+def test_a_server_gate_that_never_sees_its_server_fails_saying_so() -> None:
+    state = ready_cluster("consul-server-0")
+    clock = FakeClock()
+    with serving(state) as server, pytest.raises(ConsulNotReadyError, match="autopilot does not list consul-server-1"):
+        wait_until_server_healthy(
+            f"http://127.0.0.1:{server.server_port}",
+            TOKEN,
+            None,
+            "consul-server-1",
+            20,
+            5,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+
+
+def test_a_server_gate_waits_for_nothing_when_created_and_for_its_server_when_updated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Created on the first `up`: no server can be healthy before bootstrap_expect are up (no deadlock)."""
+    waited: list[tuple[str, str]] = []
+
+    def wait(http_addr: str, _token: str, _ca: str | None, node_name: str, _timeout: float) -> str:
+        waited.append((http_addr, node_name))
+        return f"{node_name} healthy voter"
+
+    monkeypatch.setattr(readiness, "wait_until_server_healthy", wait)
+    provider = ServerReadyProvider()
+    props = {
+        "http_addr": "https://203.0.113.10:8501",
+        "token": TOKEN,
+        "ca_pem": None,
+        "node_name": "consul-server-1",
+        "timeout_seconds": 600,
+        "triggers": ["i-1"],
+    }
+    created = provider.create(props)
+    assert created.id == "consul-server-1" and waited == []
+    assert provider.diff("consul-server-1", created.outs, props).changes is False
+    replaced = {**props, "triggers": ["i-2"]}
+    assert provider.diff("consul-server-1", created.outs, replaced).changes is True
+    updated = provider.update("consul-server-1", created.outs, replaced)
+    assert waited == [("https://203.0.113.10:8501", "consul-server-1")]
+    assert updated.outs["seen"] == "consul-server-1 healthy voter" and updated.outs["triggers"] == ["i-2"]

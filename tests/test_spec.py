@@ -195,7 +195,7 @@ def test_unknown_keys_in_a_service_and_an_intention_and_top_level() -> None:
     )
     assert any(p.startswith("services.web.prot: 1 is not a known key") for p in found), found
     assert any(p.startswith('intentions[0].acton: "x" is not a known key') for p in found), found
-    assert 'datacentre: "dc2" is not a known key (did you mean \'datacenter\'?)' in found, found
+    assert "datacentre: \"dc2\" is not a known key (did you mean 'datacenter'?)" in found, found
     assert "services.web.prot: 1 is not a known key (did you mean 'port'?)" in found, found
 
 

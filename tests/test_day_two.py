@@ -1,0 +1,345 @@
+"""Day two: what a later `pulumi up` of the stack would replace, update, create and delete.
+
+Each scenario runs the whole program twice under the lifecycle simulator (components/lifecycle.py):
+a first `up` of one config, then an `up` (or a preview) of another over the state it left, and
+asserts the engine's plan. Some scenarios then swap one protection out and show the plan the issue
+describes coming back, so each protection is shown to be what makes its scenario pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from components import ec2, lifecycle, program
+from components.lifecycle import REPLACE, SAME, UPDATE
+from components.network import MeshNetwork
+from tests.lifecycle import ADMIN, DEMO, first_up, named, of_type, plan, stack_program
+from tests.mocks import CONSUL_TOKEN, MeshMocks
+
+NOTHING: dict[str, list[str]] = {"replaced": [], "updated": [], "created": [], "deleted": []}
+INSTANCE = "aws:ec2/instance:Instance"
+NEWER_IMAGE = "ami-0ffffffffffffff01"
+DYNAMIC = "pulumi-python:dynamic/consul-tproxy-vms"
+THREE = {**DEMO, "serverCount": 3}
+WITH_DB = {
+    **DEMO,
+    "services": {**DEMO["services"], "db": {"port": 5432, "protocol": "tcp"}},
+    "intentions": [*DEMO["intentions"], {"source": "api", "destination": "db", "action": "allow"}],
+}
+EXISTING = {
+    **DEMO,
+    "adminCidrs": [],
+    "consulHttpAddr": "https://10.0.1.10:8501",
+    "consulRetryJoin": ["10.0.1.10"],
+    "consulToken": CONSUL_TOKEN,
+    "vpcId": "vpc-0aaaaaaaaaaaaaaaa",
+    "subnetIds": ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"],
+}
+
+
+def belongs_to(names: list[str], *owners: str) -> bool:
+    """Every name is one of `owners`' resources (its own, or the stack's entry named after it)."""
+    return all(any(n.startswith(f"{o}-") or n.endswith(f"-{o}") or f"-{o}-" in n for o in owners) for n in names)
+
+
+def servers_are_replaced_one_at_a_time(plan: lifecycle.Plan, count: int) -> None:
+    """Server i+1 is not touched before server i's gate, updated in this plan, has seen it back."""
+    record = plan.after
+    for i in range(count - 1):
+        gate = lifecycle.urn_named(record, f"consul-server-{i}-ready")
+        assert plan.steps[gate].kind == UPDATE, f"gate {i} does not wait in this plan"
+        assert lifecycle.depends_transitively(record, gate, lifecycle.urn_named(record, f"consul-server-{i}-instance"))
+        following = lifecycle.urn_named(record, f"consul-server-{i + 1}-instance")
+        assert lifecycle.depends_transitively(record, following, gate), f"server {i + 1} does not wait for server {i}"
+
+
+# --- nothing changed, images ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preview", [False, True])
+def test_an_up_with_nothing_changed_changes_nothing(preview: bool) -> None:
+    assert plan(DEMO, DEMO, preview=preview).changed() == NOTHING
+
+
+def test_a_newer_ubuntu_release_replaces_nothing() -> None:
+    newer = plan(THREE, THREE, latest_image=NEWER_IMAGE)
+    assert newer.changed() == NOTHING
+    assert newer.step("image").kind == SAME
+
+
+def test_a_new_explicit_image_replaces_every_vm_and_the_servers_one_at_a_time() -> None:
+    moved = plan({**THREE, "amiId": "ami-0aaaaaaaaaaaaaaa1"}, {**THREE, "amiId": "ami-0aaaaaaaaaaaaaaa2"})
+    assert sorted(n for n in moved.replaced if n.endswith("-instance")) == [
+        "api-instance",
+        "consul-server-0-instance",
+        "consul-server-1-instance",
+        "consul-server-2-instance",
+        "web-instance",
+    ]
+    assert moved.step("image").kind == UPDATE
+    servers_are_replaced_one_at_a_time(moved, 3)
+
+
+# --- services and intentions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["aaa", "zzz"])
+def test_adding_a_service_creates_its_resources_and_moves_nothing(name: str) -> None:
+    grown = plan(DEMO, {**DEMO, "services": {**DEMO["services"], name: {"port": 7000}}})
+    assert grown.replaced == [] and grown.updated == [] and grown.deleted == []
+    assert f"{name}-instance" in grown.created
+    assert belongs_to(grown.created, name), grown.created
+
+
+def test_removing_a_service_deletes_its_resources_only() -> None:
+    shrunk = plan(WITH_DB, DEMO)
+    assert shrunk.replaced == [] and shrunk.updated == [] and shrunk.created == []
+    assert "db-instance" in shrunk.deleted and "intentions-db" in shrunk.deleted
+    assert belongs_to(shrunk.deleted, "db"), shrunk.deleted
+
+
+def test_renaming_a_service_is_a_delete_and_a_create_of_that_service_only() -> None:
+    renamed = {**DEMO, "services": {**DEMO["services"], "store": {"port": 5432, "protocol": "tcp"}}}
+    renamed["intentions"] = [*DEMO["intentions"], {"source": "api", "destination": "store", "action": "allow"}]
+    moved = plan(WITH_DB, renamed)
+    assert moved.replaced == [] and moved.updated == []
+    assert belongs_to(moved.deleted, "db") and belongs_to(moved.created, "store")
+    assert "store-instance" in moved.created and "db-instance" in moved.deleted
+
+
+def test_intentions_added_flipped_and_removed_touch_only_their_entries() -> None:
+    added = plan(DEMO, WITH_DB)
+    flipped = plan(DEMO, {**DEMO, "intentions": [{**DEMO["intentions"][0], "action": "deny"}]})
+    removed = plan(DEMO, {**DEMO, "intentions": []})
+    assert flipped.changed() == {**NOTHING, "updated": ["intentions-api"]}
+    assert removed.changed() == {**NOTHING, "deleted": ["intentions-api"]}
+    assert "intentions-db" in added.created and added.replaced == [] and added.updated == []
+
+
+# --- versions, servers, certificates, admin networks ------------------------------------------------
+
+
+def test_a_consul_upgrade_replaces_every_vm_and_the_servers_one_at_a_time() -> None:
+    upgrade = plan(THREE, {**THREE, "consulVersion": "1.22.2"})
+    instances = of_type(upgrade.after, INSTANCE)
+    assert sorted(n for n in upgrade.replaced if n.endswith("-instance")) == instances
+    # Each server's data volume is attached anew; nothing that holds state or an address moves.
+    assert [n for n in upgrade.replaced if not n.endswith("-instance")] == [
+        f"consul-server-{i}-data-attachment" for i in range(3)
+    ]
+    assert upgrade.updated == ["consul-ready", *[f"consul-server-{i}-ready" for i in range(3)]]
+    servers_are_replaced_one_at_a_time(upgrade, 3)
+    # The mesh VMs come after the last server is back (through their tokens and the provider).
+    last_gate = lifecycle.urn_named(upgrade.after, "consul-server-2-ready")
+    for vm in ("api-instance", "web-instance"):
+        assert lifecycle.depends_transitively(upgrade.after, lifecycle.urn_named(upgrade.after, vm), last_gate)
+
+
+def test_an_envoy_upgrade_replaces_the_mesh_vms_only() -> None:
+    upgrade = plan(DEMO, {**DEMO, "envoyVersion": "1.35.4"})
+    assert upgrade.changed() == {**NOTHING, "replaced": ["api-instance", "web-instance"]}
+
+
+def test_resizing_the_servers_restarts_them_in_place_one_at_a_time() -> None:
+    resized = plan(THREE, {**THREE, "serverInstanceType": "t3.medium"})
+    # instance_type changes in place (the provider stops and starts the instance): no new server,
+    # but each gate waits for its server before the next one is stopped.
+    assert resized.replaced == [] and resized.created == [] and resized.deleted == []
+    assert resized.updated == [f"consul-server-{i}-{part}" for i in range(3) for part in ("instance", "ready")]
+    servers_are_replaced_one_at_a_time(resized, 3)
+
+
+def test_growing_from_one_server_to_three() -> None:
+    grown = plan(DEMO, THREE)
+    # bootstrap_expect is in server 0's user data: it is replaced (data and address kept) first.
+    assert grown.replaced == ["consul-server-0-data-attachment", "consul-server-0-instance"]
+    assert grown.updated == ["consul-ready", "consul-server-0-ready"]
+    assert grown.deleted == []
+    assert belongs_to(grown.created, "consul-server-1", "consul-server-2")
+    for i in (1, 2):
+        assert {f"consul-server-{i}-{part}" for part in ("instance", "data", "eni", "cert", "ready")} <= set(
+            grown.created
+        )
+    record = grown.after
+    for i in (1, 2):
+        following = lifecycle.urn_named(record, f"consul-server-{i}-instance")
+        assert lifecycle.depends_transitively(
+            record, following, lifecycle.urn_named(record, f"consul-server-{i - 1}-ready")
+        )
+    # The cluster gate now waits for three healthy voters.
+    assert named(record, "consul-ready").inputs["expect_voters"] == 3
+
+
+def test_certificate_renewal_replaces_the_servers_one_at_a_time() -> None:
+    certs = [f"consul-server-{i}-cert" for i in range(3)]
+    renewal = plan(THREE, THREE, renewed=certs)
+    assert sorted(n for n in renewal.replaced if n.endswith("-instance")) == [
+        f"consul-server-{i}-instance" for i in range(3)
+    ]
+    assert set(certs) <= set(renewal.replaced)
+    assert not [n for n in renewal.replaced if n.startswith(("web", "api"))]
+    assert renewal.created == [] and renewal.deleted == []
+    servers_are_replaced_one_at_a_time(renewal, 3)
+    # Renewal comes ahead of expiry, in the first `up` of the certificate's last 90 days.
+    assert named(renewal.after, "consul-server-0-cert").inputs["earlyRenewalHours"] == 90 * 24
+
+
+def test_changing_the_admin_networks_updates_rules_in_place() -> None:
+    changed = plan(DEMO, {**DEMO, "adminCidrs": ["203.0.113.0/24", "198.51.100.0/24"]})
+    assert changed.replaced == [] and changed.deleted == []
+    assert changed.updated == ["api-ssh-0", "consul-server-https-0", "consul-server-ssh-0", "web-ssh-0"]
+    assert changed.created == ["api-ssh-1", "consul-server-https-1", "consul-server-ssh-1", "web-ssh-1"]
+
+
+# --- server state, preview, destroy -----------------------------------------------------------------
+
+
+def test_a_single_server_keeps_its_data_volume_and_address_across_its_replacement() -> None:
+    upgrade = plan(DEMO, {**DEMO, "consulVersion": "1.22.2"})
+    assert upgrade.step("consul-server-0-instance").kind == REPLACE
+    for kept in (
+        "consul-server-0-data",
+        "consul-server-0-eni",
+        "consul-server-api-ip",
+        "consul-server-api-ip-association",
+    ):
+        assert upgrade.step(kept).kind == SAME, kept
+    record = upgrade.after
+    instance = named(record, "consul-server-0-instance")
+    interface = named(record, "consul-server-0-eni")
+    assert (
+        instance.inputs["primaryNetworkInterface"]["networkInterfaceId"]
+        == named(first_up(DEMO).record, "consul-server-0-eni").id
+    )
+    assert "subnetId" not in instance.inputs and interface.inputs["subnetId"] == "network-subnet-0-id"
+    # The interface is the instance's primary: the old instance goes first.
+    assert instance.options.delete_before_replace
+    data = named(record, "consul-server-0-data")
+    assert data.options.retain_on_delete and data.inputs["encrypted"] is True
+    attachment = named(record, "consul-server-0-data-attachment")
+    assert attachment.inputs["volumeId"] == named(first_up(DEMO).record, "consul-server-0-data").id
+    assert attachment.inputs["stopInstanceBeforeDetaching"] is True
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        {**DEMO, "consulVersion": "1.22.2"},
+        {**THREE, "consulVersion": "1.22.2"},
+        {**DEMO, "envoyVersion": "1.35.4"},
+        {**DEMO, "intentions": []},
+    ],
+    ids=["server-replaced", "three-servers-replaced", "vms-replaced", "intentions"],
+)
+def test_preview_shows_what_the_update_does(after: dict[str, Any]) -> None:
+    before = THREE if after.get("serverCount") == 3 else DEMO
+    previewed, updated = plan(before, after, preview=True), plan(before, after)
+    assert previewed.changed() == updated.changed()
+    # The provider's configuration is known at preview, and unchanged: its Consul objects show
+    # only the changes the update makes.
+    assert previewed.step("consul").kind == SAME
+
+
+def test_destroy_deletes_every_consul_object_and_gate_before_the_way_to_the_api() -> None:
+    record = first_up(THREE).record
+    rank = lifecycle.delete_rank(lifecycle.delete_waves(record))
+
+    def last(urns: list[str]) -> int:
+        return max(rank[u] for u in urns)
+
+    def first(names: list[str]) -> int:
+        return min(rank[lifecycle.urn_named(record, n)] for n in names)
+
+    consul_side = [
+        urn
+        for urn, r in record.items()
+        if r.type.startswith("consul:") or r.type in (f"{DYNAMIC}:ConsulReady", "pulumi:providers:consul")
+    ]
+    server_gates = [urn for urn, r in record.items() if r.type == f"{DYNAMIC}:ServerReady"]
+    assert len(consul_side) > 10 and len(server_gates) == 3
+    way_to_the_api = [
+        "network-igw",
+        "network-default-route",
+        "network-subnet-0-public",
+        "network-subnet-1-public",
+        "consul-server-api-ip-association",
+        "consul-server-https-0",
+    ]
+    servers = [f"consul-server-{i}-{part}" for i in range(3) for part in ("instance", "data-attachment")]
+    # Every Consul object, the provider and the cluster gate go while the servers and the way to
+    # them still stand; the server gates (whose delete does nothing) before the way to the API.
+    assert last(consul_side) < first(way_to_the_api + servers)
+    assert last(server_gates) < first(way_to_the_api)
+    # The data volumes are left in AWS, so destroy completes without deleting Consul's state.
+    assert all(named(record, f"consul-server-{i}-data").options.retain_on_delete for i in range(3))
+    assert not [r.name for r in record.values() if r.options.protect]
+
+
+def test_a_rotated_token_reaches_the_gate_and_the_provider() -> None:
+    rotated = plan(EXISTING, {**EXISTING, "consulToken": "11111111-2222-4333-8444-rotated00000"})
+    assert rotated.updated == ["consul", "consul-ready"]
+    assert rotated.replaced == [] and rotated.created == [] and rotated.deleted == []
+
+
+def test_the_force_new_table_knows_every_resource_type_of_the_stack() -> None:
+    for config in (THREE, EXISTING):
+        assert lifecycle.plan_of(first_up(config).record, first_up(config).record, {}).unmodeled_types() == []
+        dynamic = {
+            r.type.rsplit(":", 1)[-1] for r in first_up(config).record.values() if r.type.startswith("pulumi-python")
+        }
+        assert dynamic <= set(lifecycle.DYNAMIC_PROVIDERS)
+
+
+# --- each protection, swapped out ----------------------------------------------------------------
+
+
+@contextmanager
+def placement_by_position(services: list[str]) -> Iterator[None]:
+    """The old placement: a VM's subnet by its position in the sorted service list."""
+    original = MeshNetwork.subnet_for
+    MeshNetwork.subnet_for = lambda self, key: self.subnet_ids[sorted(services).index(key) % len(self.subnet_ids)]  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        MeshNetwork.subnet_for = original  # type: ignore[method-assign]
+
+
+def by_position(config: dict[str, Any]) -> Any:
+    def main() -> Any:
+        with placement_by_position(list(config["services"])):
+            return program.main(deployer_lookup=lambda: ADMIN)
+
+    return stack_program(config, around=main)
+
+
+def test_without_stable_placement_adding_a_service_replaces_the_others() -> None:
+    grown = {**DEMO, "services": {**DEMO["services"], "aaa": {"port": 7000}}}
+    first = lifecycle.run(by_position(DEMO), MeshMocks())
+    moved = lifecycle.plan_after(first, by_position(grown), MeshMocks())
+    assert {"api-instance", "web-instance"} <= set(moved.replaced)
+    assert moved.step("web-instance").paths == ("subnetId",)
+
+
+def unpinned(config: dict[str, Any]) -> Any:
+    def main() -> Any:
+        original = ec2.pinned_image
+        # The old way: every run's lookup goes straight into the instances.
+        ec2.pinned_image = lambda *a, **k: SimpleNamespace(image_id=ec2.ubuntu_image_output(None))  # type: ignore[assignment]
+        try:
+            return program.main(deployer_lookup=lambda: ADMIN)
+        finally:
+            ec2.pinned_image = original  # type: ignore[assignment]
+
+    return stack_program(config, around=main)
+
+
+def test_without_the_image_pin_a_newer_release_replaces_every_vm_and_server() -> None:
+    first = lifecycle.run(unpinned(DEMO), MeshMocks())
+    moved = lifecycle.plan_after(first, unpinned(DEMO), MeshMocks(), latest_image=NEWER_IMAGE)
+    assert sorted(n for n in moved.replaced if n.endswith("-instance")) == of_type(moved.after, INSTANCE)
+    assert moved.step("web-instance").kind == REPLACE and moved.step("web-instance").paths == ("ami",)
