@@ -115,9 +115,7 @@ def build(
 
     # One image for the whole stack, chosen once: a newer Ubuntu release replaces nothing until the
     # image generation (or amiId) changes (components/image.py). Servers then go one at a time.
-    # imageGeneration and protectServerData are config keys requested for components/spec.py
-    # (issue 11); until the spec carries them, their defaults apply.
-    image = ec2.pinned_image("image", None, ami_id=spec.ami_id, generation=int(getattr(spec, "image_generation", 0)))
+    image = ec2.pinned_image("image", None, ami_id=spec.ami_id, generation=spec.image_generation)
 
     outputs: dict[str, Any] = {}
     if spec.servers is not None:
@@ -139,7 +137,7 @@ def build(
                 zones=network.zones,
                 network_path=network.path,
                 ready_timeout_seconds=spec.ready_timeout_seconds,
-                protect_data=bool(getattr(spec, "protect_server_data", False)),
+                protect_data=spec.protect_server_data,
             ),
         )
         http_addr: pulumi.Input[str] = server.http_addr

@@ -89,8 +89,9 @@ class PlanMocks(pulumi.runtime.Mocks):
         # Stand-in values are derived from the resource's name, never from arrival order: the engine
         # registers resources in a different order on each run, and the render must be repeatable.
         host = stand_in_host(args.name)
-        if args.typ == INSTANCE:
+        if args.typ in (INSTANCE, "aws:ec2/networkInterface:NetworkInterface"):
             state.setdefault("privateIp", f"10.42.{host // 250}.{host % 250 + 4}")
+        if args.typ == INSTANCE:
             state["publicIp"] = f"198.51.100.{host % 250 + 4}"
         elif args.typ == "aws:ec2/eip:Eip":
             state.update(publicIp=f"203.0.113.{host % 250 + 4}", allocationId=f"eipalloc-{args.name}")
@@ -125,7 +126,7 @@ class PlanMocks(pulumi.runtime.Mocks):
         if args.token == "aws:ec2/getSubnets:getSubnets":
             return {"ids": ["subnet-0bbbbbbbbbbbbbbbb", "subnet-0aaaaaaaaaaaaaaaa"]}
         if args.token == "aws:ec2/getSubnet:getSubnet":
-            return {"id": args.args["id"], "vpcId": "vpc-0fromsubnet000000"}
+            return {"id": args.args["id"], "vpcId": "vpc-0fromsubnet000000", "availabilityZone": "us-east-1a"}
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {
                 "names": ["us-east-1a", "us-east-1b", "us-east-1c"],

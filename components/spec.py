@@ -112,6 +112,8 @@ DEFAULTS: dict[str, Any] = {
     "adminCidrs": [],
     "sshKeyName": "",
     "amiId": "",
+    "imageGeneration": 0,
+    "protectServerData": False,
     "vpcId": "",
     "subnetIds": [],
     "vpcCidr": "10.42.0.0/16",
@@ -290,6 +292,10 @@ class MeshSpec:
     admin_cidrs: tuple[str, ...] = ()
     ssh_key_name: str | None = None
     ami_id: str | None = None
+    image_generation: int = 0
+    """Raised deliberately to move every VM to the then-newest image (components/image.py)."""
+    protect_server_data: bool = False
+    """Also `protect` the servers' data volumes (they are always retained on delete)."""
     warnings: tuple[str, ...] = ()
     """Valid but probably not meant (see spec.footguns): `pulumi up` and the render print them."""
 
@@ -738,6 +744,13 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         value = _optional(raw, key)
         optional[key] = _string(value, key, problems, pattern, what) if value is not None else None
 
+    image_generation = _config_int(get("imageGeneration"), "imageGeneration", problems, 0, 1000, "an image generation")
+    protect_server_data = _bool(get("protectServerData"), "protectServerData", problems)
+    if protect_server_data and consul is not None:
+        problems.add(
+            "protectServerData", True, "only applies when the stack creates its servers (consulHttpAddr is set)"
+        )
+
     if problems.items:
         raise MeshSpecError(problems.items)
     warnings = footguns(services, intentions, admin_cidrs)
@@ -757,6 +770,8 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         admin_cidrs=admin_cidrs,
         ssh_key_name=optional["sshKeyName"],
         ami_id=optional["amiId"],
+        image_generation=image_generation or 0,
+        protect_server_data=bool(protect_server_data),
         warnings=warnings,
     )
 

@@ -241,6 +241,13 @@ def server_files(recipe: ServerRecipe, secrets: ServerSecrets) -> list[VmFile]:
             VmFile("/etc/consul.d/server.pem", recipe.cert_pem),
             VmFile("/etc/consul.d/server-key.pem", secrets.key_pem, "0640", "root:consul"),
             VmFile("/etc/systemd/system/consul.service", _static(TEMPLATES / "consul.service")),
+            # The server's data on its own EBS volume (components/consul_server.py), mounted first.
+            VmFile("/etc/systemd/system/consul-data.service", _static(TEMPLATES / "consul-data.service")),
+            VmFile(
+                "/etc/systemd/system/consul.service.d/data-volume.conf",
+                _static(TEMPLATES / "consul-data-volume.conf"),
+            ),
+            VmFile("/usr/local/sbin/consul-data-volume", _static(SCRIPTS / "consul-data-volume.sh"), "0755"),
         ]
     )
 
@@ -315,7 +322,7 @@ def render_server_cloud_config(recipe: ServerRecipe, secrets: ServerSecrets) -> 
         packages=[("consul", f"{recipe.consul_version}-*")],
         files=server_files(recipe, secrets),
         restart=[],
-        start=["consul.service"],
+        start=["consul-data.service", "consul.service"],
     )
 
 

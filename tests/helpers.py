@@ -104,6 +104,8 @@ def rendered_vms() -> dict[str, RenderedVm]:
         for case, (r, s) in all_recipes().items()
     }
     cases["server"] = RenderedVm(
-        render_server_cloud_config(SERVER, SERVER_SECRETS), server_files(SERVER, SERVER_SECRETS), ["consul.service"]
+        render_server_cloud_config(SERVER, SERVER_SECRETS),
+        server_files(SERVER, SERVER_SECRETS),
+        ["consul-data.service", "consul.service"],
     )
     return cases

@@ -26,3 +26,5 @@ def test_benchmark_script_runs_and_writes_its_json(tmp_path: Path) -> None:
     assert {r["case"] for r in data["userData"]} == {"demo-like", "20 exclusions of each kind"}
     assert data["blastRadius"] == {"existingVms": 20, "changed": 0, "changedVms": []}
     assert "Blast radius" in result.stdout
+    # Judged by the lifecycle simulator: what the engine would replace or delete, not user-data bytes.
+    assert data["blastRadiusPlan"]["replaced"] == [] and data["blastRadiusPlan"]["deleted"] == 0

@@ -249,9 +249,15 @@ def test_server_config() -> None:
     doc = yaml.safe_load(text)
     assert [u["name"] for u in doc["users"][1:]] == ["consul"]
     assert doc["packages"] == [["consul", "1.22.1-*"]]
+    # The data volume is mounted before Consul starts (and consul.service requires it at every boot).
     assert [cmd for cmd in doc["runcmd"] if cmd[:2] == ["systemctl", "enable"]] == [
-        ["systemctl", "enable", "--now", "consul.service"]
+        ["systemctl", "enable", "--now", "consul-data.service"],
+        ["systemctl", "enable", "--now", "consul.service"],
     ]
+    drop_in = {f.path: f.content for f in server_files(SERVER, SERVER_SECRETS)}[
+        "/etc/systemd/system/consul.service.d/data-volume.conf"
+    ]
+    assert "Requires=consul-data.service" in drop_in and "RequiresMountsFor=/var/lib/consul" in drop_in
     files = {f.path: f for f in server_files(SERVER, SERVER_SECRETS)}
     hcl = hcl2.loads(files["/etc/consul.d/consul.hcl"].content)
 

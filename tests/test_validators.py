@@ -75,6 +75,7 @@ def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
         "/bin/kill",
         "/usr/local/sbin/consul-redirect-traffic",
         "/usr/local/sbin/consul-cleanup-traffic",
+        "/usr/local/sbin/consul-data-volume",
         "/opt/billing/bin/server",
     ]:
         target = root / exe.lstrip("/")
