@@ -51,6 +51,23 @@ class Ingress:
 SELF = "self"
 
 
+# IAM: "The name can be up to 64 characters" (role), 128 (instance profile, inline policy): AWS IAM
+# User Guide, "IAM object quotas". Pulumi's auto-naming appends "-" and 7 random characters; the
+# provider's name_prefix appends 26 (terraform-provider-aws internal/create/naming.go).
+IAM_ROLE_NAME_LIMIT = 64
+AUTO_NAME_SUFFIX = 8
+NAME_PREFIX_SUFFIX = 26
+
+
+def fitting_name(resource_name: str, limit: int) -> dict[str, str]:
+    """Resource arguments that keep the physical name within `limit`: none (auto-naming) when
+    `resource_name` plus its random suffix fits, else a name_prefix cut to fit. Only names that
+    could never have been created before get the prefix, so existing resources keep their names."""
+    if len(resource_name) + AUTO_NAME_SUFFIX <= limit:
+        return {}
+    return {"name_prefix": resource_name[: limit - NAME_PREFIX_SUFFIX - 1] + "-"}
+
+
 def instance_profile(
     name: str, description: str, cloud_auto_join: bool, tags: Mapping[str, str], parent: pulumi.Resource
 ) -> aws.iam.InstanceProfile:
@@ -58,6 +75,7 @@ def instance_profile(
     child = pulumi.ResourceOptions(parent=parent)
     role = aws.iam.Role(
         f"{name}-role",
+        **fitting_name(f"{name}-role", IAM_ROLE_NAME_LIMIT),
         assume_role_policy=ASSUME_ROLE_EC2,
         description=f"{PROJECT}: {description}",
         tags=tags,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -46,6 +47,14 @@ def _zone(names: list[str], index: int) -> str:
             f"zoneCount: {index + 1} zones asked for, but the region has {len(names)} available: lower zoneCount"
         )
     return names[index]
+
+
+# The zones the created subnets go into: available ones that need no opt-in (a fresh account has
+# them all). program.check_zones asks the same before anything is declared.
+ZONE_QUERY: dict[str, Any] = {
+    "state": "available",
+    "filters": [{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+}
 
 
 class MeshNetwork(pulumi.ComponentResource):
@@ -114,12 +123,7 @@ class MeshNetwork(pulumi.ComponentResource):
                 gateway_id=gateway.id,
                 opts=child,
             )
-            zones = aws.get_availability_zones_output(
-                state="available",
-                # Zones that need no opt-in: a fresh account has them all.
-                filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
-                opts=pulumi.InvokeOutputOptions(parent=self),
-            )
+            zones = aws.get_availability_zones_output(**ZONE_QUERY, opts=pulumi.InvokeOutputOptions(parent=self))
             self.path = [gateway, route]
             self.subnet_ids = []
             self.zones = []

@@ -15,14 +15,15 @@ from dataclasses import replace
 from typing import Any
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_consul as consul
 
 from components import ec2
-from components.consul_server import ConsulServer, ConsulServerArgs
+from components.consul_server import ConsulServer, ConsulServerArgs, auto_join
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
-from components.network import MeshNetwork, MeshNetworkArgs
+from components.network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs
 from components.readiness import ConsulReady
 from components.spec import (
     DEPLOYER,
@@ -34,6 +35,7 @@ from components.spec import (
     load_spec,
     split_http_addr,
 )
+from components.userdata import user_data_problems
 
 # Answers with the caller's public IPv4 address; used only when adminCidrs names "deployer".
 DEPLOYER_LOOKUP_URL = "https://checkip.amazonaws.com"
@@ -253,6 +255,35 @@ def build(
     return outputs
 
 
+def region_zones() -> list[str]:
+    """The zones the stack's subnets can go into: asked of AWS before anything is declared."""
+    return list(aws.get_availability_zones(**ZONE_QUERY).names)
+
+
+def preflight(spec: MeshSpec, stack: str, zones: Callable[[], list[str]] | None) -> list[str]:
+    """What the spec cannot tell alone but must be refused before any resource is declared: more
+    zones than the region has (`zones` asks AWS; None skips it, for the offline render), and user
+    data over EC2's limit (rendered with stand-ins of the real values' length)."""
+    problems = []
+    if spec.network.creates_vpc and zones is not None:
+        available = zones()
+        if spec.network.zone_count > len(available):
+            problems.append(
+                f"zoneCount: {spec.network.zone_count} is more than the {len(available)} availability zones "
+                f"of this region ({', '.join(available)}): lower zoneCount"
+            )
+    if spec.servers is not None:
+        retry_join: tuple[str, ...] = (auto_join(join_tag_value(stack)),)
+        ca_pem = None
+    else:
+        assert spec.consul is not None
+        retry_join, ca_pem = spec.consul.retry_join, spec.consul.ca_pem
+    problems += user_data_problems(
+        spec.services.values(), spec.datacenter, spec.consul_version, spec.envoy_version, retry_join, ca_pem
+    )
+    return problems
+
+
 def main(deployer_lookup: Callable[[], str] = deployer_cidr) -> dict[str, Any]:
     """Read and validate the stack's config, then declare and export the mesh.
 
@@ -261,9 +292,14 @@ def main(deployer_lookup: Callable[[], str] = deployer_cidr) -> dict[str, Any]:
     """
     try:
         spec = resolve_admin_cidrs(load_spec(read_config()), deployer_lookup)
+        problems = preflight(spec, pulumi.get_stack(), region_zones)
+        if problems:
+            raise MeshSpecError(problems)
     except MeshSpecError as err:
         # RunError: Pulumi prints the message alone, without a traceback; nothing was declared.
         raise pulumi.RunError(str(err)) from None
+    for message in spec.warnings:
+        pulumi.log.warn(message)
     config = pulumi.Config()
     token_key, gossip_key_name = SECRET_KEYS
     outputs = build(spec, config.get_secret(token_key), config.get_secret(gossip_key_name))

@@ -40,7 +40,7 @@ from pulumi.runtime import settings
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 
-from components.program import build, resolve_admin_cidrs
+from components.program import build, preflight, resolve_admin_cidrs
 from components.spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
 from components.userdata import EC2_USER_DATA_LIMIT, decode_user_data
 
@@ -238,7 +238,7 @@ def load_stack_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def plan_spec(config: Mapping[str, Any]) -> tuple[MeshSpec, bool]:
+def plan_spec(config: Mapping[str, Any], stack: str = "dev") -> tuple[MeshSpec, bool]:
     """The validated spec of a stack, and whether it has a gossip key. Raises MeshSpecError."""
     gossip_key = SECRET_KEYS[1]
     raw = {k: v for k, v in config.items() if k not in SECRET_KEYS}
@@ -247,6 +247,10 @@ def plan_spec(config: Mapping[str, Any]) -> tuple[MeshSpec, bool]:
     if gossip_key in raw:
         raw[gossip_key] = base64.b64encode(b"placeholder-gossip-key-32-bytes!").decode()
     spec = resolve_admin_cidrs(load_spec(raw), lambda: DEPLOYER_STAND_IN)
+    # Offline, the region's zones are unknown: `pulumi up` checks zoneCount against them.
+    problems = preflight(spec, stack, zones=None)
+    if problems:
+        raise MeshSpecError(problems)
     for message in spec.warnings:
         warn(message)
     return spec, gossip_key in config
@@ -392,7 +396,7 @@ def fresh_out(out: Path) -> None:
 
 def render(config: Mapping[str, Any], out: Path, stack: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Render a stack's config into `out`. Raises MeshSpecError on bad config, before writing."""
-    spec, with_gossip = plan_spec(config)
+    spec, with_gossip = plan_spec(config, stack)
     mocks, outputs = plan(spec, with_gossip, stack)
     fresh_out(out)
 

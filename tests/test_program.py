@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from unittest import mock
 
 import pulumi
 import pytest
@@ -351,6 +352,48 @@ class BadConfig(MockedTestCase):
             run_main()
         assert "intentionz: \"[]\" is not a known key (did you mean 'intentions'?)" in str(caught.exception)
         assert self.mocks.resources == []
+
+    async def test_more_zones_than_the_region_has_fails_before_any_resource(self) -> None:
+        self.set_config({**DEMO, "zoneCount": 4})  # the mocks' region has three zones
+        with self.assertRaises(pulumi.RunError) as caught:
+            run_main()
+        assert "zoneCount: 4 is more than the 3 availability zones of this region" in str(caught.exception)
+        assert self.mocks.resources == []
+
+    async def test_user_data_over_ec2s_limit_fails_before_any_resource(self) -> None:
+        too_many = {"port": 9090, "excludeOutboundPorts": list(range(1, 6000))}
+        self.set_config({**DEMO, "services": {**DEMO["services"], "web": too_many}})
+        with self.assertRaises(pulumi.RunError) as caught:
+            run_main()
+        assert "services.web: its user data would be" in str(caught.exception)
+        assert self.mocks.resources == []
+
+    async def test_footguns_are_logged_as_warnings(self) -> None:
+        warned: list[str] = []
+        self.set_config({**DEMO, "adminCidrs": ["0.0.0.0/0"]})
+        with mock.patch.object(pulumi.log, "warn", side_effect=lambda msg, *a, **k: warned.append(msg)):
+            await value(run_main())
+        assert any(w.startswith("adminCidrs: 0.0.0.0/0 opens SSH") for w in warned), warned
+
+
+LONGEST_NAME = {**DEMO, "services": {"a" * 63: {"port": 9090}, "api": {"port": 9091}}, "intentions": []}
+
+
+class NameLimits(MockedTestCase):
+    """Every generated name fits its AWS limit, for the longest service name the spec accepts."""
+
+    config = LONGEST_NAME
+
+    async def test_the_longest_service_name_gives_an_iam_role_name_within_64(self) -> None:
+        await value(run_main())
+        for role in self.mocks.of_type("aws:iam/role:Role"):
+            # Explicit prefix + the provider's 26 characters, or Pulumi's auto-name (+8).
+            prefix = role.inputs.get("namePrefix")
+            length = len(prefix) + 26 if prefix else len(role.name) + 8
+            assert length <= 64, (role.name, length)
+        assert any(r.inputs.get("namePrefix") for r in self.mocks.of_type("aws:iam/role:Role"))
+        # Short names keep Pulumi's auto-naming: existing roles are not renamed.
+        assert "namePrefix" not in self.mocks.named("api-role").inputs
 
 
 class BlastRadius(MockedTestCase):
