@@ -135,7 +135,8 @@ class PlanMocks(pulumi.runtime.Mocks):
         return {}
 
     def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
-        return [r for r in self.resources if r.typ == typ]
+        """The resources of a type by name: the engine registers them in a different order each run."""
+        return sorted((r for r in self.resources if r.typ == typ), key=lambda r: r.name)
 
     def named(self, name: str) -> pulumi.runtime.MockResourceArgs:
         (found,) = [r for r in self.resources if r.name == name]
