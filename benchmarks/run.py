@@ -189,6 +189,32 @@ def blast_radius() -> dict[str, Any]:
     }
 
 
+def critical_path(record: lifecycle.Record) -> list[str]:
+    """The longest chain of resources that must exist, one after the other, before the last mesh VM
+    can be created: dependencies, property dependencies and the provider, from the recorded graph.
+    Components cost nothing (they wait for nothing); each custom resource counts one step."""
+    longest: dict[str, list[str]] = {}
+
+    def chain(urn: str) -> list[str]:
+        if urn not in longest:
+            reg = record[urn]
+            needs = set(reg.dependencies) | {u for d in reg.property_dependencies.values() for u in d}
+            needs |= {reg.provider} if reg.provider else set()
+            before = max((chain(u) for u in needs if u in record), key=len, default=[])
+            longest[urn] = [*before, reg.name] if reg.custom else before
+        return longest[urn]
+
+    vms = [urn for urn, r in record.items() if r.type == render.INSTANCE and not r.name.startswith("consul-server")]
+    return max((chain(urn) for urn in sorted(vms)), key=len, default=[])
+
+
+def demo_critical_path() -> list[str]:
+    """The critical path of the demo stack (Pulumi.dev.yaml: servers created, web and api)."""
+    config = render.load_stack_config(ROOT / "Pulumi.dev.yaml")
+    run = lifecycle.run(simulated(config), render.PlanMocks(), stack="dev")
+    return critical_path(run.record)
+
+
 def of_type(record: lifecycle.Record, typ: str) -> list[str]:
     return [lifecycle.name_of(urn) for urn, r in record.items() if r.type == typ]
 
@@ -249,6 +275,11 @@ def main() -> int:
         f"{radius['existingVms']} VMs replaced; resources replaced {len(plan['replaced'])}, updated "
         f"{len(plan['updated'])}, created {plan['created']}, deleted {plan['deleted']}"
     )
+
+    path = demo_critical_path()
+    results["criticalPath"] = path
+    print(f"Create graph's critical path to the last mesh VM (demo stack): {len(path)} resources")
+    print("  " + " -> ".join(path))
 
     if not args.no_suite:
         results["testSuiteSeconds"] = suite_seconds()

@@ -1,9 +1,16 @@
 """The ACL rights of a mesh VM: every Consul API call each process makes, and the token it uses.
 
-The tokens and policies the stack declares (components/mesh_vm.py, components/mesh_defaults.py) are
-built from the tables here, and tests/test_acl.py checks the other way round: from the tokens
-declared and the files rendered, the token each process actually uses grants every right its calls
-need, and nothing that no call needs (least privilege).
+A mesh VM gets its tokens at boot by logging in with its instance role (scripts/consul-login.sh)
+through three aws-iam auth methods, one per token, whose binding rules give a service identity and
+roles built from the rules here (components/identity.py, components/mesh_vm.py). tests/test_acl.py
+checks the other way round: from the auth methods, binding rules, roles and policies the stack
+declares and the files it renders, the token each process actually uses grants every right its
+calls need, and nothing that no call needs (least privilege).
+
+Nodes are named `<service>-<instance id>` at boot, so the agent's rights are by prefix
+(`node_prefix "<service>-"`): the aws-iam method sees the role, not the instance (the role
+session name carrying the instance id is dropped, internal/iamauth/auth.go), so every instance of
+a service shares one identity and can only ever register nodes of its own service.
 
 Consul checks (acl/authorizer.go): a rule on a resource is exact (`node "web"`) or by prefix
 (`node_prefix "web-"`, the empty prefix matching every name); `write` implies `read`; with
@@ -57,7 +64,7 @@ class Call:
     process: str
     what: str
     needs: tuple[tuple[str, str, str], ...]
-    """(resource, name template, access); templates: {node}, {service}, {proxy}, * (every name)."""
+    """(resource, name template, access); templates: {node}, {service}, {proxy}, {gossip}, * (every name)."""
     source: str
     """Where Consul says so."""
 
@@ -85,6 +92,12 @@ CALLS: tuple[Call, ...] = (
         "xDS listener generation: netutil.IsDualStack reads /v1/agent/self under the agent's own token",
         (("agent", "{node}", READ),),
         "hashicorp/consul PR #23234; agent/agent_endpoint.go AgentSelf: authz.AgentRead(node)",
+    ),
+    Call(
+        AGENT,
+        "consul-login, before the agent starts: read the gossip key from Consul KV with the agent token",
+        (("key", "{gossip}", READ),),
+        "developer.hashicorp.com/consul/api-docs/kv (Read Key: ACL key:read); scripts/consul-login.sh",
     ),
     Call(
         DNS,
@@ -139,25 +152,30 @@ CALLS: tuple[Call, ...] = (
     ),
 )
 
-# Where each process takes its token from on the VM (components/templates).
+# Where each process takes its token from on the VM: what consul-login writes (scripts/consul-login.sh).
 TOKEN_SOURCE = {
-    AGENT: "consul.hcl acl.tokens.agent",
-    DNS: "consul.hcl acl.tokens.dns",
-    REGISTRATION: "service-<name>.hcl service.token",
-    REDIRECT: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN",
-    ENVOY: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN",
+    AGENT: "consul.d/tokens.hcl acl.tokens.agent (login to the agent method)",
+    DNS: "consul.d/tokens.hcl acl.tokens.dns (login to the dns method)",
+    REGISTRATION: "consul.d/tokens.hcl acl.tokens.config_file_service_registration (login to the service method)",
+    REDIRECT: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN_FILE (the service token)",
+    ENVOY: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN_FILE (the service token)",
 }
+# The login method each token comes from, by process.
+METHOD_OF = {AGENT: "agent", DNS: "dns", REGISTRATION: "service", REDIRECT: "service", ENVOY: "service"}
 # The demo application calls no Consul API: it only dials <upstream>.virtual.consul through Envoy.
 
 
-def needs_of(process: str, node: str, service: str) -> set[Need]:
-    """Every right `process` needs on the VM of `service` (node `node`)."""
+def needs_of(process: str, node: str, service: str, gossip_path: str = "") -> set[Need]:
+    """Every right `process` needs on the VM of `service` (node `node`); the gossip key read only
+    when the cluster has one (`gossip_path`)."""
     names = {"{node}": node, "{service}": service, "{proxy}": f"{service}-sidecar-proxy", "*": "*"}
+    names["{gossip}"] = gossip_path
     return {
         Need(resource, names[template], access)
         for call in CALLS
         if call.process == process
         for resource, template, access in call.needs
+        if template != "{gossip}" or gossip_path
     }
 
 
@@ -189,9 +207,27 @@ def unused(grants: Iterable[Grant], needs: Iterable[Need]) -> set[Grant]:
     return {g for g in grants if not any(grants_cover([g], n) for n in needs)}
 
 
-def agent_read_rules(node: str) -> str:
-    """Policy rules: read of the agent on `node` (for /v1/agent/self), added to the agent and service tokens."""
-    return Grant("agent", node, False, READ).hcl()
+def node_prefix(service: str) -> str:
+    """The prefix of every node name of `service`: <service>-<instance id>."""
+    return f"{service}-"
+
+
+def agent_rules(service: str, gossip_path: str = "") -> str:
+    """Policy of the agent token of `service`'s VMs: its nodes (by prefix), every service read, agent
+    read of its nodes, and the gossip key's KV entry."""
+    grants = [
+        Grant("node", node_prefix(service), True, WRITE),
+        Grant("service", "", True, READ),
+        Grant("agent", node_prefix(service), True, READ),
+    ]
+    if gossip_path:
+        grants.append(Grant("key", gossip_path, False, READ))
+    return "".join(g.hcl() for g in grants)
+
+
+def agent_read_rules(service: str) -> str:
+    """Agent read of `service`'s nodes (for /v1/agent/self), added to its service token by a role."""
+    return Grant("agent", node_prefix(service), True, READ).hcl()
 
 
 def dns_rules() -> str:

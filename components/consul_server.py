@@ -29,10 +29,10 @@ import pulumi_aws as aws
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components import ec2
+from components import ec2, identity
 from components.readiness import ServerReady
 from components.spec import PROJECT, SSH_PORT
-from components.userdata import ServerRecipe, ServerSecrets, encode_user_data, render_server_cloud_config
+from components.userdata import ServerRecipe, encode_user_data, render_server_cloud_config
 
 HTTPS_PORT = 8501
 SERVER_RPC_PORT = 8300
@@ -97,6 +97,12 @@ class ConsulServerArgs:
     """Also `protect` the data volumes: an `up` or `destroy` that would delete one fails."""
     data_volume_gb: int = DATA_VOLUME_GB
     """Size of each server's data volume (grows in place; never shrinks)."""
+    login_prefix: str = PROJECT
+    """identity.login_prefix(stack): the servers log in to <prefix>-server for their agent tokens."""
+    iam_path: str = "/"
+    """identity.iam_path(stack): the servers' roles live there, where the auth methods look."""
+    region: pulumi.Input[str] = ""
+    """AWS region of the SSM parameters holding the gossip key and the TLS keys."""
 
 
 class ConsulServer(pulumi.ComponentResource):
@@ -128,6 +134,8 @@ class ConsulServer(pulumi.ComponentResource):
     instance_ids: list[pulumi.Output[str]]
     servers: list[dict[str, pulumi.Output[str]]]
     """instanceId, privateIp and nodeName of each server."""
+    private_https_addrs: list[pulumi.Output[str]]
+    """https://<private address>:8501 of each server: where mesh VMs log in (stable addresses)."""
 
     def __init__(self, name: str, args: ConsulServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PROJECT}:index:ConsulServer", name, None, opts)
@@ -152,7 +160,30 @@ class ConsulServer(pulumi.ComponentResource):
         api_ip = aws.ec2.Eip(f"{name}-api-ip", domain="vpc", tags={**tags, "Name": f"{name}-api-ip"}, opts=child)
         self.http_addr = api_ip.public_ip.apply(lambda ip: f"https://{ip}:{HTTPS_PORT}")
 
-        profile = ec2.instance_profile(name, f"Consul servers of datacenter {args.datacenter}", True, tags, self)
+        # Secrets go to SSM Parameter Store, never into user data: SecureStrings encrypted with a key
+        # of the stack's own. Not the account's aws/ssm key: its key policy lets every principal of
+        # the account decrypt through SSM, and AWS's ReadOnlyAccess policy includes ssm:GetParameter.
+        # This key's default policy delegates to IAM (AWS KMS developer guide, "Default key policy"),
+        # so only principals whose IAM policies allow kms:Decrypt on it read the values: the servers.
+        secrets_key = aws.kms.Key(
+            f"{name}-secrets-key",
+            description=f"{PROJECT}: encrypts the Consul servers' secrets in SSM Parameter Store",
+            enable_key_rotation=True,
+            deletion_window_in_days=7,
+            tags=tags,
+            opts=child,
+        )
+        parameter_prefix = f"/{PROJECT}/{args.login_prefix}"
+        gossip_parameter = aws.ssm.Parameter(
+            f"{name}-gossip-key-parameter",
+            name=f"{parameter_prefix}/gossip-key",
+            type="SecureString",
+            key_id=secrets_key.arn,
+            value=gossip.base64,
+            description=f"{PROJECT}: the Consul gossip key, read by the servers at boot",
+            tags=tags,
+            opts=child,
+        )
         group, rules = ec2.security_group_with_rules(
             name,
             args.vpc_id,
@@ -166,6 +197,14 @@ class ConsulServer(pulumi.ComponentResource):
                 ec2.Ingress("wan-tcp", "tcp", SERF_WAN_PORT, "Consul WAN gossip among servers", ec2.SELF),
                 ec2.Ingress("wan-udp", "udp", SERF_WAN_PORT, "Consul WAN gossip among servers", ec2.SELF),
                 *ec2.admin_ingress("https", HTTPS_PORT, "Consul HTTPS API and UI", args.admin_cidrs),
+                # Mesh VMs log in (aws-iam) and read the gossip key over the API before their agent runs.
+                ec2.Ingress(
+                    "mesh-https",
+                    "tcp",
+                    HTTPS_PORT,
+                    "Consul HTTPS API from mesh members (login)",
+                    args.mesh_security_group_id,
+                ),
                 *ec2.admin_ingress("ssh", SSH_PORT, "SSH", args.admin_cidrs),
             ],
             tags,
@@ -211,6 +250,33 @@ class ConsulServer(pulumi.ComponentResource):
                 opts=child,
             )
 
+            tls_parameter = aws.ssm.Parameter(
+                f"{node}-tls-key-parameter",
+                name=f"{parameter_prefix}/{node}/tls-key",
+                type="SecureString",
+                key_id=secrets_key.arn,
+                value=key.private_key_pem,
+                description=f"{PROJECT}: the TLS private key of Consul server {node}, read by it at boot",
+                tags=tags,
+                opts=child,
+            )
+            # Each server its own role: it may read the gossip key and its own TLS key, nothing more;
+            # its node tag names the node identity its aws-iam login gets (identity.NODE_TAG).
+            profile = ec2.instance_profile(
+                node,
+                f"Consul server {node} of datacenter {args.datacenter}",
+                True,
+                {**tags, identity.NODE_TAG: node},
+                self,
+                path=args.iam_path,
+                login=True,
+                statements=pulumi.Output.all(gossip_parameter.arn, tls_parameter.arn, secrets_key.arn).apply(
+                    lambda arns: [
+                        ec2.allow(["ssm:GetParameter"], sorted(arns[:2])),
+                        ec2.allow(["kms:Decrypt"], [arns[2]]),
+                    ]
+                ),
+            )
             # The server's address and security groups live on an interface of its own, which the
             # instance only borrows: its Raft peers find it at the same address after a replacement.
             interface = aws.ec2.NetworkInterface(
@@ -259,19 +325,22 @@ class ConsulServer(pulumi.ComponentResource):
                         retry_join=tuple(self.retry_join),
                         ca_pem=v["ca"],
                         cert_pem=v["cert"],
-                    ),
-                    ServerSecrets(management_token=v["token"], gossip_key=v["gossip"], key_pem=v["key"]),
+                        region=v["region"],
+                        gossip_key_parameter=v["gossip_parameter"],
+                        tls_key_parameter=v["tls_parameter"],
+                        login_method=identity.method_name(args.login_prefix, "server"),
+                        server_id=args.login_prefix,
+                    )
                 )
 
-            cloud_config = pulumi.Output.secret(
-                pulumi.Output.all(
-                    ca=ca.cert_pem,
-                    cert=cert.cert_pem,
-                    token=token.result,
-                    gossip=gossip.base64,
-                    key=key.private_key_pem,
-                ).apply(render)
-            )
+            # Nothing secret goes in: the parameters' names, not their values.
+            cloud_config = pulumi.Output.all(
+                ca=ca.cert_pem,
+                cert=cert.cert_pem,
+                region=args.region,
+                gossip_parameter=gossip_parameter.name,
+                tls_parameter=tls_parameter.name,
+            ).apply(render)
             server = ec2.instance(
                 node,
                 ami_id=args.ami_id,
@@ -318,6 +387,7 @@ class ConsulServer(pulumi.ComponentResource):
                 }
             )
 
+        self.private_https_addrs = [s["privateIp"].apply(lambda ip: f"https://{ip}:{HTTPS_PORT}") for s in self.servers]
         self.ca_pem = ca.cert_pem
         self.management_token = pulumi.Output.secret(token.result)
         self.gossip_key = pulumi.Output.secret(gossip.base64)

@@ -69,13 +69,26 @@ def fitting_name(resource_name: str, limit: int) -> dict[str, str]:
 
 
 def instance_profile(
-    name: str, description: str, cloud_auto_join: bool, tags: Mapping[str, str], parent: pulumi.Resource
+    name: str,
+    description: str,
+    cloud_auto_join: bool,
+    tags: Mapping[str, str],
+    parent: pulumi.Resource,
+    *,
+    path: str = "/",
+    login: bool = False,
+    statements: pulumi.Input[list[dict[str, object]]] | None = None,
 ) -> aws.iam.InstanceProfile:
-    """The VM's IAM role and profile: no permissions, except DescribeInstances for cloud auto-join."""
+    """The VM's IAM role and profile, with only what the VM calls: DescribeInstances for cloud
+    auto-join; iam:GetRole on the role itself when the VM logs in to Consul with it (`consul login
+    -aws-include-entity` signs that call for the servers to replay; Consul docs, aws-iam auth
+    method); and `statements` (a server's own SSM parameters). Roles that log in live under `path`,
+    which the auth methods bind, and carry `tags` the binding rules read."""
     child = pulumi.ResourceOptions(parent=parent)
     role = aws.iam.Role(
         f"{name}-role",
         **fitting_name(f"{name}-role", IAM_ROLE_NAME_LIMIT),
+        path=path,
         assume_role_policy=ASSUME_ROLE_EC2,
         description=f"{PROJECT}: {description}",
         tags=tags,
@@ -83,7 +96,30 @@ def instance_profile(
     )
     if cloud_auto_join:
         aws.iam.RolePolicy(f"{name}-auto-join", role=role.id, policy=AUTO_JOIN_POLICY, opts=child)
+    if login:
+        aws.iam.RolePolicy(
+            f"{name}-login",
+            role=role.id,
+            policy=role.arn.apply(lambda arn: policy_document([allow(["iam:GetRole"], [arn])])),
+            opts=child,
+        )
+    if statements is not None:
+        aws.iam.RolePolicy(
+            f"{name}-secrets",
+            role=role.id,
+            policy=pulumi.Output.from_input(statements).apply(policy_document),
+            opts=child,
+        )
     return aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
+
+
+def allow(actions: list[str], resources: list[str]) -> dict[str, object]:
+    """One IAM policy statement allowing `actions` on exactly `resources`."""
+    return {"Effect": "Allow", "Action": actions, "Resource": resources}
+
+
+def policy_document(statements: list[dict[str, object]]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
 def security_group(
@@ -203,7 +239,8 @@ def instance(
     """An Ubuntu 24.04 VM with IMDSv2 required and an encrypted root volume.
 
     Cloud-init runs once per instance, so new user data means a new instance
-    (user_data_replace_on_change), never a VM whose files and state disagree.
+    (user_data_replace_on_change), never a VM whose files and state disagree. User data holds no
+    secret (the VMs log in at boot), so it is not marked secret: `pulumi preview --diff` shows it.
 
     `ami_id` None pins an image for this VM alone (`<name>-image`); a stack passes its own pin's
     image_id. Placement is either a subnet and security groups (a new network interface comes and
@@ -230,7 +267,7 @@ def instance(
         instance_type=instance_type,
         iam_instance_profile=profile.name,
         key_name=key_name,
-        user_data_base64=pulumi.Output.secret(user_data_base64),
+        user_data_base64=user_data_base64,
         user_data_replace_on_change=True,
         metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
             http_tokens="required", http_endpoint="enabled", http_put_response_hop_limit=1

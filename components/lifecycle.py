@@ -85,7 +85,8 @@ FORCE_NEW: dict[str, tuple[str, ...]] = {
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": ("securityGroupId",),
     # internal/service/iam/role.go: name, name_prefix, path ForceNew; the policies update.
     "aws:iam/role:Role": ("name", "namePrefix", "path"),
-    # internal/service/iam/role_policy.go: name, name_prefix, role ForceNew.
+    # internal/service/iam/role_policy.go: name, name_prefix, role ForceNew; the policy document
+    # updates in place (PutRolePolicy): the servers' -secrets / -login and the VMs' -login policies.
     "aws:iam/rolePolicy:RolePolicy": ("name", "namePrefix", "role"),
     # internal/service/iam/instance_profile.go: name, name_prefix, path ForceNew; role updates.
     "aws:iam/instanceProfile:InstanceProfile": ("name", "namePrefix", "path"),
@@ -193,12 +194,34 @@ FORCE_NEW: dict[str, tuple[str, ...]] = {
     # expiration_time, namespace, partition ForceNew; policies and identities update.
     "consul:index/aclToken:AclToken": ("accessorId", "local", "expirationTime", "namespace", "partition"),
     # consul/resource_consul_acl_policy.go: name, rules, description and datacenters update in place
-    # (the versions with namespace and partition make those two ForceNew).
+    # (the versions with namespace and partition make those two ForceNew). Also each MeshVm's
+    # `-agent` and `-agent-read` policies.
     "consul:index/aclPolicy:AclPolicy": ("namespace", "partition"),
     # consul/resource_consul_config_entry.go: kind, name, namespace, partition ForceNew; config_json updates.
     "consul:index/configEntry:ConfigEntry": ("kind", "name", "namespace", "partition"),
     # consul/resource_consul_config_entry_service_intentions.go: name, namespace, partition ForceNew.
     "consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions": ("name", "namespace", "partition"),
+    # consul/resource_consul_acl_auth_method.go: name, type, namespace, partition ForceNew;
+    # config_json, description, display_name, max_token_ttl, token_locality, namespace_rule update
+    # (AuthMethodUpdate). One older version had `type` without ForceNew: kept as replacing.
+    "consul:index/aclAuthMethod:AclAuthMethod": ("name", "type", "namespace", "partition"),
+    # consul/resource_consul_acl_binding_rule.go: auth_method, bind_type, namespace, partition
+    # ForceNew; bind_name, selector, description, bind_vars update (BindingRuleUpdate, same ID).
+    "consul:index/aclBindingRule:AclBindingRule": ("authMethod", "bindType", "namespace", "partition"),
+    # consul/resource_consul_acl_role.go: namespace, partition ForceNew; name, description, policies
+    # (IDs or names), service/node identities and templated policies update (RoleUpdate, same ID).
+    "consul:index/aclRole:AclRole": ("namespace", "partition"),
+    # consul/resource_consul_keys.go: datacenter (Optional+Computed), namespace, partition ForceNew;
+    # the `key` set (Pulumi's `keys`) updates: new paths are written, removed ones deleted if `delete`.
+    "consul:index/keys:Keys": ("datacenter", "namespace", "partition"),
+    # terraform-provider-aws internal/service/ssm/parameter.go: name and data_type ForceNew, and
+    # tier Advanced -> Standard (customdiff.ForceNewIfChange: see _extra_replacements); type,
+    # value, description, key_id, allowed_pattern and tags update in place (PutParameter Overwrite).
+    "aws:ssm/parameter:Parameter": ("name", "dataType"),
+    # internal/service/kms/key.go: customer_master_key_spec, key_usage, multi_region,
+    # custom_key_store_id, xks_key_id ForceNew; description, policy, enable_key_rotation,
+    # rotation_period_in_days, is_enabled, tags update; deletion_window_in_days is read at delete only.
+    "aws:kms/key:Key": ("customerMasterKeySpec", "keyUsage", "multiRegion", "customKeyStoreId", "xksKeyId"),
 }
 
 # Dynamic resources are judged by their own provider's diff, called for real (it never polls).
@@ -367,6 +390,10 @@ def _extra_replacements(typ: str, old: Mapping[str, Any], new: Mapping[str, Any]
         kinds = [{k for k in SOURCE_KINDS if rule.get(k) is not None} for rule in (old, new)]
         if kinds[0] != kinds[1]:
             return ["source kind"]
+    if typ == "aws:ssm/parameter:Parameter" and old.get("tier") == "Advanced" and new.get("tier") == "Standard":
+        # ssm/parameter.go: customdiff.ForceNewIfChange("tier", Advanced -> Standard): AWS cannot
+        # downgrade a parameter's tier, so the provider deletes and recreates it.
+        return ["tier"]
     return []
 
 

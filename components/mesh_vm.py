@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_consul as consul
 
-from components import acl, ec2
+from components import acl, ec2, identity
 from components.spec import ENVOY_PUBLIC_PORT, PROJECT, SSH_PORT, ServiceSpec
-from components.userdata import VmRecipe, VmSecrets, encode_user_data, render_cloud_config
+from components.userdata import Login, VmRecipe, encode_user_data, render_cloud_config
 
 
 @dataclass
@@ -23,11 +23,25 @@ class ConsulJoinArgs:
     """Server addresses, or a cloud auto-join string ("provider=aws tag_key=... tag_value=...")."""
     ca_pem: pulumi.Input[str] | None = None
     """The servers' CA certificate: when set (not None or empty), the agent uses TLS and auto_encrypt."""
-    gossip_key: pulumi.Input[str] | None = None
-    """The cluster's gossip encryption key (a secret), if it has one."""
     cloud_auto_join: bool | None = None
     """Grant the VM ec2:DescribeInstances, which cloud auto-join needs. None: decided from retry_join,
     which must then be a plain list (an Output's value is not known when resources are declared)."""
+
+
+@dataclass
+class LoginArgs:
+    """How the VM logs in to Consul at boot with its instance role (components/identity.py)."""
+
+    prefix: str
+    """identity.login_prefix(stack) of the mesh stack: names of its auth methods and roles."""
+    iam_path: str
+    """identity.iam_path(stack): the VM's IAM role lives there, where the auth methods look."""
+    server_id: pulumi.Input[str]
+    """The auth methods' ServerIDHeaderValue."""
+    http_addrs: pulumi.Input[Sequence[str]]
+    """https://host:port of the servers' API, as the VM reaches them (private addresses)."""
+    gossip_key_path: pulumi.Input[str] = ""
+    """Consul KV entry of the gossip key; empty: the cluster has none."""
 
 
 @dataclass
@@ -40,14 +54,14 @@ class MeshVmArgs:
     """Envoy version to install (apt package hashicorp-envoy=<version>-*); supported by consul_version."""
     cluster: ConsulJoinArgs
     """The cluster the agent joins."""
+    login: LoginArgs
+    """How the VM obtains its tokens and the gossip key at boot."""
     subnet_id: pulumi.Input[str]
     """Subnet the VM is placed in."""
     vpc_id: pulumi.Input[str]
     """VPC of that subnet, for the VM's security group."""
     mesh_security_group_id: pulumi.Input[str]
     """The mesh membership group: the VM joins it, and admits peers that are in it."""
-    dns_policy_name: pulumi.Input[str]
-    """ACL policy of the VM's DNS token (read-only; MeshDefaults declares it)."""
     admin_cidrs: Sequence[str] = ()
     """Networks SSH is open to. Empty: no SSH from the network at all."""
     ami_id: pulumi.Input[str] | None = None
@@ -56,6 +70,9 @@ class MeshVmArgs:
     """EC2 key pair for SSH, if any."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Extra tags for every taggable resource of the VM."""
+    instance_after: Sequence[pulumi.Resource] = ()
+    """What the instance is created (and replaced) after: the stack passes the last server's gate,
+    so that an upgrade replaces the servers before the mesh VMs."""
 
 
 def _cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
@@ -69,72 +86,68 @@ def _cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
     )
 
 
-def _token_secret(value: object, which: str) -> str:
-    """A token SecretID read from Consul; an empty answer must never reach a file as "None"."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(
-            f"Consul returned no SecretID for the VM's {which} token: is the provider's token allowed acl:read?"
-        )
-    return value
-
-
 class MeshVm(pulumi.ComponentResource):
-    """The VM of one mesh service: its ACL tokens and policy, IAM role, security group and instance.
+    """The VM of one mesh service: the Consul roles its login binds, its IAM role, security group
+    and instance.
 
-    Its user data is rendered from the service, the cluster's join settings and the tokens' secret
-    IDs, so it is a secret; it holds nothing about other services or intentions, so the mesh can
-    change around the VM without replacing it. A change to its own recipe does replace it
-    (cloud-init runs once per instance).
+    Its user data holds no secret: at boot the VM logs in with its instance role (tagged with its
+    service) and gets its tokens and the gossip key (scripts/consul-login.sh). So the user data is
+    not a Pulumi secret, is the same for every instance of the service, and needs nothing from
+    Consul: the VM boots in parallel with the servers. It holds nothing about other services or
+    intentions, so the mesh can change around the VM without replacing it; a change to its own
+    recipe does replace it (cloud-init runs once per instance).
     """
 
     instance_id: pulumi.Output[str]
     private_ip: pulumi.Output[str]
     public_ip: pulumi.Output[str]
     node_name: pulumi.Output[str]
+    """<service>-<instance id>: the Consul node the VM registers at boot."""
     virtual_hostname: pulumi.Output[str]
     port: pulumi.Output[int]
     cloud_config: pulumi.Output[str]
-    """The rendered cloud-config text (secret): what cloud-init reads once it has unzipped it."""
+    """The rendered cloud-config text: what cloud-init reads once it has unzipped it."""
 
     def __init__(self, name: str, args: MeshVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PROJECT}:index:MeshVm", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         svc = args.service
         cluster = args.cluster
+        login = args.login
         auto_join = _cloud_auto_join(cluster)
-        tags = {**args.tags, "consul-tproxy-vms:service": svc.name, "consul-tproxy-vms:node": svc.node_name}
+        tags = {**args.tags, "consul-tproxy-vms:service": svc.name}
 
-        # Three tokens, each with what its processes need (components/acl.py, tests/test_acl.py):
-        # the agent's, the registration's and Envoy's (the service token), and DNS's (read-only).
-        # Both the agent and the service token need agent read on this node for /v1/agent/self.
-        agent_read = consul.AclPolicy(
-            f"{name}-agent-read",
-            name=acl.policy_name(pulumi.get_stack(), svc.node_name, "agent-read"),
-            description=f"{PROJECT}: agent read on node {svc.node_name} (/v1/agent/self)",
-            rules=acl.agent_read_rules(svc.node_name),
+        # The Consul roles the auth methods' binding rules name for this service (identity.py); what
+        # each grants is in components/acl.py, checked by tests/test_acl.py.
+        gossip_path = pulumi.Output.from_input(login.gossip_key_path)
+        agent_policy = consul.AclPolicy(
+            f"{name}-agent",
+            name=identity.policy_name_for(identity.agent_role_name(login.prefix, svc.name)),
+            description=f"{PROJECT}: agent tokens of the nodes of service {svc.name}",
+            rules=gossip_path.apply(lambda path: acl.agent_rules(svc.name, path)),
             datacenters=[cluster.datacenter],
             opts=child,
         )
-        agent_token = consul.AclToken(
-            f"{name}-agent-token",
-            description=f"{PROJECT}: agent token of node {svc.node_name}",
-            node_identities=[consul.AclTokenNodeIdentityArgs(node_name=svc.node_name, datacenter=cluster.datacenter)],
-            policies=[agent_read.name],
+        consul.AclRole(
+            f"{name}-agent-role",
+            name=identity.agent_role_name(login.prefix, svc.name),
+            description=f"{PROJECT}: bound at login to the agent tokens of service {svc.name}",
+            policies=[agent_policy.name],
             opts=child,
         )
-        service_token = consul.AclToken(
-            f"{name}-service-token",
-            description=f"{PROJECT}: registration, traffic redirect and Envoy token of service {svc.name}",
-            service_identities=[
-                consul.AclTokenServiceIdentityArgs(service_name=svc.name, datacenters=[cluster.datacenter])
-            ],
-            policies=[agent_read.name],
+        agent_read = consul.AclPolicy(
+            f"{name}-agent-read",
+            name=identity.policy_name_for(identity.agent_read_role_name(login.prefix, svc.name)),
+            description=f"{PROJECT}: agent read on the nodes of service {svc.name} (/v1/agent/self)",
+            rules=acl.agent_read_rules(svc.name),
+            datacenters=[cluster.datacenter],
             opts=child,
         )
-        dns_token = consul.AclToken(
-            f"{name}-dns-token",
-            description=f"{PROJECT}: DNS token of node {svc.node_name} (read-only)",
-            policies=[args.dns_policy_name],
+        consul.AclRole(
+            f"{name}-agent-read-role",
+            name=identity.agent_read_role_name(login.prefix, svc.name),
+            description=f"{PROJECT}: bound at login to the service tokens of service {svc.name}",
+            policies=[agent_read.name],
             opts=child,
         )
 
@@ -145,34 +158,39 @@ class MeshVm(pulumi.ComponentResource):
                 consul_version=str(v["consul_version"]),
                 envoy_version=str(v["envoy_version"]),
                 retry_join=tuple(v["retry_join"]),  # type: ignore[arg-type]
+                login=Login(
+                    prefix=login.prefix,
+                    server_id=str(v["server_id"]),
+                    http_addrs=tuple(v["http_addrs"]),  # type: ignore[arg-type]
+                    gossip_key_path=str(v["gossip_path"] or ""),
+                ),
                 ca_pem=str(v["ca"]) if v["ca"] else None,
             )
             if ec2.is_cloud_auto_join(recipe.retry_join) and not auto_join:
                 raise ValueError(f"{name}: retry_join uses cloud auto-join, but cloud_auto_join is False")
-            secrets = VmSecrets(
-                agent_token=_token_secret(v["agent"], "agent"),
-                service_token=_token_secret(v["service"], "service"),
-                dns_token=_token_secret(v["dns"], "DNS"),
-                gossip_key=str(v["gossip"]) if v["gossip"] else None,
-            )
-            return render_cloud_config(recipe, secrets)
+            return render_cloud_config(recipe)
 
-        # The secret IDs are wrapped in Output.secret, so everything rendered from them is secret too.
-        cloud_config = pulumi.Output.secret(
-            pulumi.Output.all(
-                datacenter=cluster.datacenter,
-                consul_version=args.consul_version,
-                envoy_version=args.envoy_version,
-                retry_join=cluster.retry_join,
-                ca=cluster.ca_pem,
-                gossip=pulumi.Output.secret(cluster.gossip_key) if cluster.gossip_key is not None else None,
-                agent=self._secret_id(agent_token),
-                service=self._secret_id(service_token),
-                dns=self._secret_id(dns_token),
-            ).apply(render)
+        cloud_config = pulumi.Output.all(
+            datacenter=cluster.datacenter,
+            consul_version=args.consul_version,
+            envoy_version=args.envoy_version,
+            retry_join=cluster.retry_join,
+            ca=cluster.ca_pem,
+            server_id=login.server_id,
+            http_addrs=login.http_addrs,
+            gossip_path=gossip_path,
+        ).apply(render)
+
+        # The tag names the service the login binds (identity.SERVICE_TAG); the role may read itself.
+        profile = ec2.instance_profile(
+            name,
+            f"VM of mesh service {svc.name}",
+            auto_join,
+            {**tags, identity.SERVICE_TAG: svc.name},
+            self,
+            path=login.iam_path,
+            login=True,
         )
-
-        profile = ec2.instance_profile(name, f"VM of mesh service {svc.name}", auto_join, tags, self)
         # The application's own port gets no rule: it listens on loopback and is reached only via
         # Envoy's public listener.
         group = ec2.security_group(
@@ -204,12 +222,13 @@ class MeshVm(pulumi.ComponentResource):
             user_data_base64=cloud_config.apply(encode_user_data),
             tags=tags,
             parent=self,
+            depends_on=args.instance_after,
         )
 
         self.instance_id = instance.id
         self.private_ip = instance.private_ip
         self.public_ip = instance.public_ip
-        self.node_name = pulumi.Output.from_input(svc.node_name)
+        self.node_name = instance.id.apply(lambda iid: f"{acl.node_prefix(svc.name)}{iid}")
         self.virtual_hostname = pulumi.Output.from_input(svc.virtual_hostname)
         self.port = pulumi.Output.from_input(svc.port)
         self.cloud_config = cloud_config
@@ -225,11 +244,3 @@ class MeshVm(pulumi.ComponentResource):
             "virtualHostname": self.virtual_hostname,
             "port": self.port,
         }
-
-    def _secret_id(self, token: consul.AclToken) -> pulumi.Output[str]:
-        # The token resource does not hold its SecretID; read it, and keep it secret (the invoke's
-        # result is not marked secret on its own).
-        result = consul.get_acl_token_secret_id_output(
-            accessor_id=token.accessor_id, opts=pulumi.InvokeOutputOptions(parent=self)
-        )
-        return pulumi.Output.secret(result.secret_id)

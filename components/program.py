@@ -20,9 +20,10 @@ import pulumi_consul as consul
 
 from components import ec2
 from components.consul_server import ConsulServer, ConsulServerArgs, auto_join
+from components.identity import MeshIdentity, MeshIdentityArgs, gossip_key_path, iam_path, login_prefix
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
-from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
+from components.mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
 from components.network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs
 from components.readiness import ConsulReady
 from components.spec import (
@@ -35,7 +36,7 @@ from components.spec import (
     load_spec,
     split_http_addr,
 )
-from components.userdata import user_data_problems
+from components.userdata import Login, user_data_problems
 
 # Answers with the caller's public IPv4 address; used only when adminCidrs names "deployer".
 DEPLOYER_LOOKUP_URL = "https://checkip.amazonaws.com"
@@ -119,6 +120,10 @@ def build(
     # image generation (or amiId) changes (components/image.py). Servers then go one at a time.
     image = ec2.pinned_image("image", None, ami_id=spec.ami_id, generation=spec.image_generation)
 
+    # How VMs log in to Consul with their instance roles (components/identity.py): names derived
+    # from the stack alone, so nothing a VM's creation needs comes from Consul.
+    prefix = login_prefix(stack)
+    path = iam_path(stack)
     outputs: dict[str, Any] = {}
     if spec.servers is not None:
         server = ConsulServer(
@@ -140,6 +145,9 @@ def build(
                 network_path=network.path,
                 ready_timeout_seconds=spec.ready_timeout_seconds,
                 protect_data=spec.protect_server_data,
+                login_prefix=prefix,
+                iam_path=path,
+                region=aws.get_region_output().region,
             ),
         )
         http_addr: pulumi.Input[str] = server.http_addr
@@ -152,6 +160,15 @@ def build(
         ready_after: list[pulumi.Resource] = [*server.gates[-1:], *server.api_access]
         triggers: list[pulumi.Output[str]] = server.instance_ids
         expect_voters: int | None = spec.servers.count
+        # Server 0's private address only: it is stable (its own network interface) and exists whatever
+        # serverCount is, so growing or shrinking the cluster never changes (and so replaces) a VM's
+        # user data. Its Consul forwards a login to the leader; while it is down, logins retry.
+        login_addrs: pulumi.Input[list[str]] = pulumi.Output.all(*server.private_https_addrs[:1])
+        # The VMs wait for the servers' instances (the last server's gate, which waits for nothing
+        # when first created and for a healthy voter after a replacement), never for anything Consul
+        # produces: on an upgrade the servers go first, as Consul's upgrade guide asks
+        # (developer.hashicorp.com/consul/docs/upgrade: servers, then clients).
+        vms_after: list[pulumi.Resource] = server.gates[-1:]
         outputs["consulServers"] = server.servers
     else:
         cluster = spec.consul
@@ -162,6 +179,8 @@ def build(
         gossip = pulumi.Output.secret(gossip_key) if gossip_key is not None else None
         retry_join, ready_after, triggers = list(cluster.retry_join), [], []
         expect_voters = None
+        login_addrs = [cluster.http_addr]
+        vms_after = []
 
     # The gate depends on the network path to the API (gateway, route, route-table associations)
     # as well: `pulumi destroy` deletes a resource only after everything that depends on it, so
@@ -174,6 +193,8 @@ def build(
         timeout_seconds=spec.ready_timeout_seconds,
         triggers=triggers,
         expect_voters=expect_voters,
+        # Servers the stack creates carry no management token: the gate bootstraps ACLs with it.
+        bootstrap=spec.creates_servers,
         opts=pulumi.ResourceOptions(depends_on=[*ready_after, *network.path]),
     )
     # The provider is configured from values known at preview (the API's fixed address, the token,
@@ -202,7 +223,28 @@ def build(
         ),
         opts=with_consul,
     )
-    join = ConsulJoinArgs(datacenter=spec.datacenter, retry_join=retry_join, ca_pem=ca_pem, gossip_key=gossip)
+    caller = aws.get_caller_identity_output()
+    MeshIdentity(
+        "identity",
+        MeshIdentityArgs(
+            prefix=prefix,
+            account_id=caller.account_id,
+            partition=aws.get_partition_output().partition,
+            iam_path=path,
+            dns_policy_name=defaults.dns_policy_name,
+            gossip_key=gossip,
+            servers=spec.creates_servers,
+        ),
+        opts=with_consul,
+    )
+    join = ConsulJoinArgs(datacenter=spec.datacenter, retry_join=retry_join, ca_pem=ca_pem)
+    login = LoginArgs(
+        prefix=prefix,
+        iam_path=path,
+        server_id=prefix,
+        http_addrs=login_addrs,
+        gossip_key_path=gossip_key_path(prefix) if gossip is not None else "",
+    )
     vms = {
         name: MeshVm(
             name,
@@ -211,15 +253,16 @@ def build(
                 consul_version=spec.consul_version,
                 envoy_version=spec.envoy_version,
                 cluster=join,
+                login=login,
                 # Placement by the service's name alone: other services never move it.
                 subnet_id=network.subnet_for(name),
                 vpc_id=network.vpc_id,
                 mesh_security_group_id=network.mesh_security_group_id,
-                dns_policy_name=defaults.dns_policy_name,
                 admin_cidrs=spec.admin_cidrs,
                 ami_id=image.image_id,
                 key_name=spec.ssh_key_name,
                 tags=tags,
+                instance_after=vms_after,
             ),
             opts=with_consul,
         )
@@ -245,6 +288,14 @@ def build(
             "consulVersion": spec.consul_version,
             "envoyVersion": spec.envoy_version,
             "dnsPolicyName": defaults.dns_policy_name,
+            # What a VM of another project needs to log in like the mesh's own (examples/consumer).
+            "consulLogin": {
+                "prefix": prefix,
+                "iamPath": path,
+                "serverId": prefix,
+                "httpAddrs": login_addrs,
+                "gossipKeyPath": login.gossip_key_path,
+            },
             "vpcId": network.vpc_id,
             "subnetIds": network.subnet_ids,
             "meshSecurityGroupId": network.mesh_security_group_id,
@@ -278,8 +329,11 @@ def preflight(spec: MeshSpec, stack: str, zones: Callable[[], list[str]] | None)
     else:
         assert spec.consul is not None
         retry_join, ca_pem = spec.consul.retry_join, spec.consul.ca_pem
+    prefix = login_prefix(stack)
+    servers = spec.servers.count if spec.servers is not None else 1
+    login = Login(prefix, prefix, tuple("" for _ in range(servers)), gossip_key_path(prefix))
     problems += user_data_problems(
-        spec.services.values(), spec.datacenter, spec.consul_version, spec.envoy_version, retry_join, ca_pem
+        spec.services.values(), spec.datacenter, spec.consul_version, spec.envoy_version, retry_join, ca_pem, login
     )
     return problems
 

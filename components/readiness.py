@@ -1,7 +1,10 @@
 """Readiness gates: dynamic resources that exist once Consul can take what comes after them.
 
 ConsulReady: the cluster has a leader, its ACLs accept the token and (for servers the stack
-created) autopilot reports every expected server a healthy voter. The consul provider is ordered
+created) autopilot reports every expected server a healthy voter. For servers the stack created it
+also bootstraps the ACL system (`bootstrap`): the servers' configuration carries no initial
+management token, so the gate sends `PUT /v1/acl/bootstrap` with the stack's token as the
+`BootstrapSecret` once a leader is elected and the token is not accepted yet. The consul provider is ordered
 after it (`depends_on`), so no token, policy, config entry or intention is sent before the servers
 can take it. The provider's address and token are NOT read from the gate: they are values known at
 preview (the API's fixed address, the token), so a preview with a replaced server shows what the
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import time
 import urllib.error
@@ -51,6 +55,11 @@ class ConsulNotReadyError(RuntimeError):
     """The cluster did not become ready before the deadline, or cannot be trusted."""
 
 
+# Consul's answer to a bootstrap once the ACL system is bootstrapped (structs.ACLBootstrapNotAllowedErr),
+# sent as HTTP 403 "Permission denied: ACL bootstrap no longer allowed (reset index: N)".
+BOOTSTRAP_NOT_ALLOWED = "ACL bootstrap no longer allowed"
+
+
 def _context(http_addr: str, ca_pem: str | None) -> ssl.SSLContext | None:
     if not http_addr.startswith("https://"):
         return None
@@ -66,6 +75,28 @@ def _get(url: str, context: ssl.SSLContext | None, token: str | None, timeout: f
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
+
+
+def _put_json(url: str, context: ssl.SSLContext | None, payload: dict[str, Any], timeout: float) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="PUT", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+def _shown(body: str, token: str) -> str:
+    """An answer's body as it may appear in a message: trimmed, and never with the token in it."""
+    text = body.strip()[:200]
+    return text.replace(token, "<token>") if token else text
+
+
+def _reset_index(body: str) -> str | None:
+    match = re.search(r"reset index: (\d+)", body)
+    return match.group(1) if match else None
 
 
 @contextmanager
@@ -105,20 +136,54 @@ def healthy_voters(report: dict[str, Any]) -> list[str]:
     return sorted(s.get("Name", "") for s in report.get("Servers") or [] if s.get("Healthy") and s.get("Voter"))
 
 
+def bootstrap_acls(base: str, context: ssl.SSLContext | None, token: str, timeout: float) -> None:
+    """PUT /v1/acl/bootstrap with `token` as the BootstrapSecret (ACL required: none).
+
+    Returns when Consul made `token` its first management token. Raises ConsulNotReadyError when the
+    cluster is already bootstrapped and does not accept `token` (bootstrapped with another token),
+    NotReady for anything waiting can fix (no leader yet, a 5xx). The 200 answer holds the token: it
+    is never shown.
+    """
+    status, body = _put_json(f"{base}/v1/acl/bootstrap", context, {"BootstrapSecret": token}, timeout)
+    if status == 200:
+        return
+    if status == 403 and BOOTSTRAP_NOT_ALLOWED in body:
+        # Bootstrapped already: by us (a re-run, or an earlier attempt whose answer was lost) if the
+        # token is accepted now, else by someone else.
+        self_status, _ = _get(f"{base}/v1/acl/token/self", context, token, timeout)
+        if self_status == 200:
+            return
+        index = _reset_index(body)
+        raise ConsulNotReadyError(
+            f"the ACL system of Consul at {base} was bootstrapped with another token: PUT /v1/acl/bootstrap "
+            f"answered HTTP 403 ({_shown(body, token)}) and /v1/acl/token/self does not accept the stack's token "
+            f"(HTTP {self_status}). Either reset the ACL bootstrap so the next `pulumi up` bootstraps it with the "
+            f"stack's token (on the leader, write the reset index{f' {index}' if index else ''} to "
+            "<data_dir>/acl-bootstrap-reset, see `consul acl bootstrap`), or make the cluster accept the stack's "
+            "token (`consul acl token create -secret <consulManagementToken> -policy-name global-management` "
+            "with the existing management token)."
+        )
+    raise NotReady(f"PUT /v1/acl/bootstrap answered HTTP {status}: {_shown(body, token)}")
+
+
 def check_once(
     http_addr: str,
     token: str,
     ca_pem: str | None,
     timeout: float = REQUEST_TIMEOUT_SECONDS,
     expect_voters: int | None = None,
+    bootstrap: bool = False,
 ) -> str:
     """Return the leader's address if the cluster is ready; raise NotReady saying why not.
 
     Ready means: /v1/status/leader names a leader, /v1/acl/token/self accepts `token` (which only
     happens once the ACL system is bootstrapped and knows the token), and, with `expect_voters`,
     autopilot reports the cluster healthy with at least that many healthy voters.
-    Raises ConsulNotReadyError at once when the server's certificate does not verify: waiting does
-    not fix a wrong CA or address.
+    With `bootstrap` (servers the stack created), a token/self answered with 403 (before the
+    bootstrap Consul answers "ACL system must be bootstrapped ...: ACL not found") is followed by
+    one PUT /v1/acl/bootstrap with `token` as its secret; without it the bootstrap is never sent.
+    Raises ConsulNotReadyError at once when the server's certificate does not verify, or when the
+    cluster was bootstrapped with another token: waiting fixes neither.
     """
     base = http_addr.rstrip("/")
     context = _context(base, ca_pem)
@@ -130,10 +195,13 @@ def check_once(
         if not leader:
             raise NotReady("the servers answer but have not elected a leader yet")
         status, body = _get(f"{base}/v1/acl/token/self", context, token, timeout)
+        if status == 403 and bootstrap:
+            bootstrap_acls(base, context, token, timeout)
+            status, body = _get(f"{base}/v1/acl/token/self", context, token, timeout)
         if status != 200:
             raise NotReady(
                 f"a leader is elected ({leader}) but the ACL system does not accept the token yet "
-                f"(GET /v1/acl/token/self answered HTTP {status}: {body.strip()[:200]})"
+                f"(GET /v1/acl/token/self answered HTTP {status}: {_shown(body, token)})"
             )
         if expect_voters is not None:
             report = autopilot_health(base, context, token, timeout)
@@ -213,11 +281,15 @@ def wait_until_ready(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     expect_voters: int | None = None,
+    bootstrap: bool = False,
 ) -> str:
-    """Poll until the cluster is ready and return its leader; raise ConsulNotReadyError at the deadline."""
+    """Poll until the cluster is ready and return its leader; raise ConsulNotReadyError at the deadline.
+
+    With `bootstrap`, bootstrap the ACL system with `token` when it is not yet (see check_once).
+    """
     timeout = _request_timeout(timeout_seconds)
     return wait_until(
-        lambda: check_once(http_addr, token, ca_pem, timeout, expect_voters),
+        lambda: check_once(http_addr, token, ca_pem, timeout, expect_voters, bootstrap),
         f"Consul at {http_addr}",
         timeout_seconds,
         interval_seconds,
@@ -256,6 +328,9 @@ class ConsulReadyProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [key for key in WATCHED_INPUTS if olds.get(key) != news.get(key)]
+        # States written before `bootstrap` existed lack it: absent is False, not a change.
+        if bool(olds.get("bootstrap")) != bool(news.get("bootstrap")):
+            changed.append("bootstrap")
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -270,6 +345,7 @@ class ConsulReadyProvider(ResourceProvider):
             props.get("ca_pem") or None,
             float(props["timeout_seconds"]),
             expect_voters=int(expect) if expect is not None else None,
+            bootstrap=bool(props.get("bootstrap")),
         )
         # The token is kept in the state (secret: additional_secret_outputs) so the diff can tell a
         # rotated one and check it before anything uses it.
@@ -280,6 +356,7 @@ class ConsulReadyProvider(ResourceProvider):
             "timeout_seconds": props["timeout_seconds"],
             "triggers": props.get("triggers", []),
             "expect_voters": expect,
+            "bootstrap": bool(props.get("bootstrap")),
             "leader": leader,
         }
 
@@ -290,6 +367,10 @@ class ConsulReady(Resource, module="consul-tproxy-vms", name="ConsulReady"):
     Order the consul provider after it (`depends_on`), configured from the same known values: every
     Consul object then waits for the gate, and preview knows the provider's configuration.
     `expect_voters` (servers the stack created): also wait for that many healthy voters.
+    `bootstrap` (servers the stack created, whose configuration carries no initial management
+    token): bootstrap the ACL system with `token` (PUT /v1/acl/bootstrap with it as BootstrapSecret)
+    once a leader is elected; fail at once if the cluster was bootstrapped with another token. Leave
+    it False for an existing cluster: the gate then never calls the bootstrap endpoint.
     """
 
     http_addr: pulumi.Output[str]
@@ -305,6 +386,7 @@ class ConsulReady(Resource, module="consul-tproxy-vms", name="ConsulReady"):
         timeout_seconds: int,
         triggers: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
         expect_voters: int | None = None,
+        bootstrap: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(
@@ -317,6 +399,7 @@ class ConsulReady(Resource, module="consul-tproxy-vms", name="ConsulReady"):
                 "timeout_seconds": timeout_seconds,
                 "triggers": triggers or [],
                 "expect_voters": expect_voters,
+                "bootstrap": bootstrap,
                 "leader": None,
             },
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"])),

@@ -112,7 +112,11 @@ class PlanMocks(pulumi.runtime.Mocks):
             state["accessorId"] = f"accessor-{args.name}"
         elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             state.setdefault("name", args.name)
-            state["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
+            state["arn"] = f"arn:aws:iam::123456789012:role{state.get('path', '/')}{args.name}"
+        elif args.typ == "aws:kms/key:Key":
+            state["arn"] = f"arn:aws:kms:us-east-1:123456789012:key/{args.name}"
+        elif args.typ == "aws:ssm/parameter:Parameter":
+            state["arn"] = f"arn:aws:ssm:us-east-1:123456789012:parameter{state['name']}"
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
@@ -127,6 +131,12 @@ class PlanMocks(pulumi.runtime.Mocks):
             return {"ids": ["subnet-0bbbbbbbbbbbbbbbb", "subnet-0aaaaaaaaaaaaaaaa"]}
         if args.token == "aws:ec2/getSubnet:getSubnet":
             return {"id": args.args["id"], "vpcId": "vpc-0fromsubnet000000", "availabilityZone": "us-east-1a"}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": "123456789012", "arn": "arn:aws:iam::123456789012:user/deployer", "userId": "AIDA"}
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
+        if args.token == "aws:index/getRegion:getRegion":
+            return {"name": "us-east-1", "region": "us-east-1"}
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {
                 "names": ["us-east-1a", "us-east-1b", "us-east-1c"],
@@ -302,6 +312,7 @@ def plan_rows(mocks: PlanMocks) -> list[dict[str, Any]]:
 # Values the mock runtime makes up where AWS would answer: never real, and marked as such.
 STAND_INS = {
     "AMI": "ami-0123456789abcdef0 (the newest Ubuntu 24.04 image, looked up at `pulumi up`)",
+    "account and region": "123456789012 in us-east-1 (the deployer's at `pulumi up`)",
     "availability zones": "us-east-1a, us-east-1b, us-east-1c (the region's zones at `pulumi up`)",
     "instance addresses": "10.42.x.y private and 198.51.100.x public, derived from the resource name",
     "API address": "203.0.113.x, the Elastic IP of the servers' API",

@@ -136,7 +136,7 @@ TOP_LEVEL_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED) | frozenset(EXISTING_
 SERVICE_KEYS = frozenset(
     {
         "port",
-        "nodeName",
+        "nodeName",  # refused with its own message: nodes are named at boot
         "protocol",
         "upstreams",
         "command",
@@ -191,16 +191,11 @@ class ServiceSpec:
 
     name: str
     port: int
-    node_name: str = ""
     protocol: str = "http"
     upstreams: tuple[str, ...] = ()
     app: AppSpec = field(default_factory=AppSpec)
     instance_type: str = DEFAULTS["instanceType"]
     exclusions: RedirectExclusions = field(default_factory=RedirectExclusions)
-
-    def __post_init__(self) -> None:
-        if not self.node_name:
-            object.__setattr__(self, "node_name", self.name)
 
     @property
     def virtual_hostname(self) -> str:
@@ -462,11 +457,12 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
         if port in RESERVED_PORTS:
             problems.add(f"{key}.port", port, f"is reserved on mesh VMs for {RESERVED_PORTS[port]}")
 
-    node_name = raw.get("nodeName", name)
-    if _string(node_name, f"{key}.nodeName", problems, DNS_LABEL, "a DNS label") is None:
-        node_name = name
-    elif node_name in RESERVED_NAMES or node_name.startswith(RESERVED_PREFIX):
-        problems.add(f"{key}.nodeName", node_name, f"is a node name the stack uses itself ({RESERVED_PREFIX}*)")
+    if "nodeName" in raw:
+        problems.add(
+            f"{key}.nodeName",
+            raw["nodeName"],
+            "is no longer set: a service's nodes are named <service>-<instance id> when each VM boots",
+        )
     protocol = raw.get("protocol", "http")
     if protocol not in PROTOCOLS:
         problems.add(f"{key}.protocol", protocol, f"is not one of {', '.join(PROTOCOLS)}")
@@ -549,7 +545,6 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
     return ServiceSpec(
         name=name,
         port=port,
-        node_name=node_name,
         protocol=protocol,
         upstreams=tuple(upstreams),
         app=AppSpec(command=command, packages=tuple(packages), health_check_path=health),
@@ -643,6 +638,10 @@ def _http_addr(raw: Any, problems: _Problems) -> str | None:
     )
     if not value:
         return None
+    if not value.startswith("https://"):
+        # VMs log in over this address and receive their tokens in the answer (consul-login).
+        problems.add("consulHttpAddr", value, "must be https://: the VMs log in over it and receive their tokens")
+        return None
     port = HTTP_ADDR.fullmatch(value)["port"]  # type: ignore[index]
     if port is not None and not 1 <= int(port) <= 65535:
         problems.add("consulHttpAddr", value, "has a port outside 1-65535")
@@ -693,13 +692,17 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
             services[name] = svc
     known = set(raw_services or {})
 
-    nodes: dict[str, str] = {}
     for svc in services.values():
-        if svc.node_name in nodes:
-            problems.add(
-                f"services.{svc.name}.nodeName", svc.node_name, f"is already the node of service {nodes[svc.node_name]}"
-            )
-        nodes[svc.node_name] = svc.name
+        # A VM's agent may write the nodes named <service>-... (acl.agent_rules): no service's
+        # nodes may fall under another service's prefix.
+        for other in services:
+            if other != svc.name and svc.name.startswith(f"{other}-"):
+                problems.add(
+                    f"services.{svc.name}",
+                    svc.name,
+                    f"starts with the name of service {other} and '-': its nodes ({svc.name}-<instance id>) "
+                    f"would fall under {other}'s node prefix ({other}-), which {other}'s VMs may write",
+                )
         for up in svc.upstreams:
             if up not in known:
                 problems.add(f"services.{svc.name}.upstreams", up, "is not a service of this stack")

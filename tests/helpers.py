@@ -6,11 +6,10 @@ from dataclasses import dataclass, replace
 
 from components.spec import AppSpec, RedirectExclusions, ServiceSpec
 from components.userdata import (
+    Login,
     ServerRecipe,
-    ServerSecrets,
     VmFile,
     VmRecipe,
-    VmSecrets,
     render_cloud_config,
     render_server_cloud_config,
     server_files,
@@ -18,10 +17,12 @@ from components.userdata import (
 )
 
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdemo\n-----END CERTIFICATE-----\n"
-SECRETS = VmSecrets(
-    agent_token="agent-secret-0001", service_token="service-secret-0002", dns_token="dns-secret-0006", gossip_key=None
+LOGIN = Login(
+    prefix="consul-tproxy-vms-test",
+    server_id="consul-tproxy-vms-test",
+    http_addrs=("https://10.0.1.10:8501",),
+    gossip_key_path="",
 )
-GOSSIP_KEY = "c2VjcmV0LWdvc3NpcC1rZXktb2YtMzItYnl0ZXMhISE="
 SERVER = ServerRecipe(
     node_name="consul-server-1",
     datacenter="dc1",
@@ -30,11 +31,11 @@ SERVER = ServerRecipe(
     retry_join=("provider=aws tag_key=consul-tproxy-vms-cluster tag_value=test-dc1",),
     ca_pem=CA_PEM,
     cert_pem="-----BEGIN CERTIFICATE-----\nMIIBserver\n-----END CERTIFICATE-----\n",
-)
-SERVER_SECRETS = ServerSecrets(
-    management_token="management-secret-0003",
-    gossip_key=GOSSIP_KEY,
-    key_pem="-----BEGIN EC PRIVATE KEY-----\nserver-key-secret-0004\n-----END EC PRIVATE KEY-----\n",
+    region="us-east-1",
+    gossip_key_parameter="/consul-tproxy-vms/consul-tproxy-vms-test/gossip-key",
+    tls_key_parameter="/consul-tproxy-vms/consul-tproxy-vms-test/consul-server-1/tls-key",
+    login_method="consul-tproxy-vms-test-server",
+    server_id="consul-tproxy-vms-test",
 )
 
 
@@ -46,6 +47,7 @@ def recipe(**service_overrides: object) -> VmRecipe:
         consul_version="1.22.1",
         envoy_version="1.35.3",
         retry_join=("10.0.1.10", "consul.internal"),
+        login=LOGIN,
     )
 
 
@@ -54,8 +56,9 @@ def tls_recipe() -> VmRecipe:
 
 
 def server_made_recipe() -> VmRecipe:
-    """A VM of a stack that created its servers: TLS, gossip, cloud auto-join."""
-    return replace(recipe(), ca_pem=CA_PEM, retry_join=SERVER.retry_join)
+    """A VM of a stack that created its servers: TLS, the gossip key in KV, cloud auto-join."""
+    login = replace(LOGIN, gossip_key_path="consul-tproxy-vms/consul-tproxy-vms-test/gossip-key")
+    return replace(recipe(), ca_pem=CA_PEM, retry_join=SERVER.retry_join, login=login)
 
 
 def custom_app_recipe() -> VmRecipe:
@@ -74,13 +77,13 @@ def custom_app_recipe() -> VmRecipe:
     )
 
 
-def all_recipes() -> dict[str, tuple[VmRecipe, VmSecrets]]:
-    """Every shape of VM the renderer makes: plain, with TLS and gossip, with a custom app."""
+def all_recipes() -> dict[str, VmRecipe]:
+    """Every shape of VM the renderer makes: plain, with TLS, made by a stack with servers, a custom app."""
     return {
-        "demo": (recipe(), SECRETS),
-        "tls-gossip": (tls_recipe(), replace(SECRETS, gossip_key=GOSSIP_KEY)),
-        "server-made": (server_made_recipe(), replace(SECRETS, gossip_key=GOSSIP_KEY)),
-        "custom-app": (custom_app_recipe(), SECRETS),
+        "demo": recipe(),
+        "tls": tls_recipe(),
+        "server-made": server_made_recipe(),
+        "custom-app": custom_app_recipe(),
     }
 
 
@@ -97,15 +100,15 @@ def rendered_vms() -> dict[str, RenderedVm]:
     """Every kind of VM the stack boots, mesh VMs and a Consul server, for the real validators."""
     cases = {
         case: RenderedVm(
-            render_cloud_config(r, s),
-            vm_files(r, s),
-            ["consul.service", "mesh-app.service", f"envoy@{r.service.name}.service"],
+            render_cloud_config(r),
+            vm_files(r),
+            ["consul-login.service", "consul.service", "mesh-app.service", f"envoy@{r.service.name}.service"],
         )
-        for case, (r, s) in all_recipes().items()
+        for case, r in all_recipes().items()
     }
     cases["server"] = RenderedVm(
-        render_server_cloud_config(SERVER, SERVER_SECRETS),
-        server_files(SERVER, SERVER_SECRETS),
-        ["consul-data.service", "consul.service"],
+        render_server_cloud_config(SERVER),
+        server_files(SERVER),
+        ["consul-data.service", "consul-server-secrets.service", "consul.service", "consul-server-login.service"],
     )
     return cases

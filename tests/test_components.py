@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import shlex
+from dataclasses import fields, replace
 from typing import Any
 
+import hcl2
 import pulumi
 
-from components.acl import dns_rules
+from components import identity
+from components.acl import Grant, agent_read_rules, agent_rules, dns_rules, parse_rules
 from components.ec2 import AUTO_JOIN_POLICY
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
-from components.mesh_vm import ConsulJoinArgs, MeshVm, MeshVmArgs
+from components.mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
 from components.network import MeshNetwork, MeshNetworkArgs, placement_index
-from components.render import SECRET_MARKER, unwrap
+from components.render import SECRET_MARKER
 from components.spec import PROJECT, IntentionSpec, ServiceSpec
 from components.userdata import decode_user_data, unpack_cloud_config
 from tests.helpers import CA_PEM
-from tests.mocks import GOSSIP_KEY, MockedTestCase, is_secret, secret_id_of, value
+from tests.mocks import CONSUL_TOKEN, GOSSIP_KEY, STACK, MockedTestCase, generated_of, is_secret, value
 
+PREFIX = identity.login_prefix(STACK)
+IAM_PATH = identity.iam_path(STACK)
 JOIN = ConsulJoinArgs(datacenter="dc1", retry_join=["10.0.1.10", "consul.internal"])
+LOGIN = LoginArgs(prefix=PREFIX, iam_path=IAM_PATH, server_id=PREFIX, http_addrs=["https://10.0.1.10:8501"])
+GOSSIP_PATH = identity.gossip_key_path(PREFIX)
 AUTO_JOIN = "provider=aws tag_key=consul-server tag_value=dc1"
+ACL_POLICY = "consul:index/aclPolicy:AclPolicy"
+ACL_ROLE = "consul:index/aclRole:AclRole"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 
 
 def vm_args(**overrides: Any) -> MeshVmArgs:
@@ -30,19 +40,25 @@ def vm_args(**overrides: Any) -> MeshVmArgs:
         consul_version="1.22.1",
         envoy_version="1.35.3",
         cluster=JOIN,
+        login=LOGIN,
         subnet_id="subnet-0aaaaaaaaaaaaaaaa",
         vpc_id="vpc-0aaaaaaaaaaaaaaaa",
         mesh_security_group_id="sg-0mesh",
-        dns_policy_name="dns-read",
         admin_cidrs=("203.0.113.0/24",),
     )
     return replace(args, **overrides)
 
 
+def env_of(text: str) -> dict[str, str]:
+    """KEY=VALUE lines of an environment file, as systemd and the shell read them."""
+    pairs = (shlex.split(line)[0] for line in text.splitlines() if line and not line.startswith("#"))
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 class MeshVmTest(MockedTestCase):
-    async def make(self, **overrides: Any) -> MeshVm:
-        vm = MeshVm("web", vm_args(**overrides))
-        await value([vm.instance_id, vm.private_ip, vm.cloud_config])
+    async def make(self, name: str = "web", **overrides: Any) -> MeshVm:
+        vm = MeshVm(name, vm_args(**overrides))
+        await value([vm.instance_id, vm.private_ip, vm.node_name, vm.cloud_config])
         return vm
 
     async def test_children_are_parented_to_the_component_and_named_after_it(self) -> None:
@@ -54,8 +70,11 @@ class MeshVmTest(MockedTestCase):
             assert self.mocks.parents[child.name].endswith(f"${PROJECT}:index:MeshVm::web"), child.name
         component = self.mocks.named("web")
         assert component.typ == f"{PROJECT}:index:MeshVm" and component.custom is False
+        # The Consul roles its logins bind are the VM's children too.
+        consul = sorted(r.name for r in self.mocks.resources if r.typ.startswith("consul:"))
+        assert consul == ["web-agent", "web-agent-read", "web-agent-read-role", "web-agent-role"]
 
-    async def test_instance_requires_imdsv2_and_carries_secret_gzip_user_data(self) -> None:
+    async def test_instance_requires_imdsv2_and_carries_plain_gzip_user_data(self) -> None:
         vm = await self.make()
         instance = self.mocks.named("web-instance")
         assert instance.inputs["metadataOptions"]["httpTokens"] == "required"
@@ -65,10 +84,12 @@ class MeshVmTest(MockedTestCase):
         assert instance.inputs["vpcSecurityGroupIds"] == ["web-sg-id", "sg-0mesh"]
         assert instance.inputs["tags"]["consul-tproxy-vms:service"] == "web"
         assert instance.inputs["rootBlockDevice"]["encrypted"] is True
+        assert instance.inputs["userDataReplaceOnChange"] is True
+        # Sent to the engine in the clear: it holds nothing secret, so `preview --diff` may show it.
         user_data = instance.inputs["userDataBase64"]
-        assert isinstance(user_data, dict) and user_data[SECRET_MARKER]  # sent to the engine as a secret
-        assert decode_user_data(unwrap(user_data)) == await value(vm.cloud_config)
-        assert await is_secret(vm.cloud_config)
+        assert isinstance(user_data, str) and SECRET_MARKER not in user_data
+        assert decode_user_data(user_data) == await value(vm.cloud_config)
+        assert await is_secret(vm.cloud_config) is False
         assert "user_data" not in instance.inputs and "userData" not in instance.inputs
 
     async def test_ami_lookup_asks_for_canonicals_ubuntu_lts(self) -> None:
@@ -90,52 +111,111 @@ class MeshVmTest(MockedTestCase):
         assert self.mocks.named("web-instance").inputs["ami"] == "ami-0fedcba9876543210"
         assert not [c for c in self.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]
 
-    async def test_acl_tokens_agent_service_and_dns(self) -> None:
+    async def test_declares_the_consul_roles_its_logins_bind_and_no_token(self) -> None:
+        await self.make(login=replace(LOGIN, gossip_key_path=GOSSIP_PATH))
+        policies = {r.name: r.inputs for r in self.mocks.of_type(ACL_POLICY)}
+        roles = {r.name: r.inputs for r in self.mocks.of_type(ACL_ROLE)}
+        assert sorted(policies) == ["web-agent", "web-agent-read"]
+        assert sorted(roles) == ["web-agent-read-role", "web-agent-role"]
+        # The names the auth methods' binding rules interpolate from the role's service tag.
+        agent, agent_read = f"{PREFIX}-web-agent", f"{PREFIX}-web-agent-read"
+        assert (agent, agent_read) == ("consul-tproxy-vms-test-web-agent", "consul-tproxy-vms-test-web-agent-read")
+        assert policies["web-agent"]["name"] == roles["web-agent-role"]["name"] == agent
+        assert policies["web-agent-read"]["name"] == roles["web-agent-read-role"]["name"] == agent_read
+        assert roles["web-agent-role"]["policies"] == [agent]
+        assert roles["web-agent-read-role"]["policies"] == [agent_read]
+        assert policies["web-agent"]["rules"] == agent_rules("web", GOSSIP_PATH)
+        assert policies["web-agent-read"]["rules"] == agent_read_rules("web")
+        assert parse_rules(policies["web-agent"]["rules"]) == {
+            Grant("node", "web-", True, "write"),
+            Grant("service", "", True, "read"),
+            Grant("agent", "web-", True, "read"),
+            Grant("key", GOSSIP_PATH, False, "read"),
+        }
+        assert parse_rules(policies["web-agent-read"]["rules"]) == {Grant("agent", "web-", True, "read")}
+        assert all(p["datacenters"] == ["dc1"] for p in policies.values())
+        # No token is created, and no token secret is read: the VM logs in at boot.
+        assert not self.mocks.of_type("consul:index/aclToken:AclToken")
+        assert not [c for c in self.mocks.calls if c.token.startswith("consul:")]
+
+    async def test_without_a_gossip_key_the_agent_policy_reads_no_key(self) -> None:
         await self.make()
-        agent_read = "consul-tproxy-vms-test-web-agent-read"
-        policy = self.mocks.named("web-agent-read").inputs
-        assert policy["name"] == agent_read and policy["rules"] == 'agent "web" {\n  policy = "read"\n}\n'
-        agent = self.mocks.named("web-agent-token").inputs
-        assert agent["nodeIdentities"] == [{"nodeName": "web", "datacenter": "dc1"}]
-        assert agent["policies"] == [agent_read]
-        service = self.mocks.named("web-service-token").inputs
-        assert service["serviceIdentities"] == [{"serviceName": "web", "datacenters": ["dc1"]}]
-        assert service["policies"] == [agent_read]
-        dns = self.mocks.named("web-dns-token").inputs
-        assert dns["policies"] == ["dns-read"] and "nodeIdentities" not in dns and "serviceIdentities" not in dns
-        lookups = sorted(c.args["accessorId"] for c in self.mocks.calls if c.token.startswith("consul:"))
-        assert lookups == ["accessor-web-agent-token", "accessor-web-dns-token", "accessor-web-service-token"]
+        rules = self.mocks.named("web-agent").inputs["rules"]
+        assert rules == agent_rules("web") and "key" not in {g.resource for g in parse_rules(rules)}
 
-    async def test_secret_ids_stay_secret_in_the_rendered_user_data(self) -> None:
-        vm = await self.make()
+    async def test_user_data_holds_no_secret_and_no_node_name(self) -> None:
+        vm = await self.make(cluster=replace(JOIN, ca_pem=CA_PEM), login=replace(LOGIN, gossip_key_path=GOSSIP_PATH))
         text = await value(vm.cloud_config)
-        for token in ("agent", "service", "dns"):
-            assert secret_id_of(f"accessor-web-{token}-token") in text
-        assert await is_secret(vm.cloud_config)
+        assert await is_secret(vm.cloud_config) is False
+        files = unpack_cloud_config(text)
+        consul_hcl = hcl2.loads(files["/etc/consul.d/consul.hcl"])
+        for absent in ("node_name", "encrypt"):
+            assert absent not in consul_hcl
+        assert "tokens" not in consul_hcl["acl"][0]
+        assert "token" not in hcl2.loads(files["/etc/consul.d/service-web.hcl"])["service"][0]
+        # Where the VM logs in, and where it finds the gossip key: the KV path, never the key.
+        assert env_of(files["/etc/consul.d/login.env"]) == {
+            "MESH_SERVICE": "web",
+            "LOGIN_METHODS": f"agent={PREFIX}-agent service={PREFIX}-service dns={PREFIX}-dns",
+            "LOGIN_SERVER_ID": PREFIX,
+            "LOGIN_HTTP_ADDRS": "https://10.0.1.10:8501",
+            "CONSUL_CACERT": "/etc/consul.d/ca.pem",
+            "CONSUL_TLS_SERVER_NAME": "server.dc1.consul",
+            "GOSSIP_KEY_PATH": GOSSIP_PATH,
+        }
+        envoy = env_of(files["/etc/envoy/web.env"])
+        assert envoy["CONSUL_HTTP_TOKEN_FILE"] == "/run/consul-login/service.token"
+        assert "CONSUL_HTTP_TOKEN" not in envoy
+        assert "SECRET-" not in text and GOSSIP_KEY not in text and CONSUL_TOKEN not in text
+        assert generated_of("") not in text  # nothing the stack generates in secret either
+        assert "/etc/systemd/system/consul-login.service" in files
         for plain in (vm.instance_id, vm.private_ip, vm.node_name, vm.virtual_hostname, vm.port):
-            assert not await is_secret(plain)
+            assert await is_secret(plain) is False
 
-    async def test_gossip_key_is_rendered_and_stays_secret(self) -> None:
-        vm = await self.make(cluster=replace(JOIN, gossip_key=GOSSIP_KEY))
-        assert f'encrypt     = "{GOSSIP_KEY}"' in await value(vm.cloud_config)
-        assert await is_secret(vm.cloud_config)
+    async def test_node_name_is_the_service_and_the_instance_id(self) -> None:
+        vm = await self.make()
+        assert await value(vm.node_name) == "web-web-instance-id"
+        assert await value(vm.instance_id) == "web-instance-id"
+        summary = await value(vm.summary())
+        assert summary["nodeName"] == "web-web-instance-id" and summary["instanceId"] == "web-instance-id"
 
-    async def test_join_settings_may_be_outputs_such_as_stack_references_give(self) -> None:
+    async def test_every_instance_of_a_service_gets_the_same_user_data(self) -> None:
+        first = await self.make()
+        first_text = await value(first.cloud_config)
+        first_encoded = self.mocks.named("web-instance").inputs["userDataBase64"]
+        # A separate run (fresh mocks): another instance of the same service, under another name.
+        self.setUp()
+        second = await self.make("web-b")
+        assert await value(second.cloud_config) == first_text
+        assert self.mocks.named("web-b-instance").inputs["userDataBase64"] == first_encoded
+        assert await value(second.node_name) == "web-web-b-instance-id" != await value(first.node_name)
+
+    async def test_join_and_login_settings_may_be_outputs_such_as_stack_references_give(self) -> None:
         cluster = ConsulJoinArgs(
             datacenter=pulumi.Output.from_input("dc2"),
             retry_join=pulumi.Output.from_input([AUTO_JOIN]),
             ca_pem=pulumi.Output.from_input(CA_PEM),
-            gossip_key=pulumi.Output.secret(GOSSIP_KEY),
             cloud_auto_join=True,
         )
-        vm = await self.make(cluster=cluster)
+        login = LoginArgs(
+            prefix=PREFIX,
+            iam_path=IAM_PATH,
+            server_id=pulumi.Output.from_input(PREFIX),
+            http_addrs=pulumi.Output.from_input(["https://10.0.1.10:8501", "https://10.0.2.10:8501"]),
+            gossip_key_path=pulumi.Output.from_input(GOSSIP_PATH),
+        )
+        vm = await self.make(cluster=cluster, login=login)
         files = unpack_cloud_config(await value(vm.cloud_config))
         assert f'retry_join  = ["{AUTO_JOIN}"]' in files["/etc/consul.d/consul.hcl"]
         assert 'datacenter  = "dc2"' in files["/etc/consul.d/consul.hcl"]
         assert "CONSUL_GRPC_ADDR=127.0.0.1:8502" in files["/etc/envoy/web.env"]
         assert files["/etc/consul.d/ca.pem"] == CA_PEM
-        assert self.mocks.named("web-agent-token").inputs["nodeIdentities"][0]["datacenter"] == "dc2"
-        assert self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
+        login_env = env_of(files["/etc/consul.d/login.env"])
+        assert login_env["LOGIN_HTTP_ADDRS"] == "https://10.0.1.10:8501 https://10.0.2.10:8501"
+        assert login_env["GOSSIP_KEY_PATH"] == GOSSIP_PATH
+        assert self.mocks.named("web-agent").inputs["datacenters"] == ["dc2"]
+        assert self.mocks.named("web-agent").inputs["rules"] == agent_rules("web", GOSSIP_PATH)
+        assert sorted(p.name for p in self.mocks.of_type(ROLE_POLICY)) == ["web-auto-join", "web-login"]
 
     async def test_output_retry_join_needs_an_explicit_auto_join_choice(self) -> None:
         cluster = ConsulJoinArgs(datacenter="dc1", retry_join=pulumi.Output.from_input([AUTO_JOIN]))
@@ -167,17 +247,43 @@ class MeshVmTest(MockedTestCase):
     async def test_no_admin_cidrs_means_no_ssh_rule(self) -> None:
         await self.make(admin_cidrs=())
         rules = self.mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-        assert all(int(r.inputs["fromPort"]) != 22 for r in rules)
+        assert rules and all(int(r.inputs["fromPort"]) != 22 for r in rules)
 
-    async def test_iam_policy_only_for_cloud_auto_join(self) -> None:
+    async def test_iam_role_is_tagged_with_its_service_under_the_stacks_path_and_may_read_itself(self) -> None:
         await self.make()
-        assert not self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
+        (role,) = self.mocks.of_type("aws:iam/role:Role")
+        assert role.name == "web-role"
+        assert role.inputs["path"] == IAM_PATH == "/consul-tproxy-vms/test/"
+        assert role.inputs["tags"][identity.SERVICE_TAG] == "web"
+        assert role.inputs["tags"]["consul-tproxy-vms:service"] == "web"
+        (profile,) = self.mocks.of_type("aws:iam/instanceProfile:InstanceProfile")
+        assert profile.name == "web-profile" and profile.inputs["role"] == "web-role"
+        (login,) = self.mocks.of_type(ROLE_POLICY)
+        assert login.name == "web-login" and login.inputs["role"] == "web-role-id"
+        own_arn = f"arn:aws:iam::123456789012:role{IAM_PATH}web-role"
+        assert json.loads(login.inputs["policy"]) == {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["iam:GetRole"], "Resource": [own_arn]}],
+        }
+
+    async def test_describe_instances_only_for_cloud_auto_join(self) -> None:
+        await self.make()
+        assert [p.name for p in self.mocks.of_type(ROLE_POLICY)] == ["web-login"]
         self.mocks.resources.clear()
         vm = MeshVm("api", vm_args(cluster=replace(JOIN, retry_join=[AUTO_JOIN])))
         await value(vm.instance_id)
-        (policy,) = self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")
-        assert json.loads(policy.inputs["policy"]) == json.loads(AUTO_JOIN_POLICY)
-        assert json.loads(policy.inputs["policy"])["Statement"][0]["Action"] == "ec2:DescribeInstances"
+        policies = {p.name: p for p in self.mocks.of_type(ROLE_POLICY)}
+        assert sorted(policies) == ["api-auto-join", "api-login"]
+        assert json.loads(policies["api-auto-join"].inputs["policy"]) == json.loads(AUTO_JOIN_POLICY)
+        assert (
+            json.loads(policies["api-auto-join"].inputs["policy"])["Statement"][0]["Action"] == "ec2:DescribeInstances"
+        )
+
+    def test_join_args_carry_no_gossip_key_and_vm_args_carry_the_login(self) -> None:
+        assert "gossip_key" not in {f.name for f in fields(ConsulJoinArgs)}
+        names = {f.name for f in fields(MeshVmArgs)}
+        assert "login" in names and "dns_policy_name" not in names
+        assert vm_args().login is LOGIN
 
 
 class ServiceIntentionsTest(MockedTestCase):

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.spec import PROJECT, TOP_LEVEL_KEYS, MeshSpecError, load_spec
-from components.userdata import VmRecipe, VmSecrets, render_cloud_config, unpack_cloud_config, vm_files
+from components.userdata import VmRecipe, render_cloud_config, unpack_cloud_config, vm_files
 from tests.conftest import tool
+from tests.helpers import LOGIN
 from tests.test_validators import fake_root
 
 SECRET_MARK = "s3cr3t-MARK"
@@ -87,7 +88,6 @@ def services(draw: st.DrawFn) -> Any:
             ("command", COMMAND),
             ("healthCheckPath", PATH),
             ("packages", PACKAGES),
-            ("nodeName", NAME),
             ("upstreams", st.lists(NAME, max_size=2)),
             ("protocol", mostly(st.sampled_from(["http", "tcp", "grpc"]), ANY_VALUE)),
             (
@@ -140,9 +140,6 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     return config
 
 
-SECRETS = VmSecrets("agent-0000", "service-0000", "dns-0000", "Z29zc2lwLWtleS1vZi0zMi1ieXRlcy4uLi4uLi4uLi4=")
-
-
 def recipes(config: dict[str, Any]) -> list[VmRecipe] | None:
     """The VMs of an accepted config, or None when the spec refuses it (after checking the refusal)."""
     try:
@@ -158,7 +155,7 @@ def recipes(config: dict[str, Any]) -> list[VmRecipe] | None:
         assert SECRET_MARK not in str(err)
         return None
     return [
-        VmRecipe(svc, spec.datacenter, spec.consul_version, spec.envoy_version, ("10.0.1.10",))
+        VmRecipe(svc, spec.datacenter, spec.consul_version, spec.envoy_version, ("10.0.1.10",), LOGIN)
         for svc in spec.services.values()
     ]
 
@@ -203,16 +200,16 @@ def hcl_unquote(raw: str) -> str:
 
 
 def check_rendered(recipe: VmRecipe) -> str:
-    text = render_cloud_config(recipe, SECRETS)
+    text = render_cloud_config(recipe)
     doc = yaml.safe_load(text)
     # YAML keeps every value and its type.
     for entry in doc["packages"]:
         assert all(isinstance(part, str) for part in entry), entry
-    files = {f.path: f.content for f in vm_files(recipe, SECRETS)}
+    files = {f.path: f.content for f in vm_files(recipe)}
     assert unpack_cloud_config(text) == files
     svc = recipe.service
     agent = hcl2.loads(files["/etc/consul.d/consul.hcl"])
-    assert hcl_unquote(agent["node_name"]) == svc.node_name
+    assert hcl_unquote(agent["datacenter"]) == recipe.datacenter
     service = hcl2.loads(files[f"/etc/consul.d/service-{svc.name}.hcl"])["service"][0]
     check = service["check"][0]
     if svc.app.health_check_path:
@@ -221,9 +218,7 @@ def check_rendered(recipe: VmRecipe) -> str:
     # Exactly the settings the template writes for a plain command: no line added, none swallowed.
     plain = replace(svc, app=replace(svc.app, command="/bin/true") if svc.app.command else svc.app)
     expected = unit_settings(
-        {f.path: f.content for f in vm_files(replace(recipe, service=plain), SECRETS)}[
-            "/etc/systemd/system/mesh-app.service"
-        ]
+        {f.path: f.content for f in vm_files(replace(recipe, service=plain))}["/etc/systemd/system/mesh-app.service"]
     )
     assert unit_settings(unit) == expected, unit
     assert set(expected) <= UNIT_KEYS
@@ -243,13 +238,12 @@ def test_every_config_is_refused_with_named_keys_or_renders_files_their_readers_
 def one_hostile_value(draw: st.DrawFn) -> dict[str, Any]:
     """A good config with one value replaced by hostile text: where an escaping gap shows."""
     service: dict[str, Any] = {"port": 8080, "command": "/opt/app/bin/run", "healthCheckPath": "/health"}
-    key = draw(st.sampled_from(["command", "healthCheckPath", "packages", "nodeName", "instanceType"]))
+    key = draw(st.sampled_from(["command", "healthCheckPath", "packages", "instanceType"]))
     text = draw(st.builds(lambda a, b, c: a + b + c, PRINTABLE, NASTY, PRINTABLE))
     service[key] = {
         "command": "/opt/app/bin/run " + text,
         "healthCheckPath": "/" + text,
         "packages": [text],
-        "nodeName": "web" + text,
         "instanceType": "t3." + text,
     }[key]
     config: dict[str, Any] = {"services": {"web": service}, "adminCidrs": ["203.0.113.0/24"]}
@@ -296,7 +290,7 @@ def test_accepted_hostile_values_pass_cloud_init_and_systemd(config: dict[str, A
         [cloud_init, "schema", "--config-file", str(tmp / "user-data.yaml")], capture_output=True, text=True
     )
     assert schema.returncode == 0, schema.stdout + schema.stderr
-    files = {f.path: f.content for f in vm_files(recipe, SECRETS)}
+    files = {f.path: f.content for f in vm_files(recipe)}
     root = fake_root(tmp, files)
     verify = subprocess.run([analyze, "verify", f"--root={root}", "mesh-app.service"], capture_output=True, text=True)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr

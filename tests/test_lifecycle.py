@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 import pulumi_consul as consul
+import pytest
 
 from components import ec2, lifecycle
 from components.lifecycle import CREATE, REPLACE, SAME, UNKNOWN, UPDATE, Options, Registration
@@ -102,6 +103,69 @@ def test_a_type_the_table_does_not_know_is_judged_pessimistically() -> None:
     assert typ not in lifecycle.FORCE_NEW
     old = registration("b", typ, {"tags": {"a": "1"}})
     assert lifecycle.decide(old, registration("b", typ, {"tags": {"a": "2"}})).kind == REPLACE
+
+
+@pytest.mark.parametrize(
+    ("typ", "inputs", "updates", "replaces"),
+    [
+        # Issue 12's types (components/identity.py, mesh_vm.py, consul_server.py), as their providers say.
+        (
+            "consul:index/aclAuthMethod:AclAuthMethod",
+            {"name": "p-agent", "type": "aws-iam", "configJson": "{}", "description": "d"},
+            {"configJson": '{"BoundIAMPrincipalARNs": []}', "description": "e"},
+            {"name": "p-agent2", "type": "jwt"},
+        ),
+        (
+            "consul:index/aclBindingRule:AclBindingRule",
+            {"authMethod": "p-agent", "bindType": "role", "bindName": "r", "description": "d"},
+            {"bindName": "r2", "description": "e", "selector": "x"},
+            {"authMethod": "p-service", "bindType": "service"},
+        ),
+        (
+            "consul:index/aclRole:AclRole",
+            {"name": "p-api-agent", "policies": ["p-api-agent"], "description": "d"},
+            {"name": "p-api-agent2", "policies": ["p-api-agent", "other"], "description": "e"},
+            {"namespace": "ns", "partition": "pt"},
+        ),
+        (
+            "consul:index/keys:Keys",
+            {"keys": [{"path": "consul-tproxy-vms/p/gossip-key", "value": "k"}]},
+            {"keys": [{"path": "consul-tproxy-vms/p2/gossip-key", "value": "k2"}]},
+            {"datacenter": "dc2", "namespace": "ns", "partition": "pt"},
+        ),
+        (
+            "aws:ssm/parameter:Parameter",
+            {"name": "/p/gossip-key", "type": "SecureString", "value": "v", "description": "d"},
+            {"value": "v2", "type": "String", "description": "e", "keyId": "arn:aws:kms:k", "tier": "Advanced"},
+            {"name": "/p/other", "dataType": "aws:ec2:image"},
+        ),
+        (
+            "aws:kms/key:Key",
+            {"description": "d", "enableKeyRotation": True, "deletionWindowInDays": 7},
+            {"description": "e", "enableKeyRotation": False, "deletionWindowInDays": 30, "policy": "{}"},
+            {"keyUsage": "SIGN_VERIFY", "customerMasterKeySpec": "RSA_2048", "multiRegion": True},
+        ),
+    ],
+    ids=["auth-method", "binding-rule", "role", "keys", "ssm-parameter", "kms-key"],
+)
+def test_the_new_types_replace_only_on_their_force_new_inputs(
+    typ: str, inputs: dict[str, Any], updates: dict[str, Any], replaces: dict[str, Any]
+) -> None:
+    old = registration("r", typ, inputs)
+    for key, value in updates.items():
+        assert step_kind(old, **{key: value}) == UPDATE, key
+    for key, value in replaces.items():
+        assert step_kind(old, **{key: value}) == REPLACE, key
+
+
+def test_an_ssm_parameter_is_replaced_when_its_tier_goes_down_only() -> None:
+    # ssm/parameter.go: customdiff.ForceNewIfChange("tier", Advanced -> Standard).
+    typ = "aws:ssm/parameter:Parameter"
+    standard = registration("p", typ, {"name": "/p", "type": "SecureString", "tier": "Standard"})
+    advanced = registration("p", typ, {**standard.inputs, "tier": "Advanced"})
+    assert step_kind(standard, tier="Advanced") == UPDATE
+    step = lifecycle.decide(advanced, registration("p", typ, standard.inputs))
+    assert (step.kind, step.paths) == (REPLACE, ("tier",))
 
 
 def test_delete_waves_delete_dependents_children_and_users_of_a_provider_first() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,9 +14,10 @@ from unittest import mock
 import pulumi
 import pytest
 
-from components import lifecycle, program
+from components import identity, lifecycle, program
+from components.identity import NODE_TAG, SERVICE_TAG, gossip_key_path, iam_path, login_prefix
 from components.network import placement_index
-from components.render import READY, SECRET_MARKER, set_plan_mocks, unwrap, user_data_by_vm
+from components.render import INSTANCE, READY, SECRET_MARKER, set_plan_mocks, unwrap, user_data_by_vm
 from components.spec import PROJECT, MeshSpecError
 from components.userdata import decode_user_data, unpack_cloud_config
 from tests.lifecycle import DEMO as DEMO_LIFECYCLE
@@ -29,7 +31,6 @@ from tests.mocks import (
     demo_config,
     generated_of,
     is_secret,
-    secret_id_of,
     value,
 )
 from tests.test_readiness import free_port
@@ -49,6 +50,11 @@ EXISTING = {
 }
 GENERATED_TOKEN = generated_of("consul-server-management-token (uuid)")
 GENERATED_GOSSIP = generated_of("consul-server-gossip-key (base64)")
+PREFIX = login_prefix(STACK)
+IAM_PATH = iam_path(STACK)
+AUTH_METHOD = "consul:index/aclAuthMethod:AclAuthMethod"
+BINDING_RULE = "consul:index/aclBindingRule:AclBindingRule"
+KEYS = "consul:index/keys:Keys"
 PROVIDER_REF = "$pulumi:providers:consul::consul::consul-id"
 IMAGE_PIN = "pulumi-python:dynamic/consul-tproxy-vms:ImagePin"
 
@@ -63,6 +69,53 @@ def user_data_of(mocks: Any, vm: str) -> str:
 
 def consul_resources(mocks: Any) -> list[Any]:
     return [r for r in mocks.resources if r.typ.startswith("consul:index/")]
+
+
+def no_token_is_created_or_read(mocks: Any) -> None:
+    assert not mocks.of_type("consul:index/aclToken:AclToken")
+    assert not [c.token for c in mocks.calls if "getAclTokenSecretId" in c.token]
+
+
+def user_data_holds_none_of(mocks: Any, secrets: list[str]) -> None:
+    """No instance's user data (servers included) holds a secret, or is marked secret."""
+    instances = mocks.of_type(INSTANCE)
+    assert instances
+    for instance in instances:
+        assert SECRET_MARKER not in json.dumps(instance.inputs["userDataBase64"]), instance.name
+        text = user_data_of(mocks, instance.name.removesuffix("-instance"))
+        for secret in secrets:
+            assert secret not in text, (instance.name, secret)
+
+
+def method_config(path: str = IAM_PATH) -> dict[str, Any]:
+    return {
+        "BoundIAMPrincipalARNs": [f"arn:aws:iam::123456789012:role{path}*"],
+        "EnableIAMEntityDetails": True,
+        "IAMEntityTags": [SERVICE_TAG, NODE_TAG],
+        "ServerIDHeaderValue": PREFIX,
+    }
+
+
+def auth_methods(mocks: Any) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    return {
+        r.name: (r.inputs["name"], r.inputs["type"], json.loads(r.inputs["configJson"]))
+        for r in mocks.of_type(AUTH_METHOD)
+    }
+
+
+def binding_rules(mocks: Any) -> list[tuple[str, str, str]]:
+    return sorted(
+        (r.inputs["authMethod"], r.inputs["bindType"], r.inputs["bindName"]) for r in mocks.of_type(BINDING_RULE)
+    )
+
+
+SERVICE_TAG_VALUE = f"${{entity_tags.{SERVICE_TAG}}}"
+VM_BINDING_RULES = [
+    (f"{PREFIX}-agent", "role", f"{PREFIX}-{SERVICE_TAG_VALUE}-agent"),
+    (f"{PREFIX}-dns", "role", f"{PREFIX}-dns"),
+    (f"{PREFIX}-service", "role", f"{PREFIX}-{SERVICE_TAG_VALUE}-agent-read"),
+    (f"{PREFIX}-service", "service", SERVICE_TAG_VALUE),
+]
 
 
 class NewServers(MockedTestCase):
@@ -80,8 +133,15 @@ class NewServers(MockedTestCase):
             "consul-server-0-instance",
             "web-instance",
         ]
-        tokens = sorted(r.name for r in self.mocks.of_type("consul:index/aclToken:AclToken"))
-        assert tokens == [f"{vm}-{kind}-token" for vm in ("api", "web") for kind in ("agent", "dns", "service")]
+        no_token_is_created_or_read(self.mocks)
+        roles = sorted(r.inputs["name"] for r in self.mocks.of_type("consul:index/aclRole:AclRole"))
+        assert roles == [
+            f"{PREFIX}-api-agent",
+            f"{PREFIX}-api-agent-read",
+            f"{PREFIX}-dns",
+            f"{PREFIX}-web-agent",
+            f"{PREFIX}-web-agent-read",
+        ]
         assert len(self.mocks.of_type(READY)) == 1
         assert len(self.mocks.of_type("pulumi:providers:consul")) == 1
 
@@ -111,13 +171,22 @@ class NewServers(MockedTestCase):
         # as many healthy voters as the stack has servers.
         assert gate.inputs["triggers"] == ["consul-server-0-instance-id"]
         assert gate.inputs["expect_voters"] == 1
+        # The servers hold no management token: the gate bootstraps the ACL system with it.
+        assert gate.inputs["bootstrap"] is True
 
-    async def test_mesh_vms_join_by_tag_with_gossip_encryption_tls_and_loopback_xds(self) -> None:
+    async def test_mesh_vms_join_by_tag_log_in_for_the_gossip_key_and_use_tls_and_loopback_xds(self) -> None:
         await value(run_main())
         files = unpack_cloud_config(user_data_of(self.mocks, "web"))
         hcl = files["/etc/consul.d/consul.hcl"]
         assert f'retry_join  = ["provider=aws tag_key=consul-tproxy-vms-cluster tag_value={PROJECT}-{STACK}"]' in hcl
-        assert f'encrypt     = "{GENERATED_GOSSIP}"' in hcl
+        # No gossip key, node name or token: the login at boot writes them.
+        assert not re.search(r"^\s*(encrypt|node_name)\s*=", hcl, re.M) and "tokens {" not in hcl
+        login_env = files["/etc/consul.d/login.env"]
+        assert f'GOSSIP_KEY_PATH="{gossip_key_path(PREFIX)}"' in login_env
+        assert 'LOGIN_HTTP_ADDRS="https://10.42.1.104:8501"' in login_env  # the server's private address
+        assert f'LOGIN_SERVER_ID="{PREFIX}"' in login_env
+        assert files["/etc/envoy/web.env"].count("CONSUL_HTTP_TOKEN") == 1
+        assert 'CONSUL_HTTP_TOKEN_FILE="/run/consul-login/service.token"' in files["/etc/envoy/web.env"]
         assert "auto_encrypt {\n  tls = true\n}" in hcl
         assert "grpc     = 8502" in hcl and "grpc_tls = -1" in hcl  # plaintext xDS, on loopback only
         assert files["/etc/consul.d/ca.pem"].split("\n")[1] == "consul-server-ca"
@@ -143,7 +212,7 @@ class NewServers(MockedTestCase):
             "instanceId": "web-instance-id",
             "privateIp": outputs["services"]["web"]["privateIp"],
             "publicIp": outputs["services"]["web"]["publicIp"],
-            "nodeName": "web",
+            "nodeName": "web-web-instance-id",  # <service>-<instance id>, as the VM names itself
             "virtualHostname": "web.virtual.consul",
             "port": 9090,
         }
@@ -162,6 +231,13 @@ class NewServers(MockedTestCase):
         assert outputs["subnetIds"] == ["network-subnet-0-id", "network-subnet-1-id"]
         assert outputs["meshSecurityGroupId"] == "network-members-id"
         assert outputs["dnsPolicyName"] == f"{PROJECT}-{STACK}-dns-read"
+        assert outputs["consulLogin"] == {
+            "prefix": PREFIX,
+            "iamPath": IAM_PATH,
+            "serverId": PREFIX,
+            "httpAddrs": ["https://10.42.1.104:8501"],
+            "gossipKeyPath": gossip_key_path(PREFIX),
+        }
         # Every output name is camelCase: other projects read them through stack references.
         for key in outputs:
             assert key[0].islower() and "_" not in key and "-" not in key, key
@@ -172,9 +248,45 @@ class NewServers(MockedTestCase):
             assert await is_secret(outputs[key]), key
         plain = {k: v for k, v in outputs.items() if not await is_secret(v)}
         assert {"consulHttpAddr", "consulCaPem", "services", "vpcId"} <= set(plain)
+        assert not await is_secret(outputs["consulLogin"])
         text = json.dumps(await value(plain))
         assert "GENERATED-" not in text  # no generated token, gossip key or private key
-        assert "SECRET-" not in text  # no token secret ID
+
+    async def test_no_token_is_created_or_read_and_no_user_data_holds_a_secret(self) -> None:
+        await value(run_main())
+        no_token_is_created_or_read(self.mocks)
+        keys = self.mocks.of_type("tls:index/privateKey:PrivateKey")
+        private_keys = [generated_of(f"{k.name} private key") for k in keys]
+        assert len(private_keys) == 2  # the CA's and the server's
+        user_data_holds_none_of(self.mocks, [GENERATED_TOKEN, GENERATED_GOSSIP, *private_keys, "GENERATED-"])
+        assert sorted(user_data_by_vm(self.mocks)) == ["api", "consul-server-0", "web"]
+
+    async def test_aws_iam_auth_methods_and_binding_rules(self) -> None:
+        await value(run_main())
+        config = method_config()
+        kinds = ("agent", "service", "dns", "server")
+        assert auth_methods(self.mocks) == {f"identity-{k}": (f"{PREFIX}-{k}", "aws-iam", config) for k in kinds}
+        assert config["BoundIAMPrincipalARNs"] == [f"arn:aws:iam::123456789012:role/{PROJECT}/{STACK}/*"]
+        assert binding_rules(self.mocks) == sorted(
+            [*VM_BINDING_RULES, (f"{PREFIX}-server", "node", f"${{entity_tags.{NODE_TAG}}}")]
+        )
+        # The VMs' and servers' IAM roles live under that path, tagged with what the rules read.
+        roles = {r.name: r.inputs for r in self.mocks.of_type("aws:iam/role:Role")}
+        assert {name: inputs["path"] for name, inputs in roles.items()} == {
+            "api-role": IAM_PATH,
+            "consul-server-0-role": IAM_PATH,
+            "web-role": IAM_PATH,
+        }
+        assert roles["web-role"]["tags"][SERVICE_TAG] == "web"
+        assert roles["consul-server-0-role"]["tags"][NODE_TAG] == "consul-server-0"
+
+    async def test_the_gossip_key_reaches_consul_kv_as_a_secret(self) -> None:
+        await value(run_main())
+        (keys,) = self.mocks.of_type(KEYS)
+        assert keys.name == "identity-gossip-key"
+        assert SECRET_MARKER in json.dumps(keys.inputs["keys"])
+        assert unwrap(keys.inputs["keys"]) == [{"path": gossip_key_path(PREFIX), "value": GENERATED_GOSSIP}]
+        assert gossip_key_path(PREFIX) == f"{PROJECT}/{PREFIX}/gossip-key"
 
     async def test_a_vms_subnet_depends_on_its_service_name_alone(self) -> None:
         await value(run_main())
@@ -226,6 +338,34 @@ def test_the_provider_and_so_every_consul_object_waits_for_the_gate() -> None:
             assert lifecycle.depends_transitively(record, resource.urn, gate)
 
 
+SERVER_READY = "pulumi-python:dynamic/consul-tproxy-vms:ServerReady"
+
+
+@pytest.mark.parametrize("config", [DEMO_LIFECYCLE, EXISTING], ids=["new-servers", "existing-cluster"])
+def test_mesh_vms_boot_in_parallel_with_the_servers_needing_nothing_from_consul(config: dict[str, Any]) -> None:
+    """A mesh VM's instance needs (transitively: recorded dependencies, property dependencies,
+    provider, parents) no Consul object, no consul provider and not the cluster gate. Of the servers
+    it waits for the last server's own gate only, which waits for nothing when first created (it
+    orders an upgrade: servers first) - so on the first `up` the VMs boot while Consul does."""
+    record = first_up(config).record
+    instances = [r for r in record.values() if r.type == INSTANCE and not r.name.startswith("consul-server")]
+    assert sorted(r.name for r in instances) == ["api-instance", "web-instance"]
+    for instance in instances:
+        needed = lifecycle.closure(record, instance.urn)
+        assert instance.provider == ""  # the default aws provider
+        consul_side = sorted(
+            lifecycle.name_of(u)
+            for u in needed
+            if lifecycle.type_of(u).startswith(("consul:", "pulumi:providers:consul"))
+            or lifecycle.type_of(u) in (READY, f"{PROJECT}:index:MeshIdentity", f"{PROJECT}:index:MeshDefaults")
+        )
+        assert consul_side == [], (instance.name, consul_side)
+        gates = sorted(lifecycle.name_of(u) for u in needed if lifecycle.type_of(u) == SERVER_READY)
+        assert gates == (["consul-server-0-ready"] if "consulHttpAddr" not in config else []), instance.name
+        # Nor does its user data wait for a Consul object: it is known at the first `up`.
+        assert not lifecycle.contains_unknown(instance.inputs["userDataBase64"]), instance.name
+
+
 class ExistingCluster(MockedTestCase):
     config = EXISTING
 
@@ -250,6 +390,7 @@ class ExistingCluster(MockedTestCase):
         (gate,) = self.mocks.of_type(READY)
         assert gate.inputs["http_addr"] == "https://10.0.1.10:8501" and gate.inputs["triggers"] == []
         assert unwrap(gate.inputs["token"]) == CONSUL_TOKEN
+        assert gate.inputs["bootstrap"] is False  # an existing cluster's ACLs are bootstrapped already
         (provider,) = self.mocks.of_type("pulumi:providers:consul")
         assert provider.inputs["address"] == "10.0.1.10:8501" and unwrap(provider.inputs["token"]) == CONSUL_TOKEN
         assert provider.inputs["caPem"] == CA_PEM
@@ -262,29 +403,58 @@ class ExistingCluster(MockedTestCase):
         assert await is_secret(outputs["consulGossipKey"]) and await is_secret(outputs["consulManagementToken"])
         await value(outputs)
         files = unpack_cloud_config(user_data_of(self.mocks, "api"))
-        assert f'encrypt     = "{GOSSIP_KEY}"' in files["/etc/consul.d/consul.hcl"]
+        assert "encrypt     =" not in files["/etc/consul.d/consul.hcl"]
+        assert f'GOSSIP_KEY_PATH="{gossip_key_path(PREFIX)}"' in files["/etc/consul.d/login.env"]
+        assert 'LOGIN_HTTP_ADDRS="https://10.0.1.10:8501"' in files["/etc/consul.d/login.env"]
         assert files["/etc/consul.d/ca.pem"] == CA_PEM
         assert "CONSUL_GRPC_ADDR=127.0.0.1:8502" in files["/etc/envoy/api.env"]
-        assert not self.mocks.of_type("aws:iam/rolePolicy:RolePolicy")  # joined by address: no IAM
+        # Joined by address: no ec2:DescribeInstances; each VM's role may read itself (the login).
+        policies = sorted(p.name for p in self.mocks.of_type("aws:iam/rolePolicy:RolePolicy"))
+        assert policies == ["api-login", "web-login"]
 
     async def test_no_plain_output_carries_a_secret(self) -> None:
         self.set_config({**EXISTING, "consulGossipKey": GOSSIP_KEY})
         outputs = run_main()
         plain = {k: v for k, v in outputs.items() if not await is_secret(v)}
         text = json.dumps(await value(plain))
-        secret_ids = [
-            secret_id_of(f"accessor-{svc}-{kind}-token") for svc in ("web", "api") for kind in ("agent", "service")
-        ]
-        for secret in [CONSUL_TOKEN, GOSSIP_KEY, *secret_ids]:
+        for secret in [CONSUL_TOKEN, GOSSIP_KEY]:
             assert secret not in text
 
-    async def test_user_data_carries_each_vms_own_tokens(self) -> None:
+    async def test_no_token_is_created_or_read_and_no_user_data_holds_the_clusters_secrets(self) -> None:
+        self.set_config({**EXISTING, "consulGossipKey": GOSSIP_KEY})
         await value(run_main())
+        no_token_is_created_or_read(self.mocks)
+        user_data_holds_none_of(self.mocks, [CONSUL_TOKEN, GOSSIP_KEY])
+        assert sorted(user_data_by_vm(self.mocks)) == ["api", "web"]
         web = unpack_cloud_config(user_data_of(self.mocks, "web"))
-        assert f'agent = "{secret_id_of("accessor-web-agent-token")}"' in web["/etc/consul.d/consul.hcl"]
-        assert f'CONSUL_HTTP_TOKEN="{secret_id_of("accessor-web-service-token")}"' in web["/etc/envoy/web.env"]
-        assert secret_id_of("accessor-api-service-token") not in user_data_of(self.mocks, "web")
+        assert 'CONSUL_HTTP_TOKEN_FILE="/run/consul-login/service.token"' in web["/etc/envoy/web.env"]
         assert self.mocks.named("web-instance").inputs["userDataReplaceOnChange"] is True
+
+    async def test_auth_methods_for_vms_only_and_the_gossip_key_in_kv(self) -> None:
+        self.set_config({**EXISTING, "consulGossipKey": GOSSIP_KEY})
+        outputs = await value(run_main())
+        # The existing cluster's servers log in by their own means: no server method.
+        assert auth_methods(self.mocks) == {
+            f"identity-{kind}": (f"{PREFIX}-{kind}", "aws-iam", method_config()) for kind in ("agent", "service", "dns")
+        }
+        assert binding_rules(self.mocks) == VM_BINDING_RULES
+        (keys,) = self.mocks.of_type(KEYS)
+        assert SECRET_MARKER in json.dumps(keys.inputs["keys"])
+        assert unwrap(keys.inputs["keys"]) == [{"path": gossip_key_path(PREFIX), "value": GOSSIP_KEY}]
+        assert outputs["consulLogin"] == {
+            "prefix": PREFIX,
+            "iamPath": IAM_PATH,
+            "serverId": PREFIX,
+            "httpAddrs": ["https://10.0.1.10:8501"],
+            "gossipKeyPath": gossip_key_path(PREFIX),
+        }
+
+    async def test_without_a_gossip_key_nothing_goes_to_kv(self) -> None:
+        outputs = await value(run_main())
+        assert not self.mocks.of_type(KEYS)
+        assert outputs["consulLogin"]["gossipKeyPath"] == ""
+        login_env = unpack_cloud_config(user_data_of(self.mocks, "web"))["/etc/consul.d/login.env"]
+        assert 'GOSSIP_KEY_PATH=""' in login_env
 
 
 def test_dns_policy_name_is_valid_for_consul_whatever_the_stack_name() -> None:
@@ -329,6 +499,8 @@ class BadConfig(MockedTestCase):
             {**DEMO, "adminCidrs": []},
             {**DEMO, "consulToken": CONSUL_TOKEN},
             {k: v for k, v in EXISTING.items() if k != "consulToken"},
+            # The VMs log in over the existing cluster's API and receive their tokens: https only.
+            {**EXISTING, "consulHttpAddr": "http://10.0.1.10:8500"},
         ]
         for config in bad_cases:
             self.set_config(config)
@@ -336,6 +508,13 @@ class BadConfig(MockedTestCase):
                 run_main()
             assert "invalid stack config for consul-tproxy-vms" in str(caught.exception)
             assert self.mocks.resources == [], config
+
+    async def test_an_existing_clusters_api_must_be_https(self) -> None:
+        self.set_config({**EXISTING, "consulHttpAddr": "http://10.0.1.10:8500"})
+        with self.assertRaises(pulumi.RunError) as caught:
+            run_main()
+        assert "consulHttpAddr" in str(caught.exception) and "must be https://" in str(caught.exception)
+        assert self.mocks.resources == []
 
     async def test_failed_deployer_lookup_fails_before_any_resource(self) -> None:
         def offline() -> str:
@@ -425,3 +604,12 @@ class BlastRadius(MockedTestCase):
         await self.user_data({**DEMO, "intentions": [{"source": "web", "destination": "api", "action": "deny"}]})
         (entry,) = self.mocks.of_type("consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions")
         assert [(s["name"], s["action"]) for s in entry.inputs["sources"]] == [("web", "deny")]
+
+
+def test_consul_names_fit_their_limits_for_the_longest_stack_and_service_names() -> None:
+    """Consul: policy names at most 128 characters, role names 256 (agent/structs/acl.go)."""
+    prefix = identity.login_prefix("s" * 100)  # Pulumi stack names are at most 100 characters
+    role = identity.agent_read_role_name(prefix, "a" * 63)
+    assert len(role) <= 256 and re.fullmatch(r"[A-Za-z0-9_-]+", role)
+    policy = identity.policy_name_for(role)
+    assert len(policy) <= 128 and policy != identity.policy_name_for(identity.agent_role_name(prefix, "a" * 63))

@@ -28,6 +28,12 @@ from components.readiness import (
 from tests.conftest import ROOT, tool
 
 TOKEN = "11111111-2222-4333-8444-555555555555"
+OTHER_TOKEN = "99999999-8888-4777-8666-555555555555"
+# What Consul answers before the bootstrap (consul/acl_server.go wraps acl.ErrNotFound) and after it.
+NOT_BOOTSTRAPPED = (
+    "ACL system must be bootstrapped before making any requests that require authorization: ACL not found"
+)
+NO_LONGER_ALLOWED = "Permission denied: ACL bootstrap no longer allowed (reset index: 13)"
 LEADER = "10.42.1.10:8300"
 
 
@@ -35,14 +41,20 @@ class FakeConsul:
     """What a booting server answers: no leader, then a leader, then bootstrapped ACLs.
 
     `servers` is autopilot's view: node name -> (healthy, voter); the cluster is healthy when every
-    listed server is a healthy voter.
+    listed server is a healthy voter. `management_token` is the token the ACL system was
+    bootstrapped with (by `acl_bootstrapped = True`, or by PUT /v1/acl/bootstrap, whose bodies are
+    kept in `bootstraps`). `queued` holds answers ("METHOD path" -> [(status, body)]) given before
+    the normal ones, one per request.
     """
 
     def __init__(self) -> None:
         self.leader = ""
         self.acl_bootstrapped = False
+        self.management_token = TOKEN
         self.servers: dict[str, tuple[bool, bool]] = {}
         self.requests: list[str] = []
+        self.bootstraps: list[dict[str, object]] = []
+        self.queued: dict[str, list[tuple[int, str]]] = {}
 
     def autopilot(self) -> tuple[int, dict[str, object]]:
         healthy = bool(self.servers) and all(h and v for h, v in self.servers.values())
@@ -57,27 +69,52 @@ class FakeConsul:
 
 def _handler(state: FakeConsul) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def _queued(self, key: str) -> bool:
+            answers = state.queued.get(key)
+            if answers:
+                self._answer(*answers.pop(0))
+                return True
+            return False
+
+        def do_PUT(self) -> None:
+            state.requests.append(f"PUT {self.path}")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path != "/v1/acl/bootstrap":
+                self._answer(404, "not found")
+                return
+            state.bootstraps.append(json.loads(body) if body else {})
+            if self._queued(f"PUT {self.path}"):
+                return
+            if not state.leader:
+                self._answer(500, "No cluster leader")
+            elif state.acl_bootstrapped:
+                self._answer(403, NO_LONGER_ALLOWED)
+            else:
+                secret = str(state.bootstraps[-1].get("BootstrapSecret") or "generated-secret")
+                state.acl_bootstrapped, state.management_token = True, secret
+                self._answer(200, json.dumps({"AccessorID": "acc-1", "SecretID": secret, "ID": secret}))
+
         def do_GET(self) -> None:
             state.requests.append(self.path)
+            if self._queued(f"GET {self.path}"):
+                return
             if self.path == "/v1/status/leader":
                 self._answer(200, json.dumps(state.leader))
             elif self.path == "/v1/operator/autopilot/health":
                 if not state.leader:
                     self._answer(500, "No cluster leader")
-                elif self.headers.get("X-Consul-Token") != TOKEN:
+                elif self.headers.get("X-Consul-Token") != state.management_token:
                     self._answer(403, "Permission denied")
                 else:
                     status, report = state.autopilot()
                     self._answer(status, json.dumps(report))
             elif self.path == "/v1/acl/token/self":
                 if not state.acl_bootstrapped:
-                    self._answer(
-                        500, "ACL system must be bootstrapped before making any requests that require authorization"
-                    )
-                elif self.headers.get("X-Consul-Token") != TOKEN:
+                    self._answer(403, NOT_BOOTSTRAPPED)
+                elif self.headers.get("X-Consul-Token") != state.management_token:
                     self._answer(403, "ACL not found")
                 else:
-                    self._answer(200, json.dumps({"SecretID": TOKEN}))
+                    self._answer(200, json.dumps({"SecretID": state.management_token}))
             else:
                 self._answer(404, "not found")
 
@@ -399,3 +436,128 @@ def test_a_server_gate_waits_for_nothing_when_created_and_for_its_server_when_up
     updated = provider.update("consul-server-1", created.outs, replaced)
     assert waited == [("https://203.0.113.10:8501", "consul-server-1")]
     assert updated.outs["seen"] == "consul-server-1 healthy voter" and updated.outs["triggers"] == ["i-2"]
+
+
+def test_the_gate_bootstraps_the_acls_with_the_stacks_token_once_a_leader_is_elected() -> None:
+    state = FakeConsul()
+    port = free_port()
+    clock = FakeClock()
+    stack: list[object] = []
+
+    def boot_step(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 1:
+            stack.append(serving(state, port))
+            stack[-1].__enter__()  # type: ignore[attr-defined]
+        elif len(clock.sleeps) == 2:
+            state.leader = LEADER
+
+    try:
+        leader = wait_until_ready(
+            f"http://127.0.0.1:{port}", TOKEN, None, 600, 5, clock=clock, sleep=boot_step, bootstrap=True
+        )
+    finally:
+        for server in stack:
+            server.__exit__(None, None, None)  # type: ignore[attr-defined]
+    assert leader == LEADER
+    assert clock.sleeps == [5, 5]
+    # Exactly one bootstrap, with the stack's token as its secret, sent once a leader was elected.
+    assert state.bootstraps == [{"BootstrapSecret": TOKEN}]
+    assert state.requests == [
+        "/v1/status/leader",
+        "/v1/status/leader",
+        "/v1/acl/token/self",
+        "PUT /v1/acl/bootstrap",
+        "/v1/acl/token/self",
+    ]
+
+
+def test_a_failed_bootstrap_is_retried_and_never_shows_the_token() -> None:
+    state = FakeConsul()
+    state.leader = LEADER
+    # Answers that waiting can fix; the second echoes the secret, which must never be shown.
+    state.queued["PUT /v1/acl/bootstrap"] = [(500, "No cluster leader"), (500, f"rpc error: bad secret {TOKEN}")]
+    clock = FakeClock()
+    with serving(state) as server:
+        addr = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(ConsulNotReadyError) as err:
+            wait_until_ready(addr, TOKEN, None, 5, 5, clock=clock, sleep=clock.sleep, bootstrap=True)
+        assert "PUT /v1/acl/bootstrap answered HTTP 500: rpc error: bad secret <token>" in str(err.value)
+        assert TOKEN not in str(err.value)
+        assert wait_until_ready(addr, TOKEN, None, 600, 5, clock=clock, sleep=clock.sleep, bootstrap=True) == LEADER
+    assert state.bootstraps == [{"BootstrapSecret": TOKEN}] * 3
+
+
+def test_a_cluster_bootstrapped_with_another_token_fails_at_once_without_the_token() -> None:
+    state = FakeConsul()
+    state.leader = LEADER
+    state.acl_bootstrapped, state.management_token = True, OTHER_TOKEN  # e.g. `consul acl bootstrap` by hand
+    clock = FakeClock()
+    with serving(state) as server, pytest.raises(ConsulNotReadyError) as err:
+        addr = f"http://127.0.0.1:{server.server_port}"
+        wait_until_ready(addr, TOKEN, None, 600, 5, clock=clock, sleep=clock.sleep, bootstrap=True)
+    message = str(err.value)
+    assert "was bootstrapped with another token" in message
+    assert "ACL bootstrap no longer allowed" in message
+    assert "reset index 13" in message and "acl-bootstrap-reset" in message
+    assert "consul acl token create" in message
+    assert TOKEN not in message and OTHER_TOKEN not in message
+    assert clock.sleeps == []  # waiting cannot fix it
+    assert state.bootstraps == [{"BootstrapSecret": TOKEN}]
+
+
+def test_a_bootstrap_already_done_with_our_token_is_ready() -> None:
+    """The bootstrap answered 'no longer allowed' but the token is accepted now (an earlier answer was lost)."""
+    state = FakeConsul()
+    state.leader = LEADER
+    state.acl_bootstrapped = True
+    state.queued["GET /v1/acl/token/self"] = [(403, NOT_BOOTSTRAPPED)]
+    with serving(state) as server:
+        assert check_once(f"http://127.0.0.1:{server.server_port}", TOKEN, None, bootstrap=True) == LEADER
+    assert state.bootstraps == [{"BootstrapSecret": TOKEN}]
+
+
+def test_an_existing_cluster_is_never_bootstrapped() -> None:
+    state = FakeConsul()
+    state.leader = LEADER
+    clock = FakeClock()
+    with serving(state) as server, pytest.raises(ConsulNotReadyError) as err:
+        wait_until_ready(f"http://127.0.0.1:{server.server_port}", TOKEN, None, 20, 5, clock=clock, sleep=clock.sleep)
+    assert "ACL system must be bootstrapped" in str(err.value) and TOKEN not in str(err.value)
+    assert "PUT /v1/acl/bootstrap" not in state.requests and state.bootstraps == []
+    assert not state.acl_bootstrapped
+
+
+def test_the_provider_bootstraps_on_create_and_needs_no_bootstrap_on_update() -> None:
+    state = FakeConsul()
+    state.leader = LEADER
+    provider = ConsulReadyProvider()
+    with serving(state) as server:
+        props = {
+            "http_addr": f"http://127.0.0.1:{server.server_port}",
+            "token": TOKEN,
+            "ca_pem": None,
+            "timeout_seconds": 5,
+            "triggers": ["i-1"],
+            "bootstrap": True,
+        }
+        created = provider.create(props)
+        assert created.outs["leader"] == LEADER and created.outs["bootstrap"] is True
+        assert state.bootstraps == [{"BootstrapSecret": TOKEN}]
+        # A second `up` (a replaced server, a re-created gate): the token is accepted, no bootstrap.
+        replaced = {**props, "triggers": ["i-2"]}
+        assert provider.diff(props["http_addr"], created.outs, replaced).changes is True
+        provider.update(props["http_addr"], created.outs, replaced)
+        provider.create(props)
+    assert state.bootstraps == [{"BootstrapSecret": TOKEN}]
+    assert state.requests.count("PUT /v1/acl/bootstrap") == 1
+
+
+def test_the_bootstrap_input_never_replaces_and_is_false_when_absent() -> None:
+    provider = ConsulReadyProvider()
+    old = {"http_addr": "https://1.2.3.4:8501", "token": "a", "ca_pem": "ca", "triggers": ["i-1"], "leader": LEADER}
+    # A state written before the input existed: False is no change.
+    assert provider.diff("id", old, {**old, "bootstrap": False}).changes is False
+    assert provider.diff("id", {**old, "bootstrap": True}, {**old, "bootstrap": True}).changes is False
+    flipped = provider.diff("id", old, {**old, "bootstrap": True})
+    assert flipped.changes is True and not flipped.replaces

@@ -88,15 +88,18 @@ def test_summary_reports_user_data_against_the_limit(demo: tuple[Path, subproces
     assert "3  aws:ec2/instance:Instance" in result.stdout
 
 
-def test_server_files_are_written_with_generated_secrets_as_placeholders(
+def test_server_files_name_where_their_secrets_come_from_and_hold_none(
     demo: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
     out, _ = demo
-    hcl = (out / "consul-server-0/etc/consul.d/consul.hcl").read_text()
+    server = out / "consul-server-0"
+    hcl = (server / "etc/consul.d/consul.hcl").read_text()
     assert "bootstrap_expect = 1" in hcl
-    assert 'initial_management = "secret-not-rendered:consul-server-management-token-uuid"' in hcl
-    assert "PRIVATE KEY" not in hcl  # the Connect CA is Consul's own: no CA key on a server
-    assert "secret-not-rendered" in (out / "consul-server-0/etc/consul.d/server-key.pem").read_text()
+    # No management token, no gossip key, no private key: SSM at boot and the API bootstrap.
+    assert "secret-not-rendered" not in "".join(p.read_text() for p in server.rglob("*") if p.is_file())
+    assert not (server / "etc/consul.d/server-key.pem").exists()
+    env = (server / "etc/consul.d/secrets.env").read_text()
+    assert 'TLS_KEY_PARAMETER="/consul-tproxy-vms/consul-tproxy-vms-dev/consul-server-0/tls-key"' in env
     # "deployer" is never looked up offline: a documentation address stands in for it.
     plan = json.loads((out / "plan.json").read_text())
     https = [r for r in plan if r["name"] == "consul-server-https-0"]
@@ -141,9 +144,12 @@ def test_no_secret_value_is_ever_written(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()) + result.stdout
     assert CONSUL_TOKEN not in written and GOSSIP_KEY not in written
-    hcl = (out / "web/etc/consul.d/consul.hcl").read_text()
-    assert 'encrypt     = "secret-not-rendered:consulGossipKey"' in hcl
-    assert 'agent = "secret-not-rendered:SecretID-of-web-agent-token"' in hcl
+    # Nothing secret is in any VM's files at all, not even a placeholder: the VMs log in at boot.
+    assert "secret-not-rendered" not in "".join(
+        p.read_text(errors="replace") for p in out.glob("*/**/*") if p.is_file()
+    )
+    login = (out / "web/etc/consul.d/login.env").read_text()
+    assert 'GOSSIP_KEY_PATH="consul-tproxy-vms/consul-tproxy-vms-leaky/gossip-key"' in login
 
 
 def test_bad_config_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_demo_stack_spec() -> None:
     spec = load_spec(config())
     assert sorted(spec.services) == ["api", "web"]
     web = spec.services["web"]
-    assert (web.port, web.upstreams, web.node_name, web.protocol) == (9090, ("api",), "web", "http")
+    assert (web.port, web.upstreams, web.protocol) == (9090, ("api",), "http")
     assert web.virtual_hostname == "web.virtual.consul"
     assert web.proxy_id == "web-sidecar-proxy"
     assert web.app.is_demo and web.app.health_check_path == "/health"
@@ -121,7 +121,6 @@ def test_custom_app_options() -> None:
                     "command": "/usr/bin/myapi --port 8080",
                     "packages": ["nginx", "libfoo=1.2*"],
                     "protocol": "grpc",
-                    "nodeName": "api-1",
                     "instanceType": "m7i.large",
                     "excludeOutboundCidrs": ["10.9.0.0/16", "10.8.0.0/16"],
                     "excludeInboundPorts": [9100, 9100],
@@ -135,7 +134,7 @@ def test_custom_app_options() -> None:
     assert api.app.command == "/usr/bin/myapi --port 8080" and not api.app.is_demo
     assert api.app.health_check_path is None  # a TCP check for an app we know nothing about
     assert api.app.packages == ("nginx", "libfoo=1.2*")
-    assert (api.protocol, api.node_name, api.instance_type) == ("grpc", "api-1", "m7i.large")
+    assert (api.protocol, api.instance_type) == ("grpc", "m7i.large")
     assert api.exclusions.outbound_cidrs == ("10.8.0.0/16", "10.9.0.0/16")  # sorted: stable rendering
     assert api.exclusions.inbound_ports == (9100,)
     assert api.exclusions.uids == (1001,)
@@ -231,9 +230,17 @@ def test_upstreams_must_name_services_of_the_stack() -> None:
     assert 'services.web.upstreams: "web" is the service itself' in "\n".join(found)
 
 
-def test_duplicate_node_names() -> None:
+def test_node_names_are_no_longer_set() -> None:
     found = problems(services={"web": {"port": 9090}, "api": {"port": 9091, "nodeName": "web"}}, intentions=[])
-    assert any('nodeName: "web" is already the node of service' in p for p in found), found
+    assert found == [
+        'services.api.nodeName: "web" is no longer set: a service\'s nodes are named <service>-<instance id> '
+        "when each VM boots"
+    ]
+
+
+def test_a_service_cannot_fall_under_another_services_node_prefix() -> None:
+    found = problems(services={"web": {"port": 9090}, "web-api": {"port": 9091}}, intentions=[])
+    assert any(p.startswith('services.web-api: "web-api" starts with the name of service web') for p in found), found
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pytest
 
 from components.spec import MeshSpecError, envoy_supported, load_spec
 from components.userdata import user_data_problems
+from tests.helpers import LOGIN
 
 GOOD = {"services": {"web": {"port": 9090}, "api": {"port": 9091}}, "adminCidrs": ["203.0.113.0/24"]}
 
@@ -142,6 +143,7 @@ def test_footguns_are_warnings_not_errors() -> None:
 
 def test_user_data_over_the_limit_is_named_before_anything_is_declared() -> None:
     spec = load_spec({**GOOD, "services": {"web": {"port": 9090, "excludeOutboundPorts": list(range(1, 6000))}}})
-    (problem,) = user_data_problems(spec.services.values(), "dc1", "1.22.1", "1.35.3", ("10.0.0.1",), None)
+    (problem,) = user_data_problems(spec.services.values(), "dc1", "1.22.1", "1.35.3", ("10.0.0.1",), None, LOGIN)
     assert problem.startswith("services.web: its user data would be")
-    assert user_data_problems(load_spec(GOOD).services.values(), "dc1", "1.22.1", "1.35.3", ("10.0.0.1",), None) == []
+    good = load_spec(GOOD).services.values()
+    assert user_data_problems(good, "dc1", "1.22.1", "1.35.3", ("10.0.0.1",), None, LOGIN) == []

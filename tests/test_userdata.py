@@ -26,13 +26,11 @@ from components.userdata import (
 )
 from tests.helpers import (
     CA_PEM,
-    GOSSIP_KEY,
-    SECRETS,
     SERVER,
-    SERVER_SECRETS,
     all_recipes,
     custom_app_recipe,
     recipe,
+    server_made_recipe,
     tls_recipe,
 )
 
@@ -42,22 +40,22 @@ def files_of(text: str) -> dict[str, str]:
 
 
 def test_rendering_is_byte_identical_for_identical_input() -> None:
-    for the_recipe, secrets in all_recipes().values():
-        first = render_cloud_config(the_recipe, secrets)
-        again = render_cloud_config(replace(the_recipe), replace(secrets))
+    for the_recipe in all_recipes().values():
+        first = render_cloud_config(the_recipe)
+        again = render_cloud_config(replace(the_recipe))
         assert first == again
         assert encode_user_data(first) == encode_user_data(again)
 
 
 def test_user_data_round_trips_through_gzip_and_base64() -> None:
-    text = render_cloud_config(recipe(), SECRETS)
+    text = render_cloud_config(recipe())
     assert decode_user_data(encode_user_data(text)) == text
 
 
 def test_files_in_user_data_equal_the_rendered_files() -> None:
-    for the_recipe, secrets in all_recipes().values():
-        doc = yaml.safe_load(render_cloud_config(the_recipe, secrets))
-        rendered = vm_files(the_recipe, secrets)
+    for the_recipe in all_recipes().values():
+        doc = yaml.safe_load(render_cloud_config(the_recipe))
+        rendered = vm_files(the_recipe)
         assert [(f["path"], f["content"], f["permissions"], f["owner"]) for f in doc["write_files"]] == [
             (f.path, f.content, f.permissions, f.owner) for f in rendered
         ]
@@ -67,7 +65,7 @@ def test_files_in_user_data_equal_the_rendered_files() -> None:
 
 
 def test_boot_order_users_packages_files_then_units() -> None:
-    doc = yaml.safe_load(render_cloud_config(recipe(), SECRETS))
+    doc = yaml.safe_load(render_cloud_config(recipe()))
     users = [u if isinstance(u, str) else u["name"] for u in doc["users"]]
     assert users == ["default", "consul", "envoy"]  # "default" keeps the image's login user
     assert doc["groups"] == ["consul", "envoy"]
@@ -75,55 +73,70 @@ def test_boot_order_users_packages_files_then_units() -> None:
     # The signing key travels in the user data: no keyserver at boot (tests/test_apt_key.py checks it).
     source = doc["apt"]["sources"]["hashicorp"]
     assert "keyid" not in source and source["key"].startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
-    assert HASHICORP_KEY_FINGERPRINT in render_cloud_config(recipe(), SECRETS)
+    assert HASHICORP_KEY_FINGERPRINT in render_cloud_config(recipe())
     # iptables is named: consul connect redirect-traffic runs it.
     assert doc["packages"][:3] == [["consul", "1.22.1-*"], ["hashicorp-envoy", "1.35.3-*"], ["iptables", "*"]]
     assert doc["package_update"] is True
     started = [cmd[-1] for cmd in doc["runcmd"] if cmd[:3] == ["systemctl", "enable", "--now"]]
     # The application starts before Envoy, whose ExecStartPre redirects traffic: after the
     # redirect, with MeshDestinationsOnly, nothing outside the mesh (apt included) is reachable.
-    assert started == ["consul.service", "mesh-app.service", "envoy@web.service"]
+    # The login (tokens, node name, gossip key) before the agent, which requires it.
+    assert started == ["consul-login.service", "consul.service", "mesh-app.service", "envoy@web.service"]
     assert doc["runcmd"].index(["systemctl", "restart", "systemd-resolved.service"]) < doc["runcmd"].index(
         ["systemctl", "enable", "--now", "consul.service"]
     )
 
 
 def test_consul_agent_config() -> None:
-    hcl = files_of(render_cloud_config(recipe(), SECRETS))["/etc/consul.d/consul.hcl"]
+    hcl = files_of(render_cloud_config(recipe()))["/etc/consul.d/consul.hcl"]
     for line in [
         'datacenter  = "dc1"',
-        'node_name   = "web"',
         "server      = false",
         'client_addr = "127.0.0.1"',
         'retry_join  = ["10.0.1.10", "consul.internal"]',
         "grpc     = 8502",
         "grpc_tls = -1",
         'default_policy           = "deny"',
-        'agent = "agent-secret-0001"',
-        'dns   = "dns-secret-0006"',
     ]:
         assert line in hcl, line
-    # No default token: a local process without a token gets no rights (issue: any process had node:write).
-    assert not re.search(r"^\s*default\s*=", hcl, re.M)
+    # Node name, tokens and gossip key come from the boot login (node.hcl, tokens.hcl, gossip.hcl):
+    # none is in the user data, and there is no default token at all.
+    settings = [line for line in hcl.splitlines() if not line.lstrip().startswith("#")]
+    assert not any(re.match(r"\s*(node_name|encrypt|tokens|agent|default)\s*[={]", line) for line in settings)
     assert re.search(r"connect \{\s+enabled = true\s+\}", hcl)
     assert "encrypt" not in hcl and "auto_encrypt" not in hcl and "ca_file" not in hcl
 
 
-def test_gossip_key_and_tls_when_the_cluster_has_them() -> None:
-    secrets = replace(SECRETS, gossip_key="Z29zc2lw")
-    files = files_of(render_cloud_config(tls_recipe(), secrets))
+def test_tls_when_the_cluster_has_it_and_the_gossip_key_from_kv() -> None:
+    files = files_of(render_cloud_config(tls_recipe()))
     hcl = files["/etc/consul.d/consul.hcl"]
-    assert 'encrypt     = "Z29zc2lw"' in hcl
+    assert "encrypt" not in hcl.replace("auto_encrypt", "")
     assert re.search(r"auto_encrypt \{\s+tls = true\s+\}", hcl)
     assert 'ca_file         = "/etc/consul.d/ca.pem"' in hcl
     assert "verify_server_hostname = true" in hcl
     assert files["/etc/consul.d/ca.pem"] == CA_PEM
+    login = files_of(render_cloud_config(server_made_recipe()))["/etc/consul.d/login.env"].splitlines()
+    assert 'GOSSIP_KEY_PATH="consul-tproxy-vms/consul-tproxy-vms-test/gossip-key"' in login
+
+
+def test_login_settings_name_the_methods_the_servers_and_their_ca() -> None:
+    env = files_of(render_cloud_config(tls_recipe()))["/etc/consul.d/login.env"].splitlines()
+    for line in [
+        'MESH_SERVICE="web"',
+        'LOGIN_METHODS="agent=consul-tproxy-vms-test-agent service=consul-tproxy-vms-test-service '
+        'dns=consul-tproxy-vms-test-dns"',
+        'LOGIN_SERVER_ID="consul-tproxy-vms-test"',
+        'LOGIN_HTTP_ADDRS="https://10.0.1.10:8501"',
+        'CONSUL_CACERT="/etc/consul.d/ca.pem"',
+        'CONSUL_TLS_SERVER_NAME="server.dc1.consul"',
+    ]:
+        assert line in env, line
 
 
 def test_service_registration_in_transparent_mode() -> None:
-    hcl = files_of(render_cloud_config(recipe(), SECRETS))["/etc/consul.d/service-web.hcl"]
+    hcl = files_of(render_cloud_config(recipe()))["/etc/consul.d/service-web.hcl"]
     assert 'name  = "web"' in hcl and "port  = 9090" in hcl
-    assert 'token = "service-secret-0002"' in hcl
+    assert not re.search(r"^\s*token\s*=", hcl, re.M)  # acl.tokens.config_file_service_registration
     assert 'mode = "transparent"' in hcl
     assert "port = 21000" in hcl  # a fixed public listener, so the security group can name it
     assert 'http     = "http://127.0.0.1:9090/health"' in hcl
@@ -131,7 +144,7 @@ def test_service_registration_in_transparent_mode() -> None:
 
 def test_custom_app_gets_its_packages_command_and_a_tcp_check() -> None:
     the_recipe = custom_app_recipe()
-    text = render_cloud_config(the_recipe, SECRETS)
+    text = render_cloud_config(the_recipe)
     doc = yaml.safe_load(text)
     files = files_of(text)
     assert ["openjdk-21-jre-headless", "*"] in doc["packages"]
@@ -149,12 +162,12 @@ def test_systemd_percent_in_a_command_is_escaped() -> None:
     the_recipe = custom_app_recipe()
     app = replace(the_recipe.service.app, command="/usr/bin/date +%s")
     the_recipe = replace(the_recipe, service=replace(the_recipe.service, app=app))
-    unit = files_of(render_cloud_config(the_recipe, SECRETS))["/etc/systemd/system/mesh-app.service"]
+    unit = files_of(render_cloud_config(the_recipe))["/etc/systemd/system/mesh-app.service"]
     assert "ExecStart=/usr/bin/date +%%s" in unit
 
 
 def test_demo_app_calls_its_upstreams_by_virtual_hostname() -> None:
-    files = files_of(render_cloud_config(recipe(), SECRETS))
+    files = files_of(render_cloud_config(recipe()))
     unit = files["/etc/systemd/system/mesh-app.service"]
     assert 'Environment="UPSTREAM_URIS=http://api.virtual.consul"' in unit
     assert 'Environment="LISTEN_ADDR=127.0.0.1:9090"' in unit  # loopback: only Envoy reaches it
@@ -162,7 +175,7 @@ def test_demo_app_calls_its_upstreams_by_virtual_hostname() -> None:
 
 
 def test_envoy_unit_and_its_environment() -> None:
-    files = files_of(render_cloud_config(recipe(), SECRETS))
+    files = files_of(render_cloud_config(recipe()))
     unit = files["/etc/systemd/system/envoy@.service"]
     for line in [
         "User=envoy",
@@ -177,34 +190,45 @@ def test_envoy_unit_and_its_environment() -> None:
     assert re.search(r"^After=.*consul\.service", unit, re.M)
     assert re.search(r"^Wants=.*consul\.service", unit, re.M)
     env = files["/etc/envoy/web.env"]
-    # consul connect envoy does not fall back to the agent's default token.
-    assert 'CONSUL_HTTP_TOKEN="service-secret-0002"' in env.splitlines()
+    # consul connect envoy does not fall back to the agent's default token: the login's service token.
+    assert 'CONSUL_HTTP_TOKEN_FILE="/run/consul-login/service.token"' in env.splitlines()
     assert "CONSUL_GRPC_ADDR=127.0.0.1:8502" in env.splitlines()
 
 
-def test_secret_files_are_not_world_readable() -> None:
-    files = {f.path: f for f in vm_files(tls_recipe(), replace(SECRETS, gossip_key="Z29zc2lw"))}
+def test_agent_config_files_are_not_world_readable() -> None:
+    files = {f.path: f for f in vm_files(tls_recipe())}
     for path, owner in [
         ("/etc/consul.d/consul.hcl", "root:consul"),
         ("/etc/consul.d/service-web.hcl", "root:consul"),
         ("/etc/envoy/web.env", "root:envoy"),
     ]:
         assert (files[path].permissions, files[path].owner) == ("0640", owner)
-    holding_secrets = {
-        p for p, f in files.items() if "agent-secret-0001" in f.content or "service-secret-0002" in f.content
-    }
-    assert holding_secrets == {"/etc/consul.d/consul.hcl", "/etc/consul.d/service-web.hcl", "/etc/envoy/web.env"}
+
+
+def test_the_same_user_data_serves_every_instance_of_a_service() -> None:
+    """Nothing per instance (no node name, no token) is in it: a launch template could carry it."""
+    text = render_cloud_config(server_made_recipe())
+    assert "i-" not in re.sub(r"<instance id>|[a-z]i-", "", text.split("write_files:")[1].split("content:")[0])
+    assert render_cloud_config(server_made_recipe()) == text
 
 
 def test_dns_forwarding_drop_in() -> None:
-    conf = files_of(render_cloud_config(recipe(), SECRETS))["/etc/systemd/resolved.conf.d/consul.conf"]
+    conf = files_of(render_cloud_config(recipe()))["/etc/systemd/resolved.conf.d/consul.conf"]
     assert conf.splitlines()[1:] == ["[Resolve]", "DNS=127.0.0.1:8600", "DNSSEC=false", "Domains=~consul"]
 
 
-def test_scripts_are_shipped_as_they_are_in_the_repository() -> None:
-    files = files_of(render_cloud_config(recipe(), SECRETS))
-    assert files["/usr/local/sbin/consul-redirect-traffic"] == (SCRIPTS / "consul-redirect-traffic.sh").read_text()
-    assert files["/usr/local/sbin/consul-cleanup-traffic"] == (SCRIPTS / "consul-cleanup-traffic.sh").read_text()
+def test_scripts_are_shipped_as_in_the_repository_without_their_comment_lines() -> None:
+    files = files_of(render_cloud_config(recipe()))
+    for path, script in [
+        ("/usr/local/sbin/consul-redirect-traffic", "consul-redirect-traffic.sh"),
+        ("/usr/local/sbin/consul-cleanup-traffic", "consul-cleanup-traffic.sh"),
+        ("/usr/local/sbin/consul-login", "consul-login.sh"),
+    ]:
+        source = (SCRIPTS / script).read_text().splitlines()
+        shipped = files[path].splitlines()
+        code = [line for line in source[1:] if not line.lstrip().startswith("#") or "shellcheck" in line]
+        assert shipped[0] == source[0] and shipped[2:] == code, script
+        assert shipped[1].startswith(f"# {script} of consul-tproxy-vms")
 
 
 def test_exclusions_always_keep_metadata_and_servers_reachable() -> None:
@@ -223,7 +247,7 @@ def test_user_data_stays_far_below_the_ec2_limit_with_many_exclusions() -> None:
     the_recipe = replace(tls_recipe(), service=replace(tls_recipe().service, exclusions=many))
     # EC2 counts the bytes before base64: the gzip. The embedded apt key (about 3 KB that do not
     # compress) and the scripts are most of it; leave a quarter of the limit for what comes next.
-    sent = len(base64.b64decode(encode_user_data(render_cloud_config(the_recipe, SECRETS))))
+    sent = len(base64.b64decode(encode_user_data(render_cloud_config(the_recipe))))
     assert sent < EC2_USER_DATA_LIMIT * 3 / 4
 
 
@@ -234,8 +258,8 @@ def test_oversized_user_data_is_refused_at_program_time() -> None:
 
 
 def test_envoy_reaches_its_agent_over_plaintext_grpc_on_loopback_only() -> None:
-    for the_recipe, secrets in all_recipes().values():
-        files = files_of(render_cloud_config(the_recipe, secrets))
+    for the_recipe in all_recipes().values():
+        files = files_of(render_cloud_config(the_recipe))
         hcl = files["/etc/consul.d/consul.hcl"]
         assert re.search(r"grpc\s+= 8502\n\s+grpc_tls = -1", hcl)
         assert 'client_addr = "127.0.0.1"' in hcl and "addresses" not in hcl
@@ -245,30 +269,34 @@ def test_envoy_reaches_its_agent_over_plaintext_grpc_on_loopback_only() -> None:
 
 
 def test_server_config() -> None:
-    text = render_server_cloud_config(SERVER, SERVER_SECRETS)
+    text = render_server_cloud_config(SERVER)
     doc = yaml.safe_load(text)
     assert [u["name"] for u in doc["users"][1:]] == ["consul"]
-    assert doc["packages"] == [["consul", "1.22.1-*"]]
-    # The data volume is mounted before Consul starts (and consul.service requires it at every boot).
+    assert doc["packages"] == [["consul", "1.22.1-*"], ["python3-boto3", "*"]]
+    # The data volume is mounted and the secrets read from SSM before Consul starts (consul.service
+    # requires both at every boot); the login for its agent token waits for the cluster: no-block.
     assert [cmd for cmd in doc["runcmd"] if cmd[:2] == ["systemctl", "enable"]] == [
         ["systemctl", "enable", "--now", "consul-data.service"],
+        ["systemctl", "enable", "--now", "consul-server-secrets.service"],
         ["systemctl", "enable", "--now", "consul.service"],
+        ["systemctl", "enable", "--now", "--no-block", "consul-server-login.service"],
     ]
-    drop_in = {f.path: f.content for f in server_files(SERVER, SERVER_SECRETS)}[
-        "/etc/systemd/system/consul.service.d/data-volume.conf"
-    ]
+    drop_in = {f.path: f.content for f in server_files(SERVER)}["/etc/systemd/system/consul.service.d/data-volume.conf"]
     assert "Requires=consul-data.service" in drop_in and "RequiresMountsFor=/var/lib/consul" in drop_in
-    files = {f.path: f for f in server_files(SERVER, SERVER_SECRETS)}
+    files = {f.path: f for f in server_files(SERVER)}
     hcl = hcl2.loads(files["/etc/consul.d/consul.hcl"].content)
 
     def string(value: str) -> str:
         return value.strip('"')
 
     assert hcl["server"] is True and hcl["bootstrap_expect"] == 3
-    assert string(hcl["encrypt"]) == SERVER_SECRETS.gossip_key
+    # No gossip key, no management or agent token: from SSM, the API bootstrap and the login.
+    assert "encrypt" not in hcl and "tokens" not in hcl["acl"][0]
     acl = hcl["acl"][0]
     assert acl["enabled"] is True and string(acl["default_policy"]) == "deny"
-    assert string(acl["tokens"][0]["initial_management"]) == SERVER_SECRETS.management_token
+    secrets_env = files["/etc/consul.d/secrets.env"].content.splitlines()
+    assert f'TLS_KEY_PARAMETER="{SERVER.tls_key_parameter}"' in secrets_env
+    assert f'GOSSIP_KEY_PARAMETER="{SERVER.gossip_key_parameter}"' in secrets_env
     tls = hcl["tls"][0]
     assert tls["internal_rpc"][0] == {
         "verify_incoming": True,
@@ -295,14 +323,9 @@ def _meta(block: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in block.items() if k.startswith("__")}
 
 
-def test_server_secrets_are_only_in_root_consul_files() -> None:
-    files = server_files(SERVER, SERVER_SECRETS)
-    secrets = ("management-secret-0003", "server-key-secret-0004", GOSSIP_KEY)
-    holding = {f.path: (f.permissions, f.owner) for f in files if any(s in f.content for s in secrets)}
-    assert holding == {
-        "/etc/consul.d/consul.hcl": ("0640", "root:consul"),
-        "/etc/consul.d/server-key.pem": ("0640", "root:consul"),
-    }
-    assert render_server_cloud_config(SERVER, SERVER_SECRETS) == render_server_cloud_config(
-        replace(SERVER), replace(SERVER_SECRETS)
-    )
+def test_server_user_data_holds_no_key_and_is_deterministic() -> None:
+    text = render_server_cloud_config(SERVER)
+    assert "-----BEGIN EC PRIVATE KEY-----\n" not in text
+    assert not any(line.strip().startswith("initial_management") for line in text.splitlines())
+    assert "/etc/consul.d/server-key.pem" not in {f.path for f in server_files(SERVER)}
+    assert render_server_cloud_config(replace(SERVER)) == text

@@ -76,6 +76,9 @@ def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
         "/usr/local/sbin/consul-redirect-traffic",
         "/usr/local/sbin/consul-cleanup-traffic",
         "/usr/local/sbin/consul-data-volume",
+        "/usr/local/sbin/consul-login",
+        "/usr/local/sbin/consul-server-login",
+        "/usr/local/sbin/consul-server-secrets",
         "/opt/billing/bin/server",
     ]:
         target = root / exe.lstrip("/")

@@ -1,0 +1,249 @@
+#!/bin/bash
+# consul-login [logout]
+#
+# Gives a mesh VM its Consul identity at boot, so that its user data holds no secret: the VM logs in
+# with its EC2 instance role through Consul's aws-iam auth methods (one each for the agent, service
+# and DNS tokens), reads the gossip key with the agent token, and writes the agent's node name,
+# tokens and gossip key into its config dir. Installed as /usr/local/sbin/consul-login and run as
+# root by consul-login.service, which consul.service requires: the agent never starts without them.
+# `consul-login logout` (the unit's ExecStop, after the agent has stopped) destroys the tokens.
+#
+# Read from the unit's EnvironmentFile, /etc/consul.d/login.env (no secret in it; lists are
+# space-separated):
+#   MESH_SERVICE                             the service name; the node is named SERVICE-INSTANCE_ID
+#   LOGIN_METHODS                            agent=METHOD service=METHOD dns=METHOD
+#   LOGIN_SERVER_ID                          the methods' ServerIDHeaderValue (anti-replay)
+#   LOGIN_HTTP_ADDRS                         https://host:port of the Consul servers, tried in turn
+#   CONSUL_CACERT, CONSUL_TLS_SERVER_NAME    how the consul CLI verifies the servers' certificate
+#   GOSSIP_KEY_PATH                          KV key holding the gossip key; empty: none
+#   LOGIN_DEADLINE_SECONDS, LOGIN_RETRY_SECONDS  how long to keep trying, and the pause between tries
+# Overridden by tests only: IMDS_ENDPOINT, CONSUL_BIN, CONSUL_CONFIG_DIR, TOKEN_DIR, CONSUL_GROUP,
+# ENVOY_GROUP.
+#
+# Never prints a token, the gossip key or the IMDS session token.
+set -euo pipefail
+
+consul="${CONSUL_BIN:-consul}"
+imds="${IMDS_ENDPOINT:-http://169.254.169.254}"
+config_dir="${CONSUL_CONFIG_DIR:-/etc/consul.d}"
+token_dir="${TOKEN_DIR:-/run/consul-login}"
+consul_group="${CONSUL_GROUP:-consul}"
+envoy_group="${ENVOY_GROUP:-envoy}"
+deadline_seconds="${LOGIN_DEADLINE_SECONDS:-900}"
+retry_seconds="${LOGIN_RETRY_SECONDS:-5}"
+# One consul call may not hang the whole boot: the servers can accept the connection and stall.
+call_timeout=30
+token_kinds=(agent service dns)
+
+die() {
+  echo "consul-login: $*" >&2
+  exit 1
+}
+
+[[ "${deadline_seconds}" =~ ^[0-9]+$ ]] || die "LOGIN_DEADLINE_SECONDS is not a number of seconds"
+[[ "${retry_seconds}" =~ ^[0-9]+$ ]] || die "LOGIN_RETRY_SECONDS is not a number of seconds"
+read -r -a addrs <<<"${LOGIN_HTTP_ADDRS:-}"
+((${#addrs[@]} > 0)) || die "LOGIN_HTTP_ADDRS names no Consul server"
+# Host names, IPv4 and [IPv6] with a port; ']' first in a bracket expression is a literal.
+https_addr='^https://[][A-Za-z0-9.:-]+$'
+for addr in "${addrs[@]}"; do
+  # The login sends the instance's signed AWS requests and gets tokens back: never in clear text.
+  [[ "${addr}" =~ ${https_addr} ]] || die "LOGIN_HTTP_ADDRS: ${addr} is not https://host:port"
+done
+
+# The consul CLI reads these from the environment; -http-addr is passed on every call, and a token
+# left in the environment must not be sent along with a login or a logout.
+if [[ -n "${CONSUL_CACERT:-}" ]]; then export CONSUL_CACERT; fi
+if [[ -n "${CONSUL_TLS_SERVER_NAME:-}" ]]; then export CONSUL_TLS_SERVER_NAME; fi
+unset CONSUL_HTTP_ADDR CONSUL_HTTP_TOKEN CONSUL_HTTP_TOKEN_FILE
+
+# Index into addrs of the server to try next: the one that last answered, so that the next call
+# does not start again with a server that is down.
+addr_index=0
+
+# The last non-empty line of a file: consul's error, without its usage text or blank lines.
+last_line() { awk 'NF { line = $0 } END { print line }' "$1"; }
+
+# consul_call ADDR SUBCOMMAND ARGS...: one call, stdout to ${work}/out, the error to ${call_error}.
+# -http-addr goes right after the subcommand, because Go's flag parsing stops at the first
+# positional argument (the key of `kv get`).
+consul_call() {
+  local addr="$1" rc=0 sub
+  read -r -a sub <<<"$2"
+  shift 2
+  timeout --kill-after=5 "${call_timeout}" "${consul}" "${sub[@]}" "-http-addr=${addr}" "$@" \
+    >"${work}/out" 2>"${work}/err" </dev/null || rc=$?
+  ((rc == 0)) && return 0
+  call_error="$(last_line "${work}/err")"
+  if ((rc == 124)); then
+    call_error="no answer within ${call_timeout}s"
+  elif [[ -z "${call_error}" ]]; then
+    call_error="consul exited with status ${rc} and no message"
+  fi
+  return 1
+}
+
+# retry WHAT SUBCOMMAND ARGS...: consul_call until it succeeds, moving to the next server after each
+# failure, until the deadline. Servers that are still booting, a binding rule not yet written or an
+# instance profile not yet usable all heal on their own, so every failure is retried.
+retry() {
+  local what="$1" attempt=1 addr
+  while true; do
+    addr="${addrs[addr_index]}"
+    consul_call "${addr}" "${@:2}" && return 0
+    if ((SECONDS >= deadline)); then
+      die "${what} failed after ${attempt} attempts in ${SECONDS}s: the Consul servers (${addrs[*]})" \
+        "are not reachable or refuse the login; last error: ${call_error}"
+    fi
+    echo "consul-login: ${what} at ${addr} failed (attempt ${attempt}): ${call_error};" \
+      "retrying in ${retry_seconds}s" >&2
+    addr_index=$(((addr_index + 1) % ${#addrs[@]}))
+    attempt=$((attempt + 1))
+    sleep "${retry_seconds}"
+  done
+}
+
+logout() {
+  local kind file addr logged_out
+  shopt -s nullglob
+  for file in "${token_dir}"/*.token; do
+    kind="$(basename "${file}" .token)"
+    logged_out=""
+    # Best effort, one server after the other: the agent is already stopped, and a token that
+    # cannot be destroyed now still must not stop the others from being destroyed.
+    for addr in "${addrs[@]}"; do
+      if consul_call "${addr}" logout "-token-file=${file}"; then
+        logged_out=yes
+        break
+      fi
+    done
+    if [[ -z "${logged_out}" ]]; then
+      echo "consul-login: could not log out the ${kind} token (${addrs[*]}): ${call_error}" >&2
+    fi
+  done
+  # Without its tokens.hcl, an agent started by hand cannot use tokens that no longer exist.
+  rm -f "${token_dir}"/*.token "${config_dir}/tokens.hcl"
+  echo "consul-login: logged out"
+}
+
+# The work dir holds the fresh tokens until they are all there. It sits next to TOKEN_DIR (tmpfs
+# under /run), so that tokens never touch a disk, and is private (mktemp -d makes it 0700).
+mkdir -p "${token_dir%/*}"
+work="$(mktemp -d "${token_dir%/*}/.consul-login.XXXXXX")"
+staged=()
+# Whatever way this ends, no token copy and no half-written file stays behind.
+cleanup() {
+  rm -rf "${work}"
+  if ((${#staged[@]} > 0)); then rm -f "${staged[@]}"; fi
+}
+trap cleanup EXIT
+
+if [[ "${1:-}" == "logout" ]]; then
+  logout
+  exit 0
+fi
+[[ -z "${1:-}" ]] || die "usage: consul-login [logout]"
+
+service="${MESH_SERVICE:-}"
+[[ "${service}" =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] || die "MESH_SERVICE is not a DNS label"
+declare -A methods=()
+read -r -a pairs <<<"${LOGIN_METHODS:-}"
+for pair in "${pairs[@]}"; do
+  kind="${pair%%=*}"
+  [[ "${pair}" == *=?* && " ${token_kinds[*]} " == *" ${kind} "* && -z "${methods[${kind}]:-}" ]] ||
+    die "LOGIN_METHODS: ${pair} is not one of agent=, service=, dns= METHOD (each once)"
+  methods["${kind}"]="${pair#*=}"
+done
+for kind in "${token_kinds[@]}"; do
+  [[ -n "${methods[${kind}]:-}" ]] || die "LOGIN_METHODS names no method for ${kind}"
+done
+[[ -n "${LOGIN_SERVER_ID:-}" ]] || die "LOGIN_SERVER_ID is empty"
+
+deadline=$((SECONDS + deadline_seconds))
+
+# 1. The instance id, through IMDSv2. The metadata service can lag behind the network at boot.
+imds_attempt=1
+while true; do
+  if imds_token="$(curl -fsS --noproxy '*' --connect-timeout 2 --max-time 5 -X PUT \
+    -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "${imds}/latest/api/token" 2>"${work}/err")" &&
+    instance_id="$(curl -fsS --noproxy '*' --connect-timeout 2 --max-time 5 \
+      -H "X-aws-ec2-metadata-token: ${imds_token}" "${imds}/latest/meta-data/instance-id" 2>"${work}/err")"; then
+    break
+  fi
+  if ((SECONDS >= deadline)); then
+    die "no instance id from the metadata service at ${imds} after ${imds_attempt} attempts" \
+      "in ${SECONDS}s; last error: $(last_line "${work}/err")"
+  fi
+  echo "consul-login: metadata service at ${imds} failed (attempt ${imds_attempt}):" \
+    "$(last_line "${work}/err"); retrying in ${retry_seconds}s" >&2
+  imds_attempt=$((imds_attempt + 1))
+  sleep "${retry_seconds}"
+done
+# The id becomes the node name in an HCL file: anything but an instance id is refused, not quoted.
+[[ "${instance_id}" =~ ^i-[0-9a-f]{8,17}$ ]] ||
+  die "the metadata service at ${imds} answered something that is not an instance id; refusing it"
+node="${service}-${instance_id}"
+
+# 2. One login per token. Each token's SecretID goes into HCL and files, so its format is checked.
+declare -A tokens=()
+for kind in "${token_kinds[@]}"; do
+  sink="${work}/${kind}.token"
+  rm -f "${sink}"
+  retry "login to ${methods[${kind}]}" login -type=aws-iam "-method=${methods[${kind}]}" \
+    -aws-auto-bearer-token -aws-include-entity "-aws-server-id-header-value=${LOGIN_SERVER_ID}" \
+    "-token-sink-file=${sink}"
+  secret=""
+  if [[ -f "${sink}" ]]; then secret="$(<"${sink}")"; fi
+  [[ "${secret}" =~ ^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$ ]] ||
+    die "the login to ${methods[${kind}]} succeeded but left no token SecretID in its sink file"
+  tokens["${kind}"]="${secret}"
+done
+
+# 3. The gossip key, readable with the agent token only.
+gossip_key=""
+if [[ -n "${GOSSIP_KEY_PATH:-}" ]]; then
+  retry "reading the gossip key ${GOSSIP_KEY_PATH}" "kv get" "-token-file=${work}/agent.token" \
+    "${GOSSIP_KEY_PATH}"
+  gossip_key="$(<"${work}/out")"
+  # Consul wants base64 of a 16, 24 or 32-byte key; checking the exact form also makes the value
+  # safe to write into HCL. The value itself is never printed.
+  [[ "${gossip_key}" =~ ^([A-Za-z0-9+/]{22}==|[A-Za-z0-9+/]{32}|[A-Za-z0-9+/]{43}=)$ ]] ||
+    die "the value at ${GOSSIP_KEY_PATH} is not a gossip key (base64 of 16, 24 or 32 bytes)"
+fi
+
+# 4. Everything is known: stage each file next to its final place (same file system, so the mv
+# below is an atomic rename), with its owner and mode set before it becomes visible.
+install -d -m 0750 -o root -g "${envoy_group}" "${token_dir}"
+declare -A final=()
+stage() {
+  local dest="$1" mode="$2" group="$3" content="$4" tmp
+  tmp="$(mktemp "${dest%/*}/.${dest##*/}.XXXXXX")"
+  staged+=("${tmp}")
+  chown "root:${group}" "${tmp}"
+  chmod "${mode}" "${tmp}"
+  printf '%s\n' "${content}" >"${tmp}"
+  final["${tmp}"]="${dest}"
+}
+stage "${token_dir}/agent.token" 0600 root "${tokens[agent]}"
+stage "${token_dir}/dns.token" 0600 root "${tokens[dns]}"
+# Envoy reads its token through CONSUL_HTTP_TOKEN_FILE, as the envoy group.
+stage "${token_dir}/service.token" 0640 "${envoy_group}" "${tokens[service]}"
+if [[ -n "${gossip_key}" ]]; then
+  stage "${config_dir}/gossip.hcl" 0640 "${consul_group}" "encrypt = \"${gossip_key}\""
+fi
+stage "${config_dir}/node.hcl" 0640 "${consul_group}" "node_name = \"${node}\""
+stage "${config_dir}/tokens.hcl" 0640 "${consul_group}" "# Written by consul-login at boot; destroyed by its logout.
+acl {
+  tokens {
+    agent                            = \"${tokens[agent]}\"
+    dns                              = \"${tokens[dns]}\"
+    config_file_service_registration = \"${tokens[service]}\"
+  }
+}"
+
+# tokens.hcl is staged last and so renamed last: the agent's config is complete once it exists.
+for tmp in "${staged[@]}"; do
+  mv -f "${tmp}" "${final[${tmp}]}"
+done
+staged=()
+echo "consul-login: node ${node} logged in (agent, service, dns tokens written)"

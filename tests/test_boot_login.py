@@ -1,0 +1,461 @@
+"""consul-login: the boot-time aws-iam login that keeps every secret out of a mesh VM's user data.
+
+The script runs for real, against a stand-in metadata service (an HTTP server on 127.0.0.1 in this
+process) and a stand-in `consul` (tests/fixtures/login/consul) that checks the flags of each call,
+issues UUID tokens, and can be told to fail, refuse a method or serve a bad gossip key.
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import os
+import re
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import hcl2
+import pytest
+
+from components.userdata import SCRIPTS
+from tests.conftest import need, tool
+
+LOGIN = SCRIPTS / "consul-login.sh"
+FAKE_CONSUL = Path(__file__).parent / "fixtures" / "login" / "consul"
+TEMPLATES = Path(__file__).parent.parent / "components" / "templates"
+INSTANCE_ID = "i-0123456789abcdef0"
+IMDS_TOKEN = "imds-session-token-AQAEAEx9"
+METHODS = {
+    "agent": "consul-tproxy-vms-dev-agent",
+    "service": "consul-tproxy-vms-dev-service",
+    "dns": "consul-tproxy-vms-dev-dns",
+}
+ADDRS = ["https://10.0.1.10:8501", "https://10.0.2.10:8501"]
+SERVER_ID = "consul-tproxy-vms-dev"
+GOSSIP_KEY = base64.b64encode(bytes(range(32))).decode()
+GOSSIP_PATH = "consul-tproxy-vms/gossip-key"
+CONSUL_GROUP, ENVOY_GROUP = "daemon", "nogroup"  # groups every Debian/Ubuntu system has
+FINAL_CONFIG = ["node.hcl", "tokens.hcl", "gossip.hcl"]
+TOKEN_FILES = ["agent.token", "service.token", "dns.token"]
+
+
+class Imds(BaseHTTPRequestHandler):
+    """IMDSv2: the instance id only for a GET that carries a session token from a PUT."""
+
+    instance_id = INSTANCE_ID
+
+    def do_PUT(self) -> None:
+        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds") == "300":
+            self.answer(200, IMDS_TOKEN)
+        else:
+            self.answer(400, "bad token request")
+
+    def do_GET(self) -> None:
+        if self.headers.get("X-aws-ec2-metadata-token") != IMDS_TOKEN:
+            self.answer(401, "")
+        elif self.path == "/latest/meta-data/instance-id":
+            self.answer(200, type(self).instance_id)
+        else:
+            self.answer(404, "")
+
+    def answer(self, code: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def imds() -> Iterator[type[Imds]]:
+    handler = type("TestImds", (Imds,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    handler.endpoint = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    try:
+        yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Vm:
+    """One VM's directories, the stand-ins' settings, and how to run consul-login on it."""
+
+    tmp: Path
+    imds: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config = self.tmp / "etc/consul.d"
+        self.run_dir = self.tmp / "run"
+        self.tokens = self.run_dir / "consul-login"
+        self.state = self.tmp / "fake-consul"
+        self.log = self.state / "calls.log"
+        for d in (self.config, self.state):
+            d.mkdir(parents=True)
+        (self.config / "ca.pem").write_text("stand-in CA\n")
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "MESH_SERVICE": "web",
+            "LOGIN_METHODS": " ".join(f"{k}={m}" for k, m in METHODS.items()),
+            "LOGIN_SERVER_ID": SERVER_ID,
+            "LOGIN_HTTP_ADDRS": " ".join(ADDRS),
+            "CONSUL_CACERT": str(self.config / "ca.pem"),
+            "CONSUL_TLS_SERVER_NAME": "server.dc1.consul",
+            "GOSSIP_KEY_PATH": GOSSIP_PATH,
+            "LOGIN_DEADLINE_SECONDS": "10",
+            "LOGIN_RETRY_SECONDS": "0",
+            "IMDS_ENDPOINT": self.imds,
+            "CONSUL_BIN": str(FAKE_CONSUL),
+            "CONSUL_CONFIG_DIR": str(self.config),
+            "TOKEN_DIR": str(self.tokens),
+            "CONSUL_GROUP": CONSUL_GROUP,
+            "ENVOY_GROUP": ENVOY_GROUP,
+            "FAKE_CONSUL_LOG": str(self.log),
+            "FAKE_CONSUL_STATE": str(self.state),
+            "FAKE_CONSUL_METHODS": " ".join(METHODS.values()),
+            "FAKE_CONSUL_SERVER_ID": SERVER_ID,
+            "FAKE_CONSUL_GOSSIP_KEY": GOSSIP_KEY,
+        }
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(LOGIN), *args], env={**self.env, **env}, capture_output=True, text=True, timeout=60
+        )
+
+    def fail_next(self, calls: int) -> str:
+        path = self.state / "failures"
+        path.write_text(f"{calls}\n")
+        return str(path)
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def issued(self) -> dict[str, str]:
+        """Method -> the last token the stand-in issued for it."""
+        path = self.state / "issued"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return dict(line.split() for line in lines)
+
+    def logged_out(self) -> list[str]:
+        path = self.state / "logged-out"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def written(self) -> list[str]:
+        """Every file consul-login may write or leave behind: finals, staged temp files, work dirs."""
+        found = [p for p in self.config.iterdir() if p.name != "ca.pem"]
+        if self.run_dir.exists():
+            found += [p for p in self.run_dir.rglob("*")]
+        return sorted(str(p.relative_to(self.tmp)) for p in found)
+
+
+@pytest.fixture
+def vm(tmp_path: Path, imds: type[Imds]) -> Vm:
+    need(os.geteuid() == 0, "consul-login sets owners with chown: it needs root")
+    tool("curl")
+    return Vm(tmp_path, imds.endpoint)  # type: ignore[attr-defined]
+
+
+def owner(path: Path) -> tuple[int, str, str]:
+    st = path.stat()
+    return stat.S_IMODE(st.st_mode), "root" if st.st_uid == 0 else str(st.st_uid), grp.getgrgid(st.st_gid).gr_name
+
+
+def hcl(path: Path) -> dict[str, object]:
+    """A config file parsed, without the quotes and block markers python-hcl2 8 keeps."""
+
+    def unquote(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: unquote(v) for k, v in value.items() if k != "__is_block__"}
+        if isinstance(value, list):
+            return [unquote(v) for v in value]
+        if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+            return value[1:-1]
+        return value
+
+    parsed = unquote(hcl2.loads(path.read_text()))
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def assert_no_secret(vm: Vm, result: subprocess.CompletedProcess[str]) -> None:
+    output = result.stdout + result.stderr
+    for secret in [*vm.issued().values(), GOSSIP_KEY, IMDS_TOKEN]:
+        assert secret not in output
+
+
+def test_happy_path_writes_node_tokens_and_gossip_key(vm: Vm) -> None:
+    result = vm.run()
+    assert result.returncode == 0, result.stderr
+    node = f"web-{INSTANCE_ID}"
+    assert result.stdout.strip() == f"consul-login: node {node} logged in (agent, service, dns tokens written)"
+    assert result.stderr == ""
+    assert_no_secret(vm, result)
+
+    issued = vm.issued()
+    tokens = {kind: issued[method] for kind, method in METHODS.items()}
+    assert hcl(vm.config / "node.hcl") == {"node_name": node}
+    assert hcl(vm.config / "gossip.hcl") == {"encrypt": GOSSIP_KEY}
+    acl = hcl(vm.config / "tokens.hcl")["acl"][0]["tokens"][0]  # type: ignore[index]
+    assert acl == {
+        "agent": tokens["agent"],
+        "dns": tokens["dns"],
+        "config_file_service_registration": tokens["service"],
+    }
+    for kind, token in tokens.items():
+        assert (vm.tokens / f"{kind}.token").read_text().strip() == token
+
+    for name in FINAL_CONFIG:
+        assert owner(vm.config / name) == (0o640, "root", CONSUL_GROUP), name
+    assert owner(vm.tokens) == (0o750, "root", ENVOY_GROUP)
+    assert owner(vm.tokens / "agent.token") == (0o600, "root", "root")
+    assert owner(vm.tokens / "dns.token") == (0o600, "root", "root")
+    assert owner(vm.tokens / "service.token") == (0o640, "root", ENVOY_GROUP)
+    # No staged file and no work dir with token copies stays behind.
+    assert vm.written() == [
+        "etc/consul.d/gossip.hcl",
+        "etc/consul.d/node.hcl",
+        "etc/consul.d/tokens.hcl",
+        "run/consul-login",
+        "run/consul-login/agent.token",
+        "run/consul-login/dns.token",
+        "run/consul-login/service.token",
+    ]
+
+    calls = vm.calls()
+    assert len(calls) == 4
+    for call, method in zip(calls, METHODS.values(), strict=False):
+        args = call.split()
+        assert args[:3] == ["login", f"-http-addr={ADDRS[0]}", "-type=aws-iam"]
+        assert f"-method={method}" in args and f"-aws-server-id-header-value={SERVER_ID}" in args
+        assert "-aws-auto-bearer-token" in args and "-aws-include-entity" in args
+    kv = calls[3].split()
+    assert kv[:3] == ["kv", "get", f"-http-addr={ADDRS[0]}"] and kv[-1] == GOSSIP_PATH
+    assert kv[3].startswith("-token-file=")
+
+
+def test_without_gossip_key_path_no_gossip_hcl(vm: Vm) -> None:
+    result = vm.run(GOSSIP_KEY_PATH="")
+    assert result.returncode == 0, result.stderr
+    assert not (vm.config / "gossip.hcl").exists()
+    assert not any(c.startswith("kv") for c in vm.calls())
+
+
+def test_servers_not_up_yet_retries_through_the_addresses(vm: Vm) -> None:
+    error = "Error logging in: dial tcp 10.0.1.10:8501: connect: connection refused"
+    result = vm.run(FAKE_CONSUL_FAILURES=vm.fail_next(3), FAKE_CONSUL_ERROR=error)
+    assert result.returncode == 0, result.stderr
+    method = METHODS["agent"]
+    assert result.stderr.splitlines() == [
+        f"consul-login: login to {method} at {ADDRS[0]} failed (attempt 1): {error}; retrying in 0s",
+        f"consul-login: login to {method} at {ADDRS[1]} failed (attempt 2): {error}; retrying in 0s",
+        f"consul-login: login to {method} at {ADDRS[0]} failed (attempt 3): {error}; retrying in 0s",
+    ]
+    # The server that answered is kept for the next calls.
+    assert [c.split()[1 if c.startswith("login") else 2] for c in vm.calls()[3:]] == [f"-http-addr={ADDRS[1]}"] * 4
+    assert (vm.config / "tokens.hcl").exists()
+    assert_no_secret(vm, result)
+
+
+def test_a_server_that_is_down_is_skipped(vm: Vm) -> None:
+    result = vm.run(FAKE_CONSUL_DOWN_ADDRS=ADDRS[0])
+    assert result.returncode == 0, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "connection refused" in result.stderr
+
+
+def test_login_refused_until_the_deadline_writes_nothing(vm: Vm) -> None:
+    """The agent and service logins succeed, dns is refused: no final file may exist at all."""
+    start = time.monotonic()
+    result = vm.run(FAKE_CONSUL_REFUSE=METHODS["dns"], LOGIN_DEADLINE_SECONDS="2", LOGIN_RETRY_SECONDS="1")
+    assert result.returncode == 1
+    assert time.monotonic() - start < 10
+    last = result.stderr.splitlines()[-1]
+    assert re.fullmatch(
+        rf"consul-login: login to {METHODS['dns']} failed after \d+ attempts in \d+s: the Consul servers"
+        rf" \({' '.join(ADDRS)}\) are not reachable or refuse the login; last error: Error logging in:"
+        r" Unexpected response code: 403 \(rpc error making call: Permission denied\)",
+        last,
+    ), last
+    assert "(attempt 1)" in result.stderr and "retrying in 1s" in result.stderr
+    assert set(vm.issued()) == {METHODS["agent"], METHODS["service"]}
+    assert vm.written() == []
+    assert_no_secret(vm, result)
+
+
+def test_bad_instance_id_is_refused(vm: Vm, imds: type[Imds]) -> None:
+    imds.instance_id = 'i-0123"; rm -rf /'
+    result = vm.run()
+    assert result.returncode == 1
+    assert "answered something that is not an instance id; refusing it" in result.stderr
+    assert "rm -rf" not in result.stderr
+    assert vm.calls() == [] and vm.written() == []
+
+
+def test_metadata_service_down_until_the_deadline(vm: Vm) -> None:
+    result = vm.run(IMDS_ENDPOINT="http://127.0.0.1:9", LOGIN_DEADLINE_SECONDS="1", LOGIN_RETRY_SECONDS="1")
+    assert result.returncode == 1
+    assert "metadata service at http://127.0.0.1:9 failed (attempt 1)" in result.stderr
+    assert "no instance id from the metadata service" in result.stderr.splitlines()[-1]
+    assert vm.calls() == [] and vm.written() == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "not a key",
+        base64.b64encode(bytes(15)).decode(),
+        base64.b64encode(bytes(33)).decode(),
+        base64.b64encode(bytes(16)).decode().rstrip("="),
+        base64.b64encode(bytes(16)).decode() + '"\nacl { enabled = false }',
+    ],
+)
+def test_bad_gossip_key_is_refused_and_never_printed(vm: Vm, key: str) -> None:
+    result = vm.run(FAKE_CONSUL_GOSSIP_KEY=key)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"consul-login: the value at {GOSSIP_PATH} is not a gossip key (base64 of 16, 24 or 32 bytes)"
+    )
+    assert key not in result.stdout + result.stderr
+    assert vm.written() == []
+
+
+@pytest.mark.parametrize("size", [16, 24, 32])
+def test_gossip_keys_of_every_aes_size_are_accepted(vm: Vm, size: int) -> None:
+    key = base64.b64encode(os.urandom(size)).decode()
+    result = vm.run(FAKE_CONSUL_GOSSIP_KEY=key)
+    assert result.returncode == 0, result.stderr
+    assert hcl(vm.config / "gossip.hcl") == {"encrypt": key}
+
+
+def test_missing_gossip_key_is_retried_then_fails(vm: Vm) -> None:
+    result = vm.run(FAKE_CONSUL_GOSSIP_KEY="", LOGIN_DEADLINE_SECONDS="1", LOGIN_RETRY_SECONDS="1")
+    assert result.returncode == 1
+    assert f"reading the gossip key {GOSSIP_PATH} at {ADDRS[0]} failed (attempt 1)" in result.stderr
+    assert f"last error: Error! No key exists at: {GOSSIP_PATH}" in result.stderr
+    assert vm.written() == []
+
+
+def test_a_login_that_yields_no_uuid_is_refused(vm: Vm) -> None:
+    result = vm.run(FAKE_CONSUL_SINK='x" }\nacl { enabled = false')
+    assert result.returncode == 1
+    assert "left no token SecretID" in result.stderr
+    assert vm.written() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("LOGIN_METHODS", "agent=a service=s"),
+        ("LOGIN_METHODS", "agent=a service=s dns=d agent=b"),
+        ("LOGIN_METHODS", "agent=a service=s dns=d node=n"),
+        ("LOGIN_HTTP_ADDRS", "http://10.0.1.10:8500"),
+        ("LOGIN_HTTP_ADDRS", ""),
+        ("MESH_SERVICE", "Web_1"),
+        ("LOGIN_SERVER_ID", ""),
+    ],
+)
+def test_bad_settings_are_refused_before_anything(vm: Vm, setting: str, value: str) -> None:
+    result = vm.run(**{setting: value})
+    assert result.returncode == 1 and result.stderr.startswith("consul-login: ")
+    assert vm.calls() == [] and vm.written() == []
+
+
+def test_logout_destroys_every_token_and_is_idempotent(vm: Vm) -> None:
+    assert vm.run().returncode == 0
+    tokens = sorted(vm.issued().values())
+    before = len(vm.calls())
+
+    result = vm.run("logout")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "consul-login: logged out"
+    logouts = vm.calls()[before:]
+    assert len(logouts) == 3
+    assert all(c.startswith(f"logout -http-addr={ADDRS[0]} -token-file={vm.tokens}/") for c in logouts)
+    assert sorted(vm.logged_out()) == tokens
+    assert not (vm.config / "tokens.hcl").exists()
+    assert list(vm.tokens.iterdir()) == []
+    assert (vm.config / "node.hcl").exists()
+    assert_no_secret(vm, result)
+
+    again = vm.run("logout")
+    assert again.returncode == 0, again.stderr
+    assert len(vm.calls()) == before + 3
+
+
+def test_logout_is_best_effort_and_tries_the_next_server(vm: Vm) -> None:
+    assert vm.run().returncode == 0
+    issued = vm.issued()
+    stuck = issued[METHODS["service"]]
+    result = vm.run("logout", FAKE_CONSUL_DOWN_ADDRS=ADDRS[0], FAKE_CONSUL_LOGOUT_FAIL=stuck)
+    assert result.returncode == 0
+    assert result.stderr.strip() == (
+        f"consul-login: could not log out the service token ({' '.join(ADDRS)}):"
+        " Error destroying token: Unexpected response code: 403"
+    )
+    assert sorted(vm.logged_out()) == sorted(t for t in issued.values() if t != stuck)
+    assert not (vm.config / "tokens.hcl").exists() and list(vm.tokens.iterdir()) == []
+    assert_no_secret(vm, result)
+
+
+def test_logout_with_nothing_logged_in(vm: Vm) -> None:
+    result = vm.run("logout")
+    assert result.returncode == 0, result.stderr
+    assert vm.calls() == []
+
+
+def test_login_script_passes_shellcheck() -> None:
+    shellcheck = tool("shellcheck")
+    for script in (LOGIN, FAKE_CONSUL):
+        result = subprocess.run([shellcheck, "--severity=style", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    # Imported here: test_validators renders every VM at import, which this file does not need.
+    from tests.test_validators import fake_root
+
+    analyze = tool("systemd-analyze")
+    root = fake_root(
+        tmp_path,
+        {
+            "/etc/systemd/system/consul.service": (TEMPLATES / "consul.service").read_text(),
+            "/etc/systemd/system/consul.service.d/login.conf": (TEMPLATES / "consul-login.conf").read_text(),
+            "/etc/systemd/system/consul-login.service": (TEMPLATES / "consul-login.service").read_text(),
+            "/etc/consul.d/login.env": "MESH_SERVICE=web\n",
+            "/usr/local/sbin/consul-login": "#!/bin/sh\n",
+        },
+    )
+    (root / "usr/local/sbin/consul-login").chmod(0o755)
+    result = subprocess.run(
+        [analyze, "verify", f"--root={root}", "consul-login.service", "consul.service"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stderr
+
+
+def test_units_order_the_login_before_the_agent() -> None:
+    unit = (TEMPLATES / "consul-login.service").read_text()
+    for line in [
+        "Before=consul.service",
+        "After=network-online.target",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "EnvironmentFile=/etc/consul.d/login.env",
+        "ExecStart=/usr/local/sbin/consul-login",
+        "ExecStop=/usr/local/sbin/consul-login logout",
+        "TimeoutStartSec=16min",
+    ]:
+        assert line in unit.splitlines(), line
+    dropin = (TEMPLATES / "consul-login.conf").read_text().splitlines()
+    assert "Requires=consul-login.service" in dropin and "After=consul-login.service" in dropin
