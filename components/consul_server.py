@@ -174,15 +174,21 @@ class ConsulServer(pulumi.ComponentResource):
             opts=child,
         )
         parameter_prefix = f"/{PROJECT}/{args.login_prefix}"
-        gossip_parameter = aws.ssm.Parameter(
-            f"{name}-gossip-key-parameter",
-            name=f"{parameter_prefix}/gossip-key",
-            type="SecureString",
-            key_id=secrets_key.arn,
-            value=gossip.base64,
-            description=f"{PROJECT}: the Consul gossip key, read by the servers at boot",
-            tags=tags,
-            opts=child,
+
+        def secure_parameter(resource: str, path: str, value: pulumi.Input[str], what: str) -> aws.ssm.Parameter:
+            return aws.ssm.Parameter(
+                resource,
+                name=f"{parameter_prefix}/{path}",
+                type="SecureString",
+                key_id=secrets_key.arn,
+                value=value,
+                description=f"{PROJECT}: {what}, read at boot",
+                tags=tags,
+                opts=child,
+            )
+
+        gossip_parameter = secure_parameter(
+            f"{name}-gossip-key-parameter", "gossip-key", gossip.base64, "the Consul gossip key of the servers"
         )
         group, rules = ec2.security_group_with_rules(
             name,
@@ -250,15 +256,8 @@ class ConsulServer(pulumi.ComponentResource):
                 opts=child,
             )
 
-            tls_parameter = aws.ssm.Parameter(
-                f"{node}-tls-key-parameter",
-                name=f"{parameter_prefix}/{node}/tls-key",
-                type="SecureString",
-                key_id=secrets_key.arn,
-                value=key.private_key_pem,
-                description=f"{PROJECT}: the TLS private key of Consul server {node}, read by it at boot",
-                tags=tags,
-                opts=child,
+            tls_parameter = secure_parameter(
+                f"{node}-tls-key-parameter", f"{node}/tls-key", key.private_key_pem, f"the TLS key of server {node}"
             )
             # Each server its own role: it may read the gossip key and its own TLS key, nothing more;
             # its node tag names the node identity its aws-iam login gets (identity.NODE_TAG).

@@ -120,35 +120,36 @@ class MeshVm(pulumi.ComponentResource):
         # The Consul roles the auth methods' binding rules name for this service (identity.py); what
         # each grants is in components/acl.py, checked by tests/test_acl.py.
         gossip_path = pulumi.Output.from_input(login.gossip_key_path)
-        agent_policy = consul.AclPolicy(
-            f"{name}-agent",
-            name=identity.policy_name_for(identity.agent_role_name(login.prefix, svc.name)),
-            description=f"{PROJECT}: agent tokens of the nodes of service {svc.name}",
-            rules=gossip_path.apply(lambda path: acl.agent_rules(svc.name, path)),
-            datacenters=[cluster.datacenter],
-            opts=child,
+
+        def bound_role(suffix: str, role: str, rules: pulumi.Input[str], what: str) -> None:
+            """A policy and the role of the same name that a binding rule names (identity.binding_rules)."""
+            policy = consul.AclPolicy(
+                f"{name}-{suffix}",
+                name=identity.policy_name_for(role),
+                description=f"{PROJECT}: {what} of service {svc.name}",
+                rules=rules,
+                datacenters=[cluster.datacenter],
+                opts=child,
+            )
+            consul.AclRole(
+                f"{name}-{suffix}-role",
+                name=role,
+                description=f"{PROJECT}: bound at login: {what} of service {svc.name}",
+                policies=[policy.name],
+                opts=child,
+            )
+
+        bound_role(
+            "agent",
+            identity.agent_role_name(login.prefix, svc.name),
+            gossip_path.apply(lambda path: acl.agent_rules(svc.name, path)),
+            "agent tokens of the nodes",
         )
-        consul.AclRole(
-            f"{name}-agent-role",
-            name=identity.agent_role_name(login.prefix, svc.name),
-            description=f"{PROJECT}: bound at login to the agent tokens of service {svc.name}",
-            policies=[agent_policy.name],
-            opts=child,
-        )
-        agent_read = consul.AclPolicy(
-            f"{name}-agent-read",
-            name=identity.policy_name_for(identity.agent_read_role_name(login.prefix, svc.name)),
-            description=f"{PROJECT}: agent read on the nodes of service {svc.name} (/v1/agent/self)",
-            rules=acl.agent_read_rules(svc.name),
-            datacenters=[cluster.datacenter],
-            opts=child,
-        )
-        consul.AclRole(
-            f"{name}-agent-read-role",
-            name=identity.agent_read_role_name(login.prefix, svc.name),
-            description=f"{PROJECT}: bound at login to the service tokens of service {svc.name}",
-            policies=[agent_read.name],
-            opts=child,
+        bound_role(
+            "agent-read",
+            identity.agent_read_role_name(login.prefix, svc.name),
+            acl.agent_read_rules(svc.name),
+            "agent read on the nodes (/v1/agent/self) for the service tokens",
         )
 
         def render(v: dict[str, object]) -> str:
