@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from components.escape import hcl
+from .escape import hcl
 
 READ, WRITE = "read", "write"
 _ACCESS = {READ: 1, WRITE: 2}

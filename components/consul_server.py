@@ -29,10 +29,10 @@ import pulumi_aws as aws
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components import ec2, identity
-from components.readiness import ServerReady
-from components.spec import PROJECT, SSH_PORT
-from components.userdata import ServerRecipe, encode_user_data, render_server_cloud_config
+from . import ec2, identity
+from .readiness import ServerReady
+from .spec import PROJECT, SSH_PORT
+from .userdata import ServerRecipe, encode_user_data, render_server_cloud_config
 
 HTTPS_PORT = 8501
 SERVER_RPC_PORT = 8300

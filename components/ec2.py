@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components.image import ImagePin
-from components.spec import PROJECT
+from .image import ImagePin
+from .spec import PROJECT
 
 UBUNTU_OWNER = "099720109477"  # Canonical
 UBUNTU_IMAGE = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"

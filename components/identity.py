@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_consul as consul
 
-from components.spec import PROJECT
+from .spec import PROJECT
 
 # IAM role tags the auth methods read (IAMEntityTags): the service a VM runs, the node a server is.
 SERVICE_TAG = "consul-tproxy-vms.service"

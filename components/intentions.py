@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_consul as consul
 
-from components.spec import PROJECT, IntentionSpec
+from .spec import PROJECT, IntentionSpec
 
 
 @dataclass

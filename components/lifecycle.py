@@ -41,10 +41,10 @@ from pulumi.output import Unknown
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.mocks import MockMonitor
 
-from components.image import ImagePinProvider
-from components.readiness import ConsulReadyProvider, ServerReadyProvider
-from components.render import PlanMocks, settle, unwrap
-from components.spec import PROJECT
+from .image import ImagePinProvider
+from .readiness import ConsulReadyProvider, ServerReadyProvider
+from .render import PlanMocks, settle, unwrap
+from .spec import PROJECT
 
 UNKNOWN = rpc.UNKNOWN
 """How an unknown value (preview) appears in recorded inputs and outputs."""

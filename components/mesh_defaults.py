@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_consul as consul
 
-from components.acl import dns_rules
-from components.spec import PROJECT
+from .acl import dns_rules
+from .spec import PROJECT
 
 
 def service_defaults(

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_consul as consul
 
-from components import acl, ec2, identity
-from components.spec import ENVOY_PUBLIC_PORT, PROJECT, SSH_PORT, ServiceSpec
-from components.userdata import Login, VmRecipe, encode_user_data, render_cloud_config
+from . import acl, ec2, identity
+from .spec import ENVOY_PUBLIC_PORT, PROJECT, SSH_PORT, ServiceSpec
+from .userdata import Login, VmRecipe, encode_user_data, render_cloud_config
 
 
 @dataclass

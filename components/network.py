@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components.spec import PROJECT
+from .spec import PROJECT
 
 
 @dataclass

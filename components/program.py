@@ -18,15 +18,15 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_consul as consul
 
-from components import ec2
-from components.consul_server import ConsulServer, ConsulServerArgs, auto_join
-from components.identity import MeshIdentity, MeshIdentityArgs, gossip_key_path, iam_path, login_prefix
-from components.intentions import ServiceIntentions, ServiceIntentionsArgs
-from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
-from components.mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
-from components.network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs
-from components.readiness import ConsulReady
-from components.spec import (
+from . import ec2
+from .consul_server import ConsulServer, ConsulServerArgs, auto_join
+from .identity import MeshIdentity, MeshIdentityArgs, gossip_key_path, iam_path, login_prefix
+from .intentions import ServiceIntentions, ServiceIntentionsArgs
+from .mesh_defaults import MeshDefaults, MeshDefaultsArgs
+from .mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
+from .network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs
+from .readiness import ConsulReady
+from .spec import (
     DEPLOYER,
     PROJECT,
     SECRET_KEYS,
@@ -36,7 +36,7 @@ from components.spec import (
     load_spec,
     split_http_addr,
 )
-from components.userdata import Login, user_data_problems
+from .userdata import Login, user_data_problems
 
 # Answers with the caller's public IPv4 address; used only when adminCidrs names "deployer".
 DEPLOYER_LOOKUP_URL = "https://checkip.amazonaws.com"

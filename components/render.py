@@ -40,9 +40,9 @@ from pulumi.runtime import settings
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 
-from components.program import build, preflight, resolve_admin_cidrs
-from components.spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
-from components.userdata import EC2_USER_DATA_LIMIT, decode_user_data
+from .program import build, preflight, resolve_admin_cidrs
+from .spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
+from .userdata import EC2_USER_DATA_LIMIT, decode_user_data
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARKER = "4dabf18193072939515e22adb298388d"
@@ -447,7 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.stack and not args.config:
         parser.error("give --stack, --config or both")
 
-    path = args.config or ROOT / f"Pulumi.{args.stack}.yaml"
+    # The stack file in the working directory (a project using the package), else this checkout's.
+    path = args.config or next(
+        (p for p in (Path.cwd() / f"Pulumi.{args.stack}.yaml", ROOT / f"Pulumi.{args.stack}.yaml") if p.is_file()),
+        Path.cwd() / f"Pulumi.{args.stack}.yaml",
+    )
     if not path.is_file():
         print(f"error: no stack config at {path}", file=sys.stderr)
         return 2

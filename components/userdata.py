@@ -20,8 +20,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from components import escape
-from components.spec import (
+from . import escape
+from .spec import (
     ENVOY_OUTBOUND_PORT,
     ENVOY_PUBLIC_PORT,
     RedirectExclusions,
@@ -29,7 +29,10 @@ from components.spec import (
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
-SCRIPTS = Path(__file__).parent.parent / "scripts"
+# The scripts shipped onto VMs: the project's top-level scripts/ in a checkout, and the package's own
+# copy (consul_tproxy_vms/scripts, see pyproject.toml) in an installed package.
+_HERE = Path(__file__).parent
+SCRIPTS = _HERE / "scripts" if (_HERE / "scripts").is_dir() else _HERE.parent / "scripts"
 
 # HashiCorp's package signing key (https://apt.releases.hashicorp.com/gpg), embedded in every VM's
 # user data so that no boot waits on a keyserver; apt trusts the repository only under it. The key

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import tomllib
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from components.spec import DEFAULTS, PROJECT, REQUIRED, SECRET_KEYS, TOP_LEVEL_KEYS
 from tests.mocks import ROOT
@@ -43,11 +46,27 @@ def test_structured_keys_are_documented_in_the_project_file() -> None:
         assert re.search(rf"^#\s+{key}:", text, re.M), key
 
 
+def requirement_lines() -> list[str]:
+    text = (ROOT / "requirements.txt").read_text()
+    return [line for line in text.splitlines() if line and not line.startswith("#") and line != "-e ."]
+
+
 def test_requirements_are_pinned() -> None:
-    lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    lines = requirement_lines()
     names = {line.split("==")[0].lower() for line in lines}
     assert {"pulumi", "pulumi-aws", "pulumi-consul", "jinja2"} <= names
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", line) for line in lines), lines
+    # The project's own package is installed from the checkout (editable), so tests and examples
+    # import it as users do: consul_tproxy_vms.
+    assert "-e ." in (ROOT / "requirements.txt").read_text().splitlines()
+
+
+def test_the_pins_satisfy_the_packages_own_dependency_ranges() -> None:
+    pins = {line.split("==")[0].lower(): Version(line.split("==")[1]) for line in requirement_lines()}
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dependency in map(Requirement, dependencies):
+        assert dependency.name.lower() in pins, dependency
+        assert pins[dependency.name.lower()] in dependency.specifier, (dependency, pins[dependency.name.lower()])
 
 
 def test_readme_documents_every_config_key_and_the_test_command() -> None:

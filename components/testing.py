@@ -1,0 +1,282 @@
+"""Test your own stack config with Pulumi's mocks, offline: the public test kit.
+
+    from consul_tproxy_vms.testing import MESH_VM, run_stack
+
+    def test_every_service_gets_a_vm():
+        result = run_stack(Path("Pulumi.mystack.yaml"), stack="mystack")
+        assert {vm.name for vm in result.of_type(MESH_VM)} == {"web", "api"}
+
+`run_stack` validates the config exactly as `pulumi up` does (the same MeshSpecError messages),
+runs the very program `pulumi up` runs (program.build) under `StackMocks`, waits until every
+registration has settled, and returns what was declared (`StackResult`). Nothing goes online:
+adminCidrs "deployer" becomes a documentation address (192.0.2.1/32), every invoke the components
+make is answered by the mocks, and secrets (consulToken, consulGossipKey, generated tokens and keys)
+are placeholders starting with `SECRET_PLACEHOLDER`, never the values a stack file holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from .program import build, preflight, resolve_admin_cidrs
+from .render import (
+    DEPLOYER_STAND_IN,
+    INSTANCE,
+    PlanMocks,
+    _integers,
+    load_stack_config,
+    placeholder,
+    set_plan_mocks,
+    settle,
+    unwrap,
+)
+from .spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
+from .userdata import decode_user_data, unpack_cloud_config
+
+__all__ = [
+    "CONSUL_SERVER",
+    "DEPLOYER_STAND_IN",
+    "INSTANCE",
+    "INTENTIONS",
+    "MESH_VM",
+    "SECRET_PLACEHOLDER",
+    "MeshSpecError",
+    "Resource",
+    "StackMocks",
+    "StackResult",
+    "UnansweredInvoke",
+    "run_stack",
+]
+
+MESH_VM = f"{PROJECT}:index:MeshVm"
+"""The component type of a service's VM (named after the service)."""
+CONSUL_SERVER = f"{PROJECT}:index:ConsulServer"
+"""The component type of the Consul servers a stack creates."""
+INTENTIONS = "consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions"
+"""One `service-intentions` config entry per destination service."""
+SECRET_PLACEHOLDER = "secret-not-rendered:"
+"""How every secret value starts under the kit: no real secret is ever read or made up."""
+
+_GOSSIP_STAND_IN = base64.b64encode(b"placeholder-gossip-key-32-bytes!").decode()
+
+
+class UnansweredInvoke(RuntimeError):
+    """The program made an invoke the mocks have no answer for (a new data source in a component)."""
+
+
+class StackMocks(PlanMocks):
+    """Pulumi mocks that answer every resource and invoke the components use, offline.
+
+    Built on the render's PlanMocks: stand-in addresses, ARNs and IDs derived from resource names
+    (repeatable), placeholders for every generated secret, and a record of what was declared and
+    of each resource's parent. An invoke it has no answer for raises `UnansweredInvoke` naming its
+    token instead of handing the program an empty result. `zones` are the availability zones the
+    region is taken to have (checked against zoneCount, as `pulumi up` does).
+    """
+
+    KNOWN_INVOKES = frozenset(
+        {
+            "consul:index/getAclTokenSecretId:getAclTokenSecretId",
+            "aws:ec2/getAmi:getAmi",
+            "aws:ec2/getVpc:getVpc",
+            "aws:ec2/getSubnets:getSubnets",
+            "aws:ec2/getSubnet:getSubnet",
+            "aws:index/getCallerIdentity:getCallerIdentity",
+            "aws:index/getPartition:getPartition",
+            "aws:index/getRegion:getRegion",
+            "aws:index/getAvailabilityZones:getAvailabilityZones",
+        }
+    )
+    """The invokes the components make, each answered by PlanMocks.call."""
+
+    def __init__(self, zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")) -> None:
+        super().__init__()
+        self.zones = zones
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        """Answer an invoke like AWS or Consul would, from stand-ins; refuse unknown ones loudly."""
+        if args.token not in self.KNOWN_INVOKES:
+            raise UnansweredInvoke(f"StackMocks has no answer for the invoke {args.token}")
+        answer = super().call(args)
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            answer = {"names": list(self.zones), "zoneIds": [f"use1-az{i + 1}" for i in range(len(self.zones))]}
+        return answer
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource (or component) the program declared, as the engine received it."""
+
+    type: str
+    """The type token, e.g. `aws:ec2/instance:Instance` or MESH_VM."""
+    name: str
+    """The resource's logical name."""
+    inputs: dict[str, Any]
+    """Its inputs (camelCase), secrets unwrapped and whole numbers as integers."""
+    parent: str | None
+    """The parent's name, None for a resource at the stack's top level."""
+    parent_type: str | None
+    """The parent's type token, None for a resource at the stack's top level."""
+    custom: bool
+    """True for a cloud resource, False for a component."""
+
+
+@dataclass
+class StackResult:
+    """What a stack config declares: every resource, the resolved outputs, the spec's warnings."""
+
+    resources: list[Resource]
+    """Every resource and component, sorted by type and name (the engine's order varies per run)."""
+    outputs: dict[str, Any]
+    """The stack outputs, resolved (secret outputs as their placeholder values)."""
+    warnings: tuple[str, ...]
+    """Valid but probably unintended config (what `pulumi up` prints as warnings)."""
+    spec: MeshSpec
+    """The validated spec the program ran with."""
+    mocks: StackMocks = field(repr=False)
+    """The mocks of the run (e.g. `mocks.calls`, the invokes made)."""
+
+    def of_type(self, typ: str) -> list[Resource]:
+        """The resources of a type token, sorted by name."""
+        return [r for r in self.resources if r.type == typ]
+
+    def named(self, name: str, typ: str | None = None) -> Resource:
+        """The one resource called `name` (of type `typ`, when names repeat across types)."""
+        found = [r for r in self.resources if r.name == name and typ in (None, r.type)]
+        if len(found) != 1:
+            kinds = ", ".join(r.type for r in found) or "none"
+            raise KeyError(f"{len(found)} resources named {name!r} (types: {kinds}); pass typ to choose")
+        return found[0]
+
+    def children(self, parent: str) -> list[Resource]:
+        """The resources whose parent is called `parent` (e.g. a MeshVm's own resources)."""
+        return [r for r in self.resources if r.parent == parent]
+
+    def vms(self) -> list[str]:
+        """The names of every VM that has user data: each service's MeshVm and each Consul server."""
+        return [r.name.removesuffix("-instance") for r in self.of_type(INSTANCE)]
+
+    def user_data(self, vm: str) -> str:
+        """The cloud-config text cloud-init reads on `vm` (a service name, or a server's name)."""
+        names = {f"{vm}-instance", vm}
+        found = [r for r in self.of_type(INSTANCE) if r.name in names]
+        if not found:
+            raise KeyError(f"no VM {vm!r}; the VMs are: {', '.join(self.vms())}")
+        return decode_user_data(found[0].inputs["userDataBase64"])
+
+    def files(self, vm: str) -> dict[str, str]:
+        """Path -> content of every file the cloud-config of `vm` writes on it."""
+        return unpack_cloud_config(self.user_data(vm))
+
+
+def _parent(urn: str | None) -> tuple[str | None, str | None]:
+    """(type, name) of the resource a URN names; (None, None) for the stack or no URN."""
+    if not urn:
+        return None, None
+    parts = urn.split("::", 3)
+    if len(parts) != 4:
+        return None, None
+    typ = parts[2].rpartition("$")[2]
+    if typ == "pulumi:pulumi:Stack":
+        return None, None
+    return typ, parts[3]
+
+
+def _validated(
+    config: Mapping[str, Any], stack: str, zones: Callable[[], list[str]] | None
+) -> tuple[MeshSpec, dict[str, str]]:
+    """The spec `pulumi up` would run with, and the placeholder secrets; raises MeshSpecError."""
+    raw = {k: v for k, v in config.items() if k not in SECRET_KEYS}
+    secrets = {key: placeholder(key) for key in SECRET_KEYS if key in config}
+    raw.update(secrets)
+    gossip_key = SECRET_KEYS[1]
+    if gossip_key in raw:
+        # load_spec checks the gossip key's form: a well-formed stand-in, never the stack file's.
+        raw[gossip_key] = _GOSSIP_STAND_IN
+    spec = resolve_admin_cidrs(load_spec(raw), lambda: DEPLOYER_STAND_IN)
+    problems = preflight(spec, stack, zones)
+    if problems:
+        raise MeshSpecError(problems)
+    return spec, secrets
+
+
+def _run_to_completion(run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """Run the program in a fresh event loop. When it fails, the registrations it started fail too:
+    their futures are collected here, quietly, rather than whenever the garbage collector next runs
+    (in the middle of another test, where asyncio would log each one)."""
+    failed = False
+
+    def quiet_after_failure(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not failed:
+            loop.default_exception_handler(context)
+
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_exception_handler(quiet_after_failure)
+        try:
+            return runner.run(run())
+        except Exception as err:
+            failed = True
+            # The traceback's frames hold the failed futures: drop them, then collect them now.
+            err.__traceback__ = None
+            err.__context__ = None
+            error = err
+    gc.collect()
+    raise error
+
+
+def run_stack(
+    config: Mapping[str, Any] | Path | str,
+    stack: str = "test",
+    mocks: StackMocks | None = None,
+) -> StackResult:
+    """Run the program for a stack config under mocks, to completion, and return what it declared.
+
+    `config` is the project's config without the `consul-tproxy-vms:` prefix (a mapping), or the
+    path of a Pulumi.<stack>.yaml (its `consul-tproxy-vms:` keys are read; `secure:` values only
+    count as set). `stack` is the stack name, which resource names and tags carry. Pass `mocks`
+    (a StackMocks, e.g. with other `zones`) to change the stand-ins.
+
+    Bad config raises MeshSpecError with the message `pulumi up` gives, before anything is
+    declared. The event loop is run here (asyncio.run): call it from a plain, not async, test.
+    """
+    if isinstance(config, (str, Path)):
+        config = load_stack_config(Path(config))
+    mocks = mocks if mocks is not None else StackMocks()
+    spec, secrets = _validated(config, stack, lambda: list(mocks.zones))
+
+    async def run() -> dict[str, Any]:
+        set_plan_mocks(mocks, stack)
+        token_key, gossip_key = SECRET_KEYS
+        token = secrets.get(token_key) if spec.consul is not None else None
+        return await settle(build(spec, token, secrets.get(gossip_key)))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("run_stack runs its own event loop: call it from a plain (not async) function")
+    outputs = _run_to_completion(run)
+
+    resources = []
+    for r in sorted(mocks.resources, key=lambda r: (r.typ, r.name)):
+        parent_type, parent_name = _parent(mocks.parent_of.get((r.typ, r.name)))
+        resources.append(
+            Resource(
+                type=r.typ,
+                name=r.name,
+                inputs=_integers(unwrap(dict(r.inputs))),
+                parent=parent_name,
+                parent_type=parent_type,
+                custom=bool(r.custom),
+            )
+        )
+    return StackResult(resources=resources, outputs=_integers(outputs), warnings=spec.warnings, spec=spec, mocks=mocks)
