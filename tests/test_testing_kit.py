@@ -1,0 +1,155 @@
+"""The public test kit (consul_tproxy_vms.testing): offline, settled, validated like `pulumi up`."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import re
+import socket
+import urllib.request
+from pathlib import Path
+
+import consul_tproxy_vms.program
+import pytest
+import yaml
+from consul_tproxy_vms.testing import (
+    INSTANCE,
+    INTENTIONS,
+    MESH_VM,
+    SECRET_PLACEHOLDER,
+    MeshSpecError,
+    StackMocks,
+    UnansweredInvoke,
+    run_stack,
+)
+
+from tests.mocks import CONSUL_TOKEN, GOSSIP_KEY, demo_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "user-stack" / "test_my_stack.py"
+EXISTING = {
+    **demo_config(),
+    "adminCidrs": [],
+    "consulHttpAddr": "https://10.0.1.10:8501",
+    "consulRetryJoin": ["10.0.1.10"],
+    "consulToken": CONSUL_TOKEN,
+    "consulGossipKey": GOSSIP_KEY,
+    "vpcId": "vpc-0aaaaaaaaaaaaaaaa",
+    "subnetIds": ["subnet-0aaaaaaaaaaaaaaaa"],
+}
+
+
+def test_demo_config_runs_to_completion():
+    result = run_stack(demo_config())
+    vms = result.of_type(MESH_VM)
+    assert [vm.name for vm in vms] == ["api", "web"]
+    # Settled: each MeshVm's own instance is there, and the outputs are plain values.
+    for vm in vms:
+        instance = result.named(f"{vm.name}-instance")
+        assert (instance.type, instance.parent, instance.parent_type) == (INSTANCE, vm.name, MESH_VM)
+        assert instance in result.children(vm.name)
+    api = result.outputs["services"]["api"]
+    assert api["instanceId"] == "api-instance-id"
+    assert api["virtualHostname"] == "api.virtual.consul"
+    assert api["port"] == 9091
+    assert api["privateIp"].startswith("10.42.")
+    assert result.outputs["intentions"] == [{"source": "web", "destination": "api", "action": "allow"}]
+    assert result.outputs["consulManagementToken"].startswith(SECRET_PLACEHOLDER)
+    assert [r.inputs["name"] for r in result.of_type(INTENTIONS)] == ["api"]
+    assert set(result.vms()) == {"api", "web", "consul-server-0"}
+    assert result.spec.admin_cidrs == ("192.0.2.1/32",)
+    assert result.warnings == ()
+    assert "/etc/consul.d/service-web.hcl" in result.files("web")
+    assert result.user_data("web").startswith("#cloud-config")
+    assert isinstance(result.outputs["services"]["web"]["port"], int)
+
+
+def test_nothing_goes_online(monkeypatch):
+    def offline(*args, **kwargs):
+        raise AssertionError(f"went online: {args!r}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", offline)
+    monkeypatch.setattr(consul_tproxy_vms.program, "deployer_cidr", offline)
+    result = run_stack(demo_config())
+    assert len(result.of_type(MESH_VM)) == 2
+    assert "192.0.2.1/32" in result.spec.admin_cidrs
+
+
+def test_existing_cluster_secrets_are_placeholders():
+    result = run_stack(EXISTING)
+    assert result.of_type("consul-tproxy-vms:index:ConsulServer") == []
+    assert result.outputs["consulManagementToken"] == "secret-not-rendered:consulToken"
+    assert result.outputs["consulGossipKey"] == "secret-not-rendered:consulGossipKey"
+    everything = repr([r.inputs for r in result.resources]) + repr(result.outputs)
+    assert CONSUL_TOKEN not in everything
+    assert GOSSIP_KEY not in everything
+    for vm in result.vms():
+        assert SECRET_PLACEHOLDER not in result.user_data(vm), vm
+
+
+def test_bad_config_raises_naming_the_key_and_leaks_nothing():
+    mocks = StackMocks()
+    bad = {**demo_config(), "services": {"web": {"port": 99999}}}
+    with pytest.raises(MeshSpecError, match=r"services\.web\.port"):
+        run_stack(bad, mocks=mocks)
+    assert mocks.resources == []
+    first = run_stack({**demo_config(), "services": {"solo": {"port": 8000}}, "intentions": []})
+    second = run_stack(demo_config())
+    assert [vm.name for vm in first.of_type(MESH_VM)] == ["solo"]
+    assert [vm.name for vm in second.of_type(MESH_VM)] == ["api", "web"]
+    assert not [r for r in second.resources if r.name.startswith("solo")]
+    assert len(second.resources) == len(run_stack(demo_config()).resources)
+
+
+def test_zone_count_checked_against_the_mocks_zones():
+    with pytest.raises(MeshSpecError, match="zoneCount: 3 is more than the 2 availability zones"):
+        run_stack({**demo_config(), "zoneCount": 3}, mocks=StackMocks(zones=("eu-west-1a", "eu-west-1b")))
+    assert len(run_stack({**demo_config(), "zoneCount": 3}).of_type("aws:ec2/subnet:Subnet")) == 3
+
+
+def test_stack_file_path(tmp_path):
+    doc = {
+        "config": {
+            "aws:region": "us-east-1",
+            **{f"consul-tproxy-vms:{k}": v for k, v in EXISTING.items() if k != "consulToken"},
+            "consul-tproxy-vms:consulToken": {"secure": "v1:ciphertext-never-read"},
+            "other-project:services": {"ignored": {"port": 1}},
+        }
+    }
+    path = tmp_path / "Pulumi.mine.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    for given in (path, str(path)):
+        result = run_stack(given, stack="mine")
+        assert [vm.name for vm in result.of_type(MESH_VM)] == ["api", "web"]
+        assert result.outputs["consulManagementToken"] == "secret-not-rendered:consulToken"
+        assert result.named("api-instance").inputs["tags"]["consul-tproxy-vms:stack"] == "mine"
+
+
+def test_unanswered_invoke_is_named():
+    class Fewer(StackMocks):
+        KNOWN_INVOKES = StackMocks.KNOWN_INVOKES - {"aws:ec2/getAmi:getAmi"}
+
+    with pytest.raises(UnansweredInvoke, match="aws:ec2/getAmi:getAmi"):
+        run_stack(demo_config(), mocks=Fewer())
+
+
+def test_refuses_a_running_event_loop():
+    async def inside():
+        run_stack(demo_config())
+
+    with pytest.raises(RuntimeError, match="plain"):
+        asyncio.run(inside())
+
+
+def test_readme_shows_the_example_test_file():
+    readme = (ROOT / "README.md").read_text()
+    heading = "## Test your own stack"
+    if heading not in readme:
+        pytest.fail(f'README.md has no "{heading}" section: merge /tmp/readme-testing.md into it')
+    section = readme.split(heading, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```$", section, flags=re.S | re.M)
+    assert EXAMPLE.read_text() in blocks, f"the section's python block differs from {EXAMPLE.relative_to(ROOT)}"
