@@ -57,7 +57,25 @@ def read_config() -> dict[str, Any]:
         value = pulumi.runtime.get_config(key)
         if value is not None:
             raw[key[len(prefix) :]] = value
+    for message in foreign_keys(set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())):
+        pulumi.log.warn(message)
     return raw
+
+
+def foreign_keys(keys: set[str]) -> list[str]:
+    """Config keys outside this project's namespace that look like its keys: set without the prefix
+    (`pulumi config set services ...` in a project named otherwise) or with a misspelled one. Pulumi
+    hands them to no program, so they would be ignored without a word."""
+    found = []
+    for key in sorted(keys):
+        namespace, _, name = key.rpartition(":")
+        if namespace == PROJECT or namespace in ("aws", "consul", "pulumi", "random", "tls"):
+            continue
+        if name in TOP_LEVEL_KEYS:
+            found.append(
+                f"config key {key!r} is not in the {PROJECT!r} namespace, so it is ignored: set it as {PROJECT}:{name}"
+            )
+    return found
 
 
 def dns_policy_name(stack: str) -> str:

@@ -159,7 +159,8 @@ class MeshSpecError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         listed = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid stack config for {PROJECT} ({len(problems)} problems):\n{listed}")
+        count = f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
+        super().__init__(f"invalid stack config for {PROJECT} ({count}):\n{listed}")
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,9 @@ class _Problems:
         self.items: list[str] = []
 
     def add(self, key: str, value: Any, why: str) -> None:
-        self.items.append(f"{key}: {json.dumps(value, default=str)} {why}")
+        # A missing value has nothing to show: "port is missing", not "port: null is missing".
+        shown = "" if value is None and why.startswith("is missing") else f" {json.dumps(value, default=str)}"
+        self.items.append(f"{key}:{shown} {why}")
 
 
 def _decode(raw: Any, key: str, problems: _Problems) -> Any:

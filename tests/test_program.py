@@ -613,3 +613,13 @@ def test_consul_names_fit_their_limits_for_the_longest_stack_and_service_names()
     assert len(role) <= 256 and re.fullmatch(r"[A-Za-z0-9_-]+", role)
     policy = identity.policy_name_for(role)
     assert len(policy) <= 128 and policy != identity.policy_name_for(identity.agent_role_name(prefix, "a" * 63))
+
+
+def test_keys_outside_the_namespace_that_look_like_ours_are_named() -> None:
+    found = program.foreign_keys({"consul-tproxy:services", "myproject:adminCidrs", "aws:region", "other:color"})
+    assert found == [
+        "config key 'consul-tproxy:services' is not in the 'consul-tproxy-vms' namespace, so it is ignored: "
+        "set it as consul-tproxy-vms:services",
+        "config key 'myproject:adminCidrs' is not in the 'consul-tproxy-vms' namespace, so it is ignored: "
+        "set it as consul-tproxy-vms:adminCidrs",
+    ]

@@ -163,7 +163,7 @@ def test_longest_dns_label_is_fine() -> None:
 @pytest.mark.parametrize(
     ("port", "fragment"),
     [
-        (None, "services.api.port: null is missing"),
+        (None, "services.api.port: is missing"),
         ("8080", 'services.api.port: "8080" must be an integer'),
         (8080.5, "services.api.port: 8080.5 must be an integer"),
         (True, "services.api.port: true must be an integer"),
@@ -182,7 +182,7 @@ def test_bad_ports(port: Any, fragment: str) -> None:
 
 def test_no_services() -> None:
     assert any("services: {} is empty" in p for p in problems(services={}, intentions=[]))
-    assert any("services: null is missing" in p for p in problems(services=None, intentions=[]))
+    assert any("services: is missing" in p for p in problems(services=None, intentions=[]))
     assert any("services: [] must be a map" in p for p in problems(services=[], intentions=[]))
 
 
@@ -216,7 +216,7 @@ def test_intention_problems_are_all_reported_at_once() -> None:
         "intentions[2]: {",  # the whole intention is named
         "names the same service as source and destination",
         "repeats the source/destination pair of intentions[3]",
-        "intentions[5].source: null is missing",
+        "intentions[5].source: is missing",
         'intentions[6]: "web->api" must be an object',
     ]
     for fragment in expected:
@@ -277,9 +277,9 @@ def test_bad_top_level_values(overrides: dict[str, Any], fragment: str) -> None:
     ("overrides", "fragment"),
     [
         ({"consulHttpAddr": "10.0.1.10:8501"}, 'consulHttpAddr: "10.0.1.10:8501" is not an address'),
-        ({"consulRetryJoin": []}, "consulRetryJoin: null is missing: an existing cluster"),
+        ({"consulRetryJoin": []}, "consulRetryJoin: is missing: an existing cluster"),
         ({"consulRetryJoin": ['a b"c']}, "consulRetryJoin[0]: "),
-        ({"consulToken": None}, "consulToken: null is missing: an existing cluster"),
+        ({"consulToken": None}, "consulToken: is missing: an existing cluster"),
         ({"consulCaPem": "not a cert"}, 'consulCaPem: "<text>" is not a PEM certificate'),
     ],
 )
@@ -303,3 +303,9 @@ def test_error_message_lists_every_problem() -> None:
     message = str(caught.value)
     assert message.startswith("invalid stack config for consul-tproxy-vms (3 problems):")
     assert message.count("\n  - ") == 3
+
+
+def test_one_problem_is_one_problem() -> None:
+    with pytest.raises(MeshSpecError) as caught:
+        load_spec({"services": {"web": {"port": 9090, "prot": 1}}, "adminCidrs": ["203.0.113.0/24"]})
+    assert "(1 problem):" in str(caught.value)
