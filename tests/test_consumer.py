@@ -9,7 +9,6 @@ installs consul-tproxy-vms from a copy of the checkout with --no-deps --no-build
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -42,17 +41,12 @@ def test_the_consumer_example_works_copied_out_of_the_checkout(tmp_path: Path) -
     project = tmp_path / "my-consumer"
     shutil.copytree(EXAMPLE, project, ignore=NOT_COPIED)
 
-    run(sys.executable, "-m", "venv", "venv", cwd=project)
+    # Without its own pip and setuptools: the ones reached through the .pth file (this venv's,
+    # setuptools pinned in requirements.txt) build the wheel, offline.
+    run(sys.executable, "-m", "venv", "--without-pip", "venv", cwd=project)
     python = project / "venv" / "bin" / "python"
     site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=project).strip())
     (site / "zz_offline_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-
-    # setuptools before 70.1 builds wheels only with the `wheel` package beside it.
-    has_wheel = "import importlib.util, setuptools; print(importlib.util.find_spec('wheel') is not None"
-    has_wheel += " or tuple(map(int, setuptools.__version__.split('.')[:2])) >= (70, 1))"
-    if run(python, "-c", has_wheel, cwd=project).strip() != "True":
-        assert importlib.util.find_spec("pip")
-        run(python, "-m", "pip", "install", "--quiet", "--no-deps", "wheel", cwd=project)
 
     # requirements.txt as a user outside this repository has it: the package's line points at its
     # source (here the copy; for real use the git tag), the rest is already there (pytest).
