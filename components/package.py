@@ -149,7 +149,8 @@ class MeshServiceError(MeshSpecError):
     def __init__(self, component: str, problems: list[str]) -> None:
         self.problems = problems
         listed = "\n".join(f"  - {p}" for p in problems)
-        ValueError.__init__(self, f"{component}: invalid inputs ({len(problems)} problem(s)):\n{listed}")
+        count = f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
+        ValueError.__init__(self, f"{component}: invalid inputs ({count}):\n{listed}")
 
 
 def _is_output(value: Any) -> bool:

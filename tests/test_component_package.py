@@ -297,7 +297,7 @@ class UnderMocks(unittest.IsolatedAsyncioTestCase):
 
     async def test_bad_service_inputs_are_refused_with_their_key(self) -> None:
         message = self.refused(service_args(port=0, command="relative/path", packages=["consul"]))
-        self.assertIn("MeshService reports: invalid inputs (3 problem(s))", message)
+        self.assertIn("MeshService reports: invalid inputs (3 problems)", message)
         self.assertIn("port: 0", message)
         self.assertIn("command: ", message)
         self.assertIn("packages[0]: ", message)
@@ -318,7 +318,9 @@ class UnderMocks(unittest.IsolatedAsyncioTestCase):
     async def test_cloud_auto_join_is_required_with_an_output_retry_join(self) -> None:
         args = service_args()
         args["cluster"] = {k: v for k, v in args["cluster"].items() if k != "cloud_auto_join"}
-        self.assertIn("cluster.cloudAutoJoin: must be set when cluster.retryJoin is an Output", self.refused(args))
+        message = self.refused(args)
+        self.assertIn("MeshService reports: invalid inputs (1 problem):", message)
+        self.assertIn("cluster.cloudAutoJoin: must be set when cluster.retryJoin is an Output", message)
 
     async def test_bad_intentions_are_refused(self) -> None:
         with self.assertRaises(MeshServiceError) as caught:
