@@ -304,8 +304,9 @@ class MeshSpec:
         return self.servers is not None
 
 
-class _Problems:
-    """Collects problems so one run reports all of them."""
+class Problems:
+    """Collects problems so one run reports all of them. Public, with the checkers below, for
+    projects that validate their own keys by the mesh's rules (examples/consumer, package.py)."""
 
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -316,7 +317,7 @@ class _Problems:
         self.items.append(f"{key}:{shown} {why}")
 
 
-def _decode(raw: Any, key: str, problems: _Problems) -> Any:
+def _decode(raw: Any, key: str, problems: Problems) -> Any:
     """Structured config arrives as JSON text from `pulumi config`; decode it once, here."""
     if not isinstance(raw, str):
         return raw
@@ -331,7 +332,7 @@ def _decode(raw: Any, key: str, problems: _Problems) -> Any:
 
 
 def _string(
-    raw: Any, key: str, problems: _Problems, pattern: re.Pattern[str] | None = None, what: str = ""
+    raw: Any, key: str, problems: Problems, pattern: re.Pattern[str] | None = None, what: str = ""
 ) -> str | None:
     if not isinstance(raw, str):
         problems.add(key, raw, "must be a string")
@@ -342,7 +343,8 @@ def _string(
     return raw
 
 
-def _bool(raw: Any, key: str, problems: _Problems) -> bool | None:
+def boolean(raw: Any, key: str, problems: Problems) -> bool | None:
+    """true/false (a bool, or its text as `pulumi config` stores it); else a problem and None."""
     if isinstance(raw, bool):
         return raw
     if isinstance(raw, str) and raw.lower() in ("true", "false"):
@@ -351,7 +353,7 @@ def _bool(raw: Any, key: str, problems: _Problems) -> bool | None:
     return None
 
 
-def _int(raw: Any, key: str, problems: _Problems, low: int, high: int, what: str) -> int | None:
+def _int(raw: Any, key: str, problems: Problems, low: int, high: int, what: str) -> int | None:
     # bool is an int in Python, and JSON numbers may arrive as floats (Pulumi's engine does that).
     if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)
@@ -364,14 +366,15 @@ def _int(raw: Any, key: str, problems: _Problems, low: int, high: int, what: str
     return raw
 
 
-def _config_int(raw: Any, key: str, problems: _Problems, low: int, high: int, what: str) -> int | None:
+def _config_int(raw: Any, key: str, problems: Problems, low: int, high: int, what: str) -> int | None:
     """A top-level integer key: `pulumi config set` stores it as text."""
     if isinstance(raw, str) and re.fullmatch(r"\s*-?\d+\s*", raw):
         raw = int(raw)
     return _int(raw, key, problems, low, high, what)
 
 
-def _list(raw: Any, key: str, problems: _Problems) -> list[Any]:
+def json_list(raw: Any, key: str, problems: Problems) -> list[Any]:
+    """A list (or its JSON text as `pulumi config` stores it); else a problem and []."""
     raw = _decode(raw, key, problems)
     if raw is None:
         return []
@@ -381,12 +384,15 @@ def _list(raw: Any, key: str, problems: _Problems) -> list[Any]:
     return raw
 
 
-def _ports(raw: Any, key: str, problems: _Problems) -> tuple[int, ...]:
-    ports = (_int(p, f"{key}[{i}]", problems, 1, 65535, "a TCP port") for i, p in enumerate(_list(raw, key, problems)))
+def _ports(raw: Any, key: str, problems: Problems) -> tuple[int, ...]:
+    ports = (
+        _int(p, f"{key}[{i}]", problems, 1, 65535, "a TCP port") for i, p in enumerate(json_list(raw, key, problems))
+    )
     return tuple(sorted({p for p in ports if p is not None}))
 
 
-def _cidr(raw: Any, key: str, problems: _Problems, deployer: bool = False) -> str | None:
+def parse_cidr(raw: Any, key: str, problems: Problems, deployer: bool = False) -> str | None:
+    """An IPv4 CIDR in canonical form (or "deployer" where allowed); else a problem and None."""
     if deployer and raw == DEPLOYER:
         return raw
     if not isinstance(raw, str):
@@ -404,8 +410,9 @@ def _cidr(raw: Any, key: str, problems: _Problems, deployer: bool = False) -> st
     return str(network)
 
 
-def _cidrs(raw: Any, key: str, problems: _Problems, deployer: bool = False) -> tuple[str, ...]:
-    cidrs = (_cidr(c, f"{key}[{i}]", problems, deployer) for i, c in enumerate(_list(raw, key, problems)))
+def cidr_list(raw: Any, key: str, problems: Problems, deployer: bool = False) -> tuple[str, ...]:
+    """A list of IPv4 CIDRs, sorted and without repeats; each bad entry is a problem naming its index."""
+    cidrs = (parse_cidr(c, f"{key}[{i}]", problems, deployer) for i, c in enumerate(json_list(raw, key, problems)))
     return tuple(sorted({c for c in cidrs if c is not None}))
 
 
@@ -420,7 +427,7 @@ def looks_secret(name: Any) -> bool:
     return folded in {k.lower() for k in SECRET_KEYS} or any(word in folded for word in SECRET_WORDS)
 
 
-def _unknown_keys(obj: Mapping[Any, Any], allowed: frozenset[str], key: str, problems: _Problems) -> None:
+def _unknown_keys(obj: Mapping[Any, Any], allowed: frozenset[str], key: str, problems: Problems) -> None:
     for name in sorted(set(obj) - allowed, key=str):
         shown = "<secret>" if looks_secret(name) else obj[name]
         close = difflib.get_close_matches(str(name), sorted(allowed), n=1)
@@ -428,7 +435,7 @@ def _unknown_keys(obj: Mapping[Any, Any], allowed: frozenset[str], key: str, pro
         problems.add(f"{key}.{name}" if key else str(name), shown, f"is not a known key ({hint})")
 
 
-def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problems) -> ServiceSpec | None:
+def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems) -> ServiceSpec | None:
     key = f"services.{name}"
     if not isinstance(name, str) or not DNS_LABEL.fullmatch(name):
         problems.add(
@@ -471,7 +478,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
         problems.add(f"{key}.protocol", protocol, f"is not one of {', '.join(PROTOCOLS)}")
 
     upstreams = []
-    for i, up in enumerate(_list(raw.get("upstreams", []), f"{key}.upstreams", problems)):
+    for i, up in enumerate(json_list(raw.get("upstreams", []), f"{key}.upstreams", problems)):
         if _string(up, f"{key}.upstreams[{i}]", problems, DNS_LABEL, "a service name") is not None:
             upstreams.append(up)
 
@@ -493,7 +500,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
             f"no trailing backslash, at most {MAX_COMMAND} characters",
         )
     packages = []
-    for i, pkg in enumerate(_list(raw.get("packages", []), f"{key}.packages", problems)):
+    for i, pkg in enumerate(json_list(raw.get("packages", []), f"{key}.packages", problems)):
         if (
             _string(
                 pkg,
@@ -535,12 +542,12 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: _Problem
     _string(instance_type, f"{key}.instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
     uids = (
         _int(u, f"{key}.excludeUids[{i}]", problems, 0, 2**31 - 1, "a user ID")
-        for i, u in enumerate(_list(raw.get("excludeUids", []), f"{key}.excludeUids", problems))
+        for i, u in enumerate(json_list(raw.get("excludeUids", []), f"{key}.excludeUids", problems))
     )
     exclusions = RedirectExclusions(
         inbound_ports=_ports(raw.get("excludeInboundPorts", []), f"{key}.excludeInboundPorts", problems),
         outbound_ports=_ports(raw.get("excludeOutboundPorts", []), f"{key}.excludeOutboundPorts", problems),
-        outbound_cidrs=_cidrs(raw.get("excludeOutboundCidrs", []), f"{key}.excludeOutboundCidrs", problems),
+        outbound_cidrs=cidr_list(raw.get("excludeOutboundCidrs", []), f"{key}.excludeOutboundCidrs", problems),
         uids=tuple(sorted({u for u in uids if u is not None})),
     )
     if len(problems.items) != before or port is None:
@@ -561,17 +568,17 @@ def load_service(name: str, raw: Any, default_instance_type: str = DEFAULTS["ins
 
     For projects that add a VM to an existing mesh: the same rules as the mesh's own services.
     """
-    problems = _Problems()
+    problems = Problems()
     service = _service(name, _decode(raw, f"services.{name}", problems), default_instance_type, problems)
     if problems.items or service is None:
         raise MeshSpecError(problems.items)
     return service
 
 
-def _intentions(raw: Any, services: Mapping[str, Any], problems: _Problems) -> tuple[IntentionSpec, ...]:
+def _intentions(raw: Any, services: Mapping[str, Any], problems: Problems) -> tuple[IntentionSpec, ...]:
     result: list[IntentionSpec] = []
     seen: dict[tuple[str, str], int] = {}
-    for i, item in enumerate(_list(raw, "intentions", problems)):
+    for i, item in enumerate(json_list(raw, "intentions", problems)):
         key = f"intentions[{i}]"
         if not isinstance(item, Mapping):
             problems.add(key, item, "must be an object such as {source: web, destination: api, action: allow}")
@@ -613,7 +620,8 @@ def _intentions(raw: Any, services: Mapping[str, Any], problems: _Problems) -> t
     return tuple(result)
 
 
-def _versions(consul: str | None, envoy: str | None, problems: _Problems) -> None:
+def check_versions(consul: str | None, envoy: str | None, problems: Problems) -> None:
+    """A problem unless Consul `consul` runs Envoy `envoy` (SUPPORTED_ENVOY)."""
     if consul is None or envoy is None:
         return
     supported = envoy_supported(consul, envoy)
@@ -631,7 +639,7 @@ def _versions(consul: str | None, envoy: str | None, problems: _Problems) -> Non
         )
 
 
-def _http_addr(raw: Any, problems: _Problems) -> str | None:
+def _http_addr(raw: Any, problems: Problems) -> str | None:
     value = _string(
         raw,
         "consulHttpAddr",
@@ -669,7 +677,7 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
 
     Raises MeshSpecError listing every problem; the caller declares nothing in that case.
     """
-    problems = _Problems()
+    problems = Problems()
     _unknown_keys(raw, TOP_LEVEL_KEYS, "", problems)
     for name in REQUIRED:
         if raw.get(name) in (None, ""):
@@ -722,9 +730,9 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     )
     consul_version = _string(get("consulVersion"), "consulVersion", problems, VERSION, "a version such as 1.22.1")
     envoy_version = _string(get("envoyVersion"), "envoyVersion", problems, VERSION, "a version such as 1.35.3")
-    _versions(consul_version, envoy_version, problems)
-    mesh_destinations_only = _bool(get("meshDestinationsOnly"), "meshDestinationsOnly", problems)
-    admin_cidrs = _cidrs(get("adminCidrs"), "adminCidrs", problems, deployer=True)
+    check_versions(consul_version, envoy_version, problems)
+    mesh_destinations_only = boolean(get("meshDestinationsOnly"), "meshDestinationsOnly", problems)
+    admin_cidrs = cidr_list(get("adminCidrs"), "adminCidrs", problems, deployer=True)
 
     consul = _existing_cluster(raw, problems)
     servers = None
@@ -751,7 +759,7 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         optional[key] = _string(value, key, problems, pattern, what) if value is not None else None
 
     image_generation = _config_int(get("imageGeneration"), "imageGeneration", problems, 0, 1000, "an image generation")
-    protect_server_data = _bool(get("protectServerData"), "protectServerData", problems)
+    protect_server_data = boolean(get("protectServerData"), "protectServerData", problems)
     if protect_server_data and consul is not None:
         problems.add(
             "protectServerData", True, "only applies when the stack creates its servers (consulHttpAddr is set)"
@@ -814,7 +822,7 @@ def footguns(
     return tuple(found)
 
 
-def _existing_cluster(raw: Mapping[str, Any], problems: _Problems) -> ConsulClusterSpec | None:
+def _existing_cluster(raw: Mapping[str, Any], problems: Problems) -> ConsulClusterSpec | None:
     """The cluster named by consulHttpAddr and its companions; None when the stack creates servers."""
     given = [key for key in EXISTING_CLUSTER_KEYS if raw.get(key) not in (None, "", [], "[]")]
     if "consulHttpAddr" not in given:
@@ -836,7 +844,7 @@ def _existing_cluster(raw: Mapping[str, Any], problems: _Problems) -> ConsulClus
             )
     http_addr = _http_addr(raw["consulHttpAddr"], problems)
     retry_join = []
-    for i, target in enumerate(_list(raw.get("consulRetryJoin"), "consulRetryJoin", problems)):
+    for i, target in enumerate(json_list(raw.get("consulRetryJoin"), "consulRetryJoin", problems)):
         if (
             _string(
                 target,
@@ -878,7 +886,7 @@ def _existing_cluster(raw: Mapping[str, Any], problems: _Problems) -> ConsulClus
     return ConsulClusterSpec(http_addr=http_addr, retry_join=tuple(retry_join), ca_pem=ca_pem)
 
 
-def _servers(get: Callable[[str], Any], problems: _Problems) -> ServersSpec | None:
+def _servers(get: Callable[[str], Any], problems: Problems) -> ServersSpec | None:
     count = get("serverCount")
     count_value = _config_int(count, "serverCount", problems, 1, 5, "a server count")
     if count_value is not None and count_value not in SERVER_COUNTS:
@@ -899,13 +907,13 @@ def _servers(get: Callable[[str], Any], problems: _Problems) -> ServersSpec | No
     return ServersSpec(count=count_value, instance_type=instance_type)
 
 
-def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: _Problems) -> NetworkSpec | None:
+def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: Problems) -> NetworkSpec | None:
     before = len(problems.items)
     vpc_id = _optional(raw, "vpcId")
     if vpc_id is not None:
         vpc_id = _string(vpc_id, "vpcId", problems, VPC_ID, "a VPC id such as vpc-0123456789abcdef0")
     subnet_ids = []
-    raw_subnets = _list(get("subnetIds"), "subnetIds", problems)
+    raw_subnets = json_list(get("subnetIds"), "subnetIds", problems)
     for i, subnet in enumerate(raw_subnets):
         if (
             _string(
@@ -922,7 +930,7 @@ def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: _Probl
         problems.add("subnetIds", subnet_ids, "names a subnet twice")
     if vpc_id and not raw_subnets:
         problems.add("subnetIds", [], "is empty: with vpcId set, name the subnets the VMs go into")
-    vpc_cidr = _cidr(get("vpcCidr"), "vpcCidr", problems)
+    vpc_cidr = parse_cidr(get("vpcCidr"), "vpcCidr", problems)
     if vpc_cidr is not None and not 16 <= ipaddress.ip_network(vpc_cidr).prefixlen <= 24:
         problems.add(
             "vpcCidr", vpc_cidr, "must be a /16 to /24 network (AWS allows /16-/28; subnets are 4 bits longer)"

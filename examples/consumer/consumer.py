@@ -49,11 +49,11 @@ from consul_tproxy_vms.spec import (
     DNS_LABEL,
     IntentionSpec,
     MeshSpecError,
+    Problems,
     ServiceSpec,
-    _bool,
-    _cidrs,
-    _list,
-    _Problems,
+    boolean,
+    cidr_list,
+    json_list,
     load_service,
     split_http_addr,
 )
@@ -97,7 +97,7 @@ def load_consumer_spec(raw: Mapping[str, Any]) -> ConsumerSpec:
 
     Raises MeshSpecError listing every problem, each naming its key and value.
     """
-    problems = _Problems()
+    problems = Problems()
     mesh_stack = raw.get("meshStack")
     if not isinstance(mesh_stack, str) or not MESH_STACK.fullmatch(mesh_stack):
         problems.add("meshStack", mesh_stack, "is not <organization>/<project>/<stack> (the mesh stack to build on)")
@@ -120,7 +120,7 @@ def load_consumer_spec(raw: Mapping[str, Any]) -> ConsumerSpec:
             p for p in _service_problems(err.problems, str(name)) if not (port is None and p.startswith("port:"))
         ]
 
-    allow_from = _list(raw.get("allowFrom", ["web"]), "allowFrom", problems)
+    allow_from = json_list(raw.get("allowFrom", ["web"]), "allowFrom", problems)
     seen = set()
     for index, source in enumerate(allow_from):
         key = f"allowFrom[{index}]"
@@ -132,8 +132,8 @@ def load_consumer_spec(raw: Mapping[str, Any]) -> ConsumerSpec:
             problems.add(key, source, "is listed twice")
         seen.add(source)
 
-    admin_cidrs = _cidrs(raw.get("adminCidrs", []), "adminCidrs", problems)
-    creates = _bool(raw.get("meshCreatesServers", True), "meshCreatesServers", problems)
+    admin_cidrs = cidr_list(raw.get("adminCidrs", []), "adminCidrs", problems)
+    creates = boolean(raw.get("meshCreatesServers", True), "meshCreatesServers", problems)
 
     if problems.items or service is None or creates is None:
         raise MeshSpecError(problems.items)
