@@ -37,7 +37,10 @@ from components.spec import SECRET_KEYS, load_spec  # noqa: E402
 from components.userdata import EC2_USER_DATA_LIMIT  # noqa: E402
 
 TARGET_RATIO = 1.5
-TARGET_SENT_BYTES = 8 * 1024
+# A quarter of EC2's limit kept free (tests/test_userdata.py enforces it with 20 exclusions of each
+# kind). The earlier 8 KiB target no longer holds: the embedded apt key (3 KB that do not compress)
+# and the boot login script are in every VM's user data.
+TARGET_SENT_BYTES = 12 * 1024
 
 
 def mesh_config(services: int, exclusions: int = 0) -> dict[str, Any]:
