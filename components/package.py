@@ -29,7 +29,7 @@ from typing import Any, NotRequired, TypedDict
 
 import pulumi
 
-from . import spec
+from . import checks, spec
 from .intentions import ServiceIntentions, ServiceIntentionsArgs
 from .mesh_defaults import service_defaults
 from .mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
@@ -206,8 +206,8 @@ def _match(value: Any, key: str, pattern: Any, what: str, problems: list[str]) -
 def _check_inputs(args: Mapping[str, Any], problems: list[str]) -> tuple[tuple[str, ...], bool | None]:
     """Everything but the service fields: admin networks, IDs, versions, cluster and login."""
     admin = _plain(args.get("admin_cidrs") or [], "adminCidrs", problems)
-    collected = spec.Problems()
-    admin_cidrs = spec.cidr_list(admin or [], "adminCidrs", collected) if admin is not None else ()
+    collected = checks.Problems()
+    admin_cidrs = checks.cidr_list(admin or [], "adminCidrs", collected) if admin is not None else ()
     problems += collected.items
 
     key_name = _plain(args.get("key_name"), "keyName", problems)
@@ -219,7 +219,7 @@ def _check_inputs(args: Mapping[str, Any], problems: list[str]) -> tuple[tuple[s
         _match(args.get(field), key, spec.VERSION, "a version such as 1.22.1", problems)
     consul, envoy = args.get("consul_version"), args.get("envoy_version")
     if isinstance(consul, str) and isinstance(envoy, str) and spec.VERSION.fullmatch(consul):
-        collected = spec.Problems()
+        collected = checks.Problems()
         spec.check_versions(consul, envoy, collected)
         problems += collected.items
     tags = _plain(args.get("tags") or {}, "tags", problems)

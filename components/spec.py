@@ -13,11 +13,24 @@ from __future__ import annotations
 import base64
 import difflib
 import ipaddress
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .checks import (
+    DEPLOYER,
+    Problems,
+    boolean,
+    cidr_list,
+    config_integer,
+    decode,
+    integer,
+    json_list,
+    parse_cidr,
+    ports,
+    string,
+)
 
 PROJECT = "consul-tproxy-vms"
 
@@ -88,8 +101,6 @@ def envoy_supported(consul_version: str, envoy_version: str) -> bool | None:
     return low <= (major, minor) <= high
 
 
-# adminCidrs entry that stands for the public IPv4 address of the machine running `pulumi`.
-DEPLOYER = "deployer"
 SERVER_COUNTS = (1, 3, 5)
 # Installed and pinned by every mesh VM (userdata.packages): an app package of the same name would
 # override the pin.
@@ -304,118 +315,6 @@ class MeshSpec:
         return self.servers is not None
 
 
-class Problems:
-    """Collects problems so one run reports all of them. Public, with the checkers below, for
-    projects that validate their own keys by the mesh's rules (examples/consumer, package.py)."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, key: str, value: Any, why: str) -> None:
-        # A missing value has nothing to show: "port is missing", not "port: null is missing".
-        shown = "" if value is None and why.startswith("is missing") else f" {json.dumps(value, default=str)}"
-        self.items.append(f"{key}:{shown} {why}")
-
-
-def _decode(raw: Any, key: str, problems: Problems) -> Any:
-    """Structured config arrives as JSON text from `pulumi config`; decode it once, here."""
-    if not isinstance(raw, str):
-        return raw
-    text = raw.strip()
-    if not text or text[0] not in "[{":
-        return raw
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        problems.add(key, raw, f"is not valid JSON ({err.msg})")
-        return None
-
-
-def _string(
-    raw: Any, key: str, problems: Problems, pattern: re.Pattern[str] | None = None, what: str = ""
-) -> str | None:
-    if not isinstance(raw, str):
-        problems.add(key, raw, "must be a string")
-        return None
-    if pattern is not None and not pattern.fullmatch(raw):
-        problems.add(key, raw, f"is not {what}")
-        return None
-    return raw
-
-
-def boolean(raw: Any, key: str, problems: Problems) -> bool | None:
-    """true/false (a bool, or its text as `pulumi config` stores it); else a problem and None."""
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    problems.add(key, raw, "must be true or false")
-    return None
-
-
-def _int(raw: Any, key: str, problems: Problems, low: int, high: int, what: str) -> int | None:
-    # bool is an int in Python, and JSON numbers may arrive as floats (Pulumi's engine does that).
-    if isinstance(raw, float) and raw.is_integer():
-        raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        problems.add(key, raw, f"must be an integer ({what})")
-        return None
-    if not low <= raw <= high:
-        problems.add(key, raw, f"is out of range: {what} is {low}-{high}")
-        return None
-    return raw
-
-
-def _config_int(raw: Any, key: str, problems: Problems, low: int, high: int, what: str) -> int | None:
-    """A top-level integer key: `pulumi config set` stores it as text."""
-    if isinstance(raw, str) and re.fullmatch(r"\s*-?\d+\s*", raw):
-        raw = int(raw)
-    return _int(raw, key, problems, low, high, what)
-
-
-def json_list(raw: Any, key: str, problems: Problems) -> list[Any]:
-    """A list (or its JSON text as `pulumi config` stores it); else a problem and []."""
-    raw = _decode(raw, key, problems)
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        problems.add(key, raw, "must be a list")
-        return []
-    return raw
-
-
-def _ports(raw: Any, key: str, problems: Problems) -> tuple[int, ...]:
-    ports = (
-        _int(p, f"{key}[{i}]", problems, 1, 65535, "a TCP port") for i, p in enumerate(json_list(raw, key, problems))
-    )
-    return tuple(sorted({p for p in ports if p is not None}))
-
-
-def parse_cidr(raw: Any, key: str, problems: Problems, deployer: bool = False) -> str | None:
-    """An IPv4 CIDR in canonical form (or "deployer" where allowed); else a problem and None."""
-    if deployer and raw == DEPLOYER:
-        return raw
-    if not isinstance(raw, str):
-        problems.add(key, raw, "must be a CIDR string such as 10.0.0.0/16")
-        return None
-    try:
-        network = ipaddress.ip_network(raw, strict=True)
-    except ValueError as err:
-        problems.add(key, raw, f"is not a CIDR ({err})")
-        return None
-    if network.version != 4:
-        # `consul connect redirect-traffic` and the security group rules this stack writes are IPv4.
-        problems.add(key, raw, "is an IPv6 network: the mesh and its security groups are IPv4 only")
-        return None
-    return str(network)
-
-
-def cidr_list(raw: Any, key: str, problems: Problems, deployer: bool = False) -> tuple[str, ...]:
-    """A list of IPv4 CIDRs, sorted and without repeats; each bad entry is a problem naming its index."""
-    cidrs = (parse_cidr(c, f"{key}[{i}]", problems, deployer) for i, c in enumerate(json_list(raw, key, problems)))
-    return tuple(sorted({c for c in cidrs if c is not None}))
-
-
 def _names(names: Iterable[Any]) -> str:
     """Names for a message, whatever their types (YAML keys need not be strings)."""
     return ", ".join(sorted(str(n) for n in names))
@@ -463,7 +362,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
     if "port" not in raw:
         problems.add(f"{key}.port", None, "is missing: every service needs the port its application listens on")
     else:
-        port = _int(raw["port"], f"{key}.port", problems, 1, 65535, "a TCP port")
+        port = integer(raw["port"], f"{key}.port", problems, 1, 65535, "a TCP port")
         if port in RESERVED_PORTS:
             problems.add(f"{key}.port", port, f"is reserved on mesh VMs for {RESERVED_PORTS[port]}")
 
@@ -479,7 +378,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
 
     upstreams = []
     for i, up in enumerate(json_list(raw.get("upstreams", []), f"{key}.upstreams", problems)):
-        if _string(up, f"{key}.upstreams[{i}]", problems, DNS_LABEL, "a service name") is not None:
+        if string(up, f"{key}.upstreams[{i}]", problems, DNS_LABEL, "a service name") is not None:
             upstreams.append(up)
 
     command = raw.get("command")
@@ -502,7 +401,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
     packages = []
     for i, pkg in enumerate(json_list(raw.get("packages", []), f"{key}.packages", problems)):
         if (
-            _string(
+            string(
                 pkg,
                 f"{key}.packages[{i}]",
                 problems,
@@ -523,7 +422,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
     health = raw.get("healthCheckPath", DEMO_HEALTH_PATH if command is None else None)
     if (
         health is not None
-        and _string(
+        and string(
             health,
             f"{key}.healthCheckPath",
             problems,
@@ -539,14 +438,14 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
         health = None
 
     instance_type = raw.get("instanceType", default_instance_type)
-    _string(instance_type, f"{key}.instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
+    string(instance_type, f"{key}.instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
     uids = (
-        _int(u, f"{key}.excludeUids[{i}]", problems, 0, 2**31 - 1, "a user ID")
+        integer(u, f"{key}.excludeUids[{i}]", problems, 0, 2**31 - 1, "a user ID")
         for i, u in enumerate(json_list(raw.get("excludeUids", []), f"{key}.excludeUids", problems))
     )
     exclusions = RedirectExclusions(
-        inbound_ports=_ports(raw.get("excludeInboundPorts", []), f"{key}.excludeInboundPorts", problems),
-        outbound_ports=_ports(raw.get("excludeOutboundPorts", []), f"{key}.excludeOutboundPorts", problems),
+        inbound_ports=ports(raw.get("excludeInboundPorts", []), f"{key}.excludeInboundPorts", problems),
+        outbound_ports=ports(raw.get("excludeOutboundPorts", []), f"{key}.excludeOutboundPorts", problems),
         outbound_cidrs=cidr_list(raw.get("excludeOutboundCidrs", []), f"{key}.excludeOutboundCidrs", problems),
         uids=tuple(sorted({u for u in uids if u is not None})),
     )
@@ -569,7 +468,7 @@ def load_service(name: str, raw: Any, default_instance_type: str = DEFAULTS["ins
     For projects that add a VM to an existing mesh: the same rules as the mesh's own services.
     """
     problems = Problems()
-    service = _service(name, _decode(raw, f"services.{name}", problems), default_instance_type, problems)
+    service = _service(name, decode(raw, f"services.{name}", problems), default_instance_type, problems)
     if problems.items or service is None:
         raise MeshSpecError(problems.items)
     return service
@@ -640,7 +539,7 @@ def check_versions(consul: str | None, envoy: str | None, problems: Problems) ->
 
 
 def _http_addr(raw: Any, problems: Problems) -> str | None:
-    value = _string(
+    value = string(
         raw,
         "consulHttpAddr",
         problems,
@@ -687,11 +586,11 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         return raw.get(key, DEFAULTS.get(key))
 
     instance_type = (
-        _string(get("instanceType"), "instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
+        string(get("instanceType"), "instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
         or DEFAULTS["instanceType"]
     )
     services: dict[str, ServiceSpec] = {}
-    raw_services = _decode(raw.get("services"), "services", problems)
+    raw_services = decode(raw.get("services"), "services", problems)
     if raw_services is not None and not isinstance(raw_services, Mapping):
         problems.add("services", raw_services, "must be a map of service name to {port: ...}")
         raw_services = None  # one message per cause: not also "is empty"
@@ -721,15 +620,15 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
                 problems.add(f"services.{svc.name}.upstreams", up, "is the service itself")
 
     intentions = _intentions(get("intentions"), known, problems)
-    datacenter = _string(
+    datacenter = string(
         get("datacenter"),
         "datacenter",
         problems,
         DATACENTER,
         "a datacenter name (lowercase letters, digits, '-' and '_')",
     )
-    consul_version = _string(get("consulVersion"), "consulVersion", problems, VERSION, "a version such as 1.22.1")
-    envoy_version = _string(get("envoyVersion"), "envoyVersion", problems, VERSION, "a version such as 1.35.3")
+    consul_version = string(get("consulVersion"), "consulVersion", problems, VERSION, "a version such as 1.22.1")
+    envoy_version = string(get("envoyVersion"), "envoyVersion", problems, VERSION, "a version such as 1.35.3")
     check_versions(consul_version, envoy_version, problems)
     mesh_destinations_only = boolean(get("meshDestinationsOnly"), "meshDestinationsOnly", problems)
     admin_cidrs = cidr_list(get("adminCidrs"), "adminCidrs", problems, deployer=True)
@@ -746,7 +645,7 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
                 f"reaches their API from this machine: add {DEPLOYER!r} (this machine's public address) or a CIDR",
             )
     network = _network(raw, get, problems)
-    ready_timeout = _config_int(
+    ready_timeout = config_integer(
         get("consulReadyTimeoutSeconds"), "consulReadyTimeoutSeconds", problems, 10, 3600, "seconds to wait"
     )
 
@@ -756,9 +655,11 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         ("amiId", AMI_ID, "an AMI id such as ami-0123456789abcdef0"),
     ):
         value = _optional(raw, key)
-        optional[key] = _string(value, key, problems, pattern, what) if value is not None else None
+        optional[key] = string(value, key, problems, pattern, what) if value is not None else None
 
-    image_generation = _config_int(get("imageGeneration"), "imageGeneration", problems, 0, 1000, "an image generation")
+    image_generation = config_integer(
+        get("imageGeneration"), "imageGeneration", problems, 0, 1000, "an image generation"
+    )
     protect_server_data = boolean(get("protectServerData"), "protectServerData", problems)
     if protect_server_data and consul is not None:
         problems.add(
@@ -846,7 +747,7 @@ def _existing_cluster(raw: Mapping[str, Any], problems: Problems) -> ConsulClust
     retry_join = []
     for i, target in enumerate(json_list(raw.get("consulRetryJoin"), "consulRetryJoin", problems)):
         if (
-            _string(
+            string(
                 target,
                 f"consulRetryJoin[{i}]",
                 problems,
@@ -888,14 +789,14 @@ def _existing_cluster(raw: Mapping[str, Any], problems: Problems) -> ConsulClust
 
 def _servers(get: Callable[[str], Any], problems: Problems) -> ServersSpec | None:
     count = get("serverCount")
-    count_value = _config_int(count, "serverCount", problems, 1, 5, "a server count")
+    count_value = config_integer(count, "serverCount", problems, 1, 5, "a server count")
     if count_value is not None and count_value not in SERVER_COUNTS:
         problems.add(
             "serverCount",
             count_value,
             "is not 1, 3 or 5: one server for a demo, three or five for a quorum that survives one or two losses",
         )
-    instance_type = _string(
+    instance_type = string(
         get("serverInstanceType"),
         "serverInstanceType",
         problems,
@@ -911,12 +812,12 @@ def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: Proble
     before = len(problems.items)
     vpc_id = _optional(raw, "vpcId")
     if vpc_id is not None:
-        vpc_id = _string(vpc_id, "vpcId", problems, VPC_ID, "a VPC id such as vpc-0123456789abcdef0")
+        vpc_id = string(vpc_id, "vpcId", problems, VPC_ID, "a VPC id such as vpc-0123456789abcdef0")
     subnet_ids = []
     raw_subnets = json_list(get("subnetIds"), "subnetIds", problems)
     for i, subnet in enumerate(raw_subnets):
         if (
-            _string(
+            string(
                 subnet,
                 f"subnetIds[{i}]",
                 problems,
@@ -937,7 +838,7 @@ def _network(raw: Mapping[str, Any], get: Callable[[str], Any], problems: Proble
         )
     if vpc_cidr is not None and ipaddress.ip_network(vpc_cidr).version != 4:
         problems.add("vpcCidr", vpc_cidr, "must be an IPv4 network")
-    zone_count = _config_int(get("zoneCount"), "zoneCount", problems, 1, 6, "a number of availability zones")
+    zone_count = config_integer(get("zoneCount"), "zoneCount", problems, 1, 6, "a number of availability zones")
     if len(problems.items) != before:
         return None
     assert vpc_cidr is not None and zone_count is not None

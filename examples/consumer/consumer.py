@@ -38,25 +38,15 @@ from typing import Any
 
 import pulumi
 import pulumi_consul as consul
+
+# The mesh's own checkers for CIDR lists and booleans (checks.py), so adminCidrs means the same here.
+from consul_tproxy_vms.checks import Problems, boolean, cidr_list, json_list
 from consul_tproxy_vms.ec2 import is_cloud_auto_join
 from consul_tproxy_vms.identity import iam_path, login_prefix
 from consul_tproxy_vms.intentions import ServiceIntentions, ServiceIntentionsArgs
 from consul_tproxy_vms.mesh_defaults import service_defaults
 from consul_tproxy_vms.mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
-
-# The mesh's own rules for CIDR lists and booleans (spec.py), so adminCidrs means the same here.
-from consul_tproxy_vms.spec import (
-    DNS_LABEL,
-    IntentionSpec,
-    MeshSpecError,
-    Problems,
-    ServiceSpec,
-    boolean,
-    cidr_list,
-    json_list,
-    load_service,
-    split_http_addr,
-)
+from consul_tproxy_vms.spec import DNS_LABEL, IntentionSpec, MeshSpecError, ServiceSpec, load_service, split_http_addr
 
 PROJECT = "consul-tproxy-vms-consumer"
 MESH_STACK = re.compile(r"[^/\s]+/[^/\s]+/[^/\s]+")
