@@ -278,7 +278,9 @@ def test_a_server_that_is_down_is_skipped(vm: Vm) -> None:
 def test_login_refused_until_the_deadline_writes_nothing(vm: Vm) -> None:
     """The agent and service logins succeed, dns is refused: no final file may exist at all."""
     start = time.monotonic()
-    result = vm.run(FAKE_CONSUL_REFUSE=METHODS["dns"], LOGIN_DEADLINE_SECONDS="2", LOGIN_RETRY_SECONDS="1")
+    # Deadlines of a few seconds here: under load the logins before the one that fails can take a
+    # second or two, and the retry lines asserted must still fit (bash's SECONDS ticks in whole seconds).
+    result = vm.run(FAKE_CONSUL_REFUSE=METHODS["dns"], LOGIN_DEADLINE_SECONDS="5", LOGIN_RETRY_SECONDS="1")
     assert result.returncode == 1
     assert time.monotonic() - start < 10
     last = result.stderr.splitlines()[-1]
@@ -304,7 +306,7 @@ def test_bad_instance_id_is_refused(vm: Vm, imds: type[Imds]) -> None:
 
 
 def test_metadata_service_down_until_the_deadline(vm: Vm) -> None:
-    result = vm.run(IMDS_ENDPOINT="http://127.0.0.1:9", LOGIN_DEADLINE_SECONDS="1", LOGIN_RETRY_SECONDS="1")
+    result = vm.run(IMDS_ENDPOINT="http://127.0.0.1:9", LOGIN_DEADLINE_SECONDS="3", LOGIN_RETRY_SECONDS="1")
     assert result.returncode == 1
     assert "metadata service at http://127.0.0.1:9 failed (attempt 1)" in result.stderr
     assert "no instance id from the metadata service" in result.stderr.splitlines()[-1]
@@ -340,7 +342,7 @@ def test_gossip_keys_of_every_aes_size_are_accepted(vm: Vm, size: int) -> None:
 
 
 def test_missing_gossip_key_is_retried_then_fails(vm: Vm) -> None:
-    result = vm.run(FAKE_CONSUL_GOSSIP_KEY="", LOGIN_DEADLINE_SECONDS="1", LOGIN_RETRY_SECONDS="1")
+    result = vm.run(FAKE_CONSUL_GOSSIP_KEY="", LOGIN_DEADLINE_SECONDS="4", LOGIN_RETRY_SECONDS="1")
     assert result.returncode == 1
     assert f"reading the gossip key {GOSSIP_PATH} at {ADDRS[0]} failed (attempt 1)" in result.stderr
     assert f"last error: Error! No key exists at: {GOSSIP_PATH}" in result.stderr
