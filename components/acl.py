@@ -246,8 +246,3 @@ def parse_rules(rules: str) -> set[Grant]:
     if len(found) != blocks:
         raise ValueError(f"rules not in the expected form: {rules!r}")
     return found
-
-
-def policy_name(stack: str, *parts: str) -> str:
-    """A Consul ACL policy name unique per project and stack: letters, digits, '-' and '_', at most 128."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", "-".join(("consul-tproxy-vms", stack, *parts)))[:128]
