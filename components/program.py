@@ -20,7 +20,7 @@ import pulumi_consul as consul
 
 from . import ec2
 from .consul_server import ConsulServer, ConsulServerArgs, auto_join
-from .identity import MeshIdentity, MeshIdentityArgs, gossip_key_path, iam_path, login_prefix
+from .identity import MeshIdentity, MeshIdentityArgs, gossip_key_path, iam_path, login_prefix, policy_name_for
 from .intentions import ServiceIntentions, ServiceIntentionsArgs
 from .mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from .mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
@@ -79,8 +79,9 @@ def foreign_keys(keys: set[str]) -> list[str]:
 
 
 def dns_policy_name(stack: str) -> str:
-    """Consul policy names allow letters, digits, '-' and '_'; Pulumi stack names also allow '.'."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{PROJECT}-{stack}-dns-read")[:128]
+    """The DNS tokens' policy: named like the stack's other Consul objects (identity.login_prefix),
+    within Consul's limit for policy names."""
+    return policy_name_for(f"{login_prefix(stack)}-dns-read")
 
 
 def join_tag_value(stack: str) -> str:
