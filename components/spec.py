@@ -76,29 +76,72 @@ RESERVED_PORTS = {
     ENVOY_PUBLIC_PORT: "Envoy public listener",
 }
 
-# Envoy versions each Consul minor accepts. `consul connect envoy` runs Envoy only if its major.minor
+
+# Envoy versions each Consul release accepts. `consul connect envoy` runs Envoy only if its major.minor
 # lies between the lowest and the highest line of envoyextensions/xdscommon/ENVOY_VERSIONS embedded in
-# that Consul build (command/connect/envoy/envoy.go checkEnvoyVersionCompatibility: the constraint
-# ">= min, < max+1"; "Envoy version ... is not supported" and exit 1 otherwise), and patch versions
-# are not compared. The ranges are those of the v1.22.x compatibility tables
-# (hashicorp/web-unified-docs content/consul/v1.22.x/content/partials/tables/compatibility/envoy/
-# standard-release.mdx): 1.22.x 1.35-1.31, 1.21.x 1.34-1.31, 1.20.x 1.33-1.30. A Consul minor not
-# listed here is refused: its range is unknown until checked and added.
-SUPPORTED_ENVOY: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "1.22": ((1, 31), (1, 35)),
-    "1.21": ((1, 31), (1, 34)),
-    "1.20": ((1, 30), (1, 33)),
-}
+# that Consul build (command/connect/envoy/envoy.go checkEnvoyVersionCompatibility: ">= min, < max+1";
+# minors between the two that the file does not list pass too, patch versions are not compared,
+# xdscommon.UnsupportedEnvoyVersions is empty), and the agent's xDS server refuses anything older than
+# the lowest line (agent/xds/envoy_versioning.go). The file changes between PATCH releases of a line:
+# on release/1.22.x its lowest line rose from 1.31/1.32 to 1.33 in 2026 (hashicorp/consul issue
+# #23929; PRs #23056/#23058, #23113) while its highest stayed 1.35, and the published table's later
+# "1.38.x, 1.37.x, 1.35.x" for 1.21.x/1.22.x describes consul-dataplane's bundled Envoy, not what
+# `consul connect envoy` accepts (web-unified-docs PR #2718). Where the sources do not tie a change
+# to a patch release, a row holds the range EVERY patch it covers is known to accept (the
+# intersection), so an accepted pair never fails on a VM; a row per patch range is added once that
+# release's file is read at its tag. A Consul version in no row is refused: its range is unknown.
+@dataclass(frozen=True)
+class EnvoyRange:
+    """The Envoy major.minor range Consul releases `first`..`last` (inclusive) all accept."""
+
+    first: tuple[int, int, int]
+    last: tuple[int, int, int]
+    low: tuple[int, int]
+    high: tuple[int, int]
+    source: str
+
+
+ENVOY_RANGES: tuple[EnvoyRange, ...] = (
+    EnvoyRange(
+        (1, 22, 0),
+        (1, 22, 999),
+        (1, 33),
+        (1, 35),
+        "release/1.22.x: highest line 1.35 at 1.22.0 and 1.22.1 (PR #23058) and since; lowest 1.33 from "
+        "2026-03 (issue #23929), 1.31 or 1.32 before: 1.33 is the lowest every 1.22 patch accepts",
+    ),
+    EnvoyRange(
+        (1, 21, 0),
+        (1, 21, 999),
+        (1, 31),
+        (1, 33),
+        "release/1.21.x: 1.34/1.33/1.32/1.31 from 2025-09 (issue #23929), 1.33/1.32/1.31 on main when "
+        "1.21 was cut (PR #22370): 1.31 to 1.33 every 1.21 patch accepts",
+    ),
+    EnvoyRange(
+        (1, 20, 0),
+        (1, 20, 999),
+        (1, 30),
+        (1, 31),
+        "release/1.20.x: 1.31/1.30/1.29/1.28 in one stored copy, 1.33 to 1.30 in the v1.20.x docs table: "
+        "1.30 to 1.31 every 1.20 patch accepts",
+    ),
+)
+
+
+def envoy_range(consul_version: str) -> EnvoyRange | None:
+    """The row of ENVOY_RANGES that covers `consul_version`; None for a release in no row."""
+    version = tuple(int(part) for part in consul_version.split(".")[:3])
+    return next((r for r in ENVOY_RANGES if r.first <= version <= r.last), None)
 
 
 def envoy_supported(consul_version: str, envoy_version: str) -> bool | None:
-    """Whether Consul `consul_version` runs Envoy `envoy_version`; None for a Consul minor not in the table."""
-    consul_minor = ".".join(consul_version.split(".")[:2])
-    if consul_minor not in SUPPORTED_ENVOY:
+    """Whether Consul `consul_version` runs Envoy `envoy_version`; None for a Consul release in no row."""
+    row = envoy_range(consul_version)
+    if row is None:
         return None
-    low, high = SUPPORTED_ENVOY[consul_minor]
     major, minor = (int(part) for part in envoy_version.split(".")[:2])
-    return low <= (major, minor) <= high
+    return row.low <= (major, minor) <= row.high
 
 
 SERVER_COUNTS = (1, 3, 5)
@@ -520,20 +563,19 @@ def _intentions(raw: Any, services: Mapping[str, Any], problems: Problems) -> tu
 
 
 def check_versions(consul: str | None, envoy: str | None, problems: Problems) -> None:
-    """A problem unless Consul `consul` runs Envoy `envoy` (SUPPORTED_ENVOY)."""
+    """A problem unless Consul `consul` runs Envoy `envoy` (ENVOY_RANGES)."""
     if consul is None or envoy is None:
         return
-    supported = envoy_supported(consul, envoy)
-    if supported is None:
-        known = ", ".join(f"{minor}.x" for minor in sorted(SUPPORTED_ENVOY))
+    row = envoy_range(consul)
+    if row is None:
+        known = ", ".join(f"{r.first[0]}.{r.first[1]}.x" for r in sorted(ENVOY_RANGES, key=lambda r: r.first))
         problems.add("consulVersion", consul, f"is not a Consul version this project supports ({known})")
-    elif not supported:
-        consul_minor = ".".join(consul.split(".")[:2])
-        (low_major, low_minor), (high_major, high_minor) = SUPPORTED_ENVOY[consul_minor]
+    elif not envoy_supported(consul, envoy):
+        (low_major, low_minor), (high_major, high_minor) = row.low, row.high
         problems.add(
             "envoyVersion",
             envoy,
-            f"is not supported by Consul {consul_minor} (supported Envoy: {low_major}.{low_minor}.x "
+            f"is not supported by Consul {consul} (supported Envoy: {low_major}.{low_minor}.x "
             f"to {high_major}.{high_minor}.x; `consul connect envoy` refuses to start any other)",
         )
 

@@ -111,14 +111,19 @@ def test_a_list_for_services_gets_one_message() -> None:
     ("consul", "envoy", "ok"),
     [
         ("1.22.1", "1.35.3", True),
-        ("1.22.1", "1.31.0", True),
-        ("1.22.1", "1.33.9", True),  # between the lowest and highest lines: Consul compares major.minor
+        ("1.22.1", "1.34.99", True),  # Consul compares major.minor only
+        ("1.22.4", "1.33.0", True),
+        # Accepted by early 1.22 patches, refused by later ones (lowest line 1.33 since 2026-03).
+        ("1.22.1", "1.32.12", False),
+        ("1.22.1", "1.31.0", False),
         ("1.22.1", "1.36.0", False),
-        ("1.22.1", "1.38.0", False),
-        ("1.22.1", "1.30.9", False),
+        ("1.22.1", "1.38.0", False),  # the docs table's 1.38.x is consul-dataplane's Envoy
         ("1.21.4", "1.35.0", False),
+        ("1.21.0", "1.31.10", True),
         ("1.20.6", "1.30.0", True),
+        ("1.20.6", "1.33.0", False),
         ("1.19.0", "1.30.0", None),
+        ("1.23.0", "1.35.3", None),
     ],
 )
 def test_envoy_ranges_follow_consuls_own_check(consul: str, envoy: str, ok: bool | None) -> None:
