@@ -69,8 +69,11 @@ class Call:
     """Where Consul says so."""
 
 
-# Processes, and which token each uses (the file it takes it from: see TOKEN_OF below).
+# Processes, and which token each uses (the file it takes it from: see TOKEN_SOURCE below). The agent
+# is two: its own operations use acl.tokens.agent, while the API clients it builds with
+# api.DefaultConfig() take the token from its environment.
 AGENT, DNS, REGISTRATION, REDIRECT, ENVOY = "agent", "dns", "registration", "redirect-traffic", "envoy"
+AGENT_CLIENT = "agent-api-client"
 
 CALLS: tuple[Call, ...] = (
     Call(
@@ -88,10 +91,12 @@ CALLS: tuple[Call, ...] = (
         "service_prefix \"\" read, 'designed for agent tokens'); agent/local/state.go syncs the node's services",
     ),
     Call(
-        AGENT,
-        "xDS listener generation: netutil.IsDualStack reads /v1/agent/self under the agent's own token",
+        AGENT_CLIENT,
+        "xDS listener generation: netutil.IsDualStack(nil, ...) reads /v1/agent/self with an "
+        "api.DefaultConfig() client, whose token is CONSUL_HTTP_TOKEN[_FILE] of the agent's environment",
         (("agent", "{node}", READ),),
-        "hashicorp/consul PR #23234; agent/agent_endpoint.go AgentSelf: authz.AgentRead(node)",
+        "hashicorp/consul PR #23234; agent/netutil IsDualStackWithDTO (config nil: api.DefaultConfig()); "
+        "agent/agent_endpoint.go AgentSelf: authz.AgentRead(node)",
     ),
     Call(
         AGENT,
@@ -155,13 +160,21 @@ CALLS: tuple[Call, ...] = (
 # Where each process takes its token from on the VM: what consul-login writes (scripts/consul-login.sh).
 TOKEN_SOURCE = {
     AGENT: "consul.d/tokens.hcl acl.tokens.agent (login to the agent method)",
+    AGENT_CLIENT: "consul.service.d/login.conf CONSUL_HTTP_TOKEN_FILE (the agent token's file)",
     DNS: "consul.d/tokens.hcl acl.tokens.dns (login to the dns method)",
     REGISTRATION: "consul.d/tokens.hcl acl.tokens.config_file_service_registration (login to the service method)",
     REDIRECT: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN_FILE (the service token)",
     ENVOY: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN_FILE (the service token)",
 }
 # The login method each token comes from, by process.
-METHOD_OF = {AGENT: "agent", DNS: "dns", REGISTRATION: "service", REDIRECT: "service", ENVOY: "service"}
+METHOD_OF = {
+    AGENT: "agent",
+    AGENT_CLIENT: "agent",
+    DNS: "dns",
+    REGISTRATION: "service",
+    REDIRECT: "service",
+    ENVOY: "service",
+}
 # The demo application calls no Consul API: it only dials <upstream>.virtual.consul through Envoy.
 
 

@@ -33,18 +33,42 @@ NODE_TAG = "consul-tproxy-vms.node"
 KINDS = ("agent", "service", "dns")
 
 
+def stack_label(stack: str) -> str:
+    """The stack's name as Consul's names and IAM paths take it, distinct for every stack name.
+
+    Pulumi stack names may hold `.`, which Consul's auth method and role names refuse (agent/structs/
+    acl.go validAuthMethod, validRoleName: letters, digits, `-`, `_`); `.` becomes `-`, and a stack
+    whose name had one gets a short hash of its exact name, so `a.b` and `a-b` never share an IAM path,
+    login prefix, auth methods or roles. Stack names without `.` are kept as they are.
+    """
+    label = stack.replace(".", "-")
+    if label != stack:
+        label += "-" + hashlib.sha256(stack.encode()).hexdigest()[:6]
+    return label
+
+
 def login_prefix(stack: str) -> str:
     """Prefix of the stack's auth methods and roles: unique per project and stack in the cluster."""
-    return f"{PROJECT}-{stack}".replace(".", "-")
+    return f"{PROJECT}-{stack_label(stack)}"
 
 
 def iam_path(stack: str) -> str:
     """The IAM path of every role that may log in: the auth methods bind `role<path>*`."""
-    return f"/{PROJECT}/{stack.replace('.', '-')}/"
+    return f"/{PROJECT}/{stack_label(stack)}/"
 
 
 def method_name(prefix: str, kind: str) -> str:
     return f"{prefix}-{kind}"
+
+
+def login_roles(prefix: str, service: str) -> dict[str, str]:
+    """Token kind -> the role the login to its method must link for a VM of `service` (binding_rules):
+    consul-login reads each token back and checks it (a missing role is skipped at login)."""
+    return {
+        "agent": agent_role_name(prefix, service),
+        "service": agent_read_role_name(prefix, service),
+        "dns": dns_role_name(prefix),
+    }
 
 
 def agent_role_name(prefix: str, service: str) -> str:

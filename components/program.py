@@ -325,6 +325,30 @@ def build(
     return outputs
 
 
+# The one AWS partition whose logins Consul 1.22 can check. With -aws-include-entity the login signs
+# iam:GetRole on a session made without a region or endpoint (hashicorp/consul internal/iamauth/
+# util.go formatSignedEntityRequest), which aws-sdk-go resolves to the aws partition's global IAM
+# endpoint; and without an STSEndpoint in the method's config the servers accept only STS hosts under
+# .amazonaws.com (internal/iamauth/token.go validateSTSHostname), which aws-cn's are not.
+SUPPORTED_PARTITIONS = ("aws",)
+
+
+def partition_problems(partition: str) -> list[str]:
+    """The stack's AWS partition, refused before anything is declared unless VMs can log in there."""
+    if partition in SUPPORTED_PARTITIONS:
+        return []
+    return [
+        f"aws:region: the {partition!r} partition is not supported: Consul's aws-iam login signs its "
+        "iam:GetRole request for the aws partition's global IAM endpoint (internal/iamauth/util.go), so no "
+        "VM could log in; deploy to a region of the aws partition"
+    ]
+
+
+def region_partition() -> str:
+    """The partition of the stack's region, asked of AWS before anything is declared."""
+    return str(aws.get_partition().partition)
+
+
 def region_zones() -> list[str]:
     """The zones the stack's subnets can go into: asked of AWS before anything is declared."""
     return list(aws.get_availability_zones(**ZONE_QUERY).names)
@@ -365,7 +389,7 @@ def main(deployer_lookup: Callable[[], str] = deployer_cidr) -> dict[str, Any]:
     """
     try:
         spec = resolve_admin_cidrs(load_spec(read_config()), deployer_lookup)
-        problems = preflight(spec, pulumi.get_stack(), region_zones)
+        problems = partition_problems(region_partition()) or preflight(spec, pulumi.get_stack(), region_zones)
         if problems:
             raise MeshSpecError(problems)
     except MeshSpecError as err:

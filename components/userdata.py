@@ -21,6 +21,7 @@ import jinja2
 import yaml
 
 from . import escape
+from .identity import KINDS, login_roles, method_name
 from .spec import (
     ENVOY_OUTBOUND_PORT,
     ENVOY_PUBLIC_PORT,
@@ -38,7 +39,8 @@ SCRIPTS = _HERE / "scripts" if (_HERE / "scripts").is_dir() else _HERE.parent / 
 # user data so that no boot waits on a keyserver; apt trusts the repository only under it. The key
 # expires on 2028-01-09: tests/test_apt_key.py checks the fingerprint and fails 90 days before that.
 HASHICORP_KEY_FINGERPRINT = "798AEC654E5C15428C8E42EEAA16FCBCA621E701"
-HASHICORP_KEY_FILE = "hashicorp-archive-keyring.asc"
+# Where bootcmd (scripts/hashicorp-apt-key.sh, which pins the fingerprint above) puts the key.
+HASHICORP_KEYRING = "/etc/apt/keyrings/hashicorp-archive-keyring.gpg"
 # Instance metadata (IMDSv2 tokens, instance identity): reachable even with MeshDestinationsOnly.
 IMDS_CIDR = "169.254.169.254/32"
 # What EC2 accepts as user data, counted before base64.
@@ -221,7 +223,8 @@ def vm_files(recipe: VmRecipe) -> list[VmFile]:
         "tls": recipe.ca_pem is not None,
         "ca_path": CA_PATH,
         "token_dir": TOKEN_DIR,
-        "login_methods": [f"{kind}={login.prefix}-{kind}" for kind in ("agent", "service", "dns")],
+        "login_methods": [f"{kind}={method_name(login.prefix, kind)}" for kind in KINDS],
+        "login_roles": [f"{kind}={role}" for kind, role in login_roles(login.prefix, svc.name).items()],
         "login": login,
         "envoy_public_port": ENVOY_PUBLIC_PORT,
         "envoy_outbound_port": ENVOY_OUTBOUND_PORT,
@@ -243,8 +246,10 @@ def vm_files(recipe: VmRecipe) -> list[VmFile]:
         VmFile("/etc/systemd/system/consul-login.service", _static(TEMPLATES / "consul-login.service")),
         VmFile("/etc/systemd/system/consul.service.d/login.conf", _static(TEMPLATES / "consul-login.conf")),
         VmFile("/etc/systemd/system/envoy@.service", _static(TEMPLATES / "envoy@.service")),
+        VmFile("/etc/systemd/system/mesh-imds-guard.service", _static(TEMPLATES / "mesh-imds-guard.service")),
         VmFile("/etc/systemd/system/mesh-app.service", _render("mesh-app.service.j2", **context)),
         VmFile("/usr/local/sbin/consul-login", _shipped_script(SCRIPTS / "consul-login.sh"), "0755"),
+        VmFile("/usr/local/sbin/mesh-imds-guard", _shipped_script(SCRIPTS / "mesh-imds-guard.sh"), "0755"),
         VmFile(
             "/usr/local/sbin/consul-redirect-traffic", _shipped_script(SCRIPTS / "consul-redirect-traffic.sh"), "0755"
         ),
@@ -338,7 +343,8 @@ def _cloud_config(
         title=title,
         users=users,
         hashicorp_key_fingerprint=HASHICORP_KEY_FINGERPRINT,
-        hashicorp_key=_static(TEMPLATES / HASHICORP_KEY_FILE).rstrip("\n"),
+        hashicorp_keyring=HASHICORP_KEYRING,
+        hashicorp_apt_key=_shipped_script(SCRIPTS / "hashicorp-apt-key.sh").rstrip("\n"),
         packages=packages,
         files=files,
         restart=restart,
@@ -359,7 +365,13 @@ def render_cloud_config(recipe: VmRecipe) -> str:
         restart=["systemd-resolved.service"],
         # Tokens first (the agent requires them), and the application before Envoy, whose
         # ExecStartPre redirects the VM's traffic.
-        start=["consul-login.service", "consul.service", "mesh-app.service", f"envoy@{svc.name}.service"],
+        start=[
+            "mesh-imds-guard.service",
+            "consul-login.service",
+            "consul.service",
+            "mesh-app.service",
+            f"envoy@{svc.name}.service",
+        ],
     )
 
 

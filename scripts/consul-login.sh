@@ -12,13 +12,24 @@
 # space-separated):
 #   MESH_SERVICE                             the service name; the node is named SERVICE-INSTANCE_ID
 #   LOGIN_METHODS                            agent=METHOD service=METHOD dns=METHOD
+#   LOGIN_ROLES                              agent=ROLE service=ROLE dns=ROLE: the role each token must
+#                                            carry (read back after the login, see login_checked)
 #   LOGIN_SERVER_ID                          the methods' ServerIDHeaderValue (anti-replay)
 #   LOGIN_HTTP_ADDRS                         https://host:port of the Consul servers, tried in turn
 #   CONSUL_CACERT, CONSUL_TLS_SERVER_NAME    how the consul CLI verifies the servers' certificate
 #   GOSSIP_KEY_PATH                          KV key holding the gossip key; empty: none
 #   LOGIN_DEADLINE_SECONDS, LOGIN_RETRY_SECONDS  how long to keep trying, and the pause between tries
 # Overridden by tests only: IMDS_ENDPOINT, CONSUL_BIN, CONSUL_CONFIG_DIR, TOKEN_DIR, CONSUL_GROUP,
-# ENVOY_GROUP.
+# ENVOY_GROUP, LOCK_FILE.
+#
+# The AWS region of the login comes from the metadata service (placement/region): `consul login
+# -type=aws-iam` stops with "AWS region not found" without -aws-region, AWS_REGION or a shared config
+# (hashicorp/consul command/login/aws.go createAWSBearerToken; aws-sdk-go v1 never asks the instance
+# metadata for it), and the instance's own region is the one its STS request is signed for.
+#
+# A boot after a crash (no ExecStop) finds the previous boot's tokens in tokens.hcl, which lives on
+# disk: they are logged out once the new ones are in place, so no live token is left behind.
+# Two runs never overlap: the login and the logout hold LOCK_FILE.
 #
 # Never prints a token, the gossip key or the IMDS session token.
 set -euo pipefail
@@ -32,8 +43,9 @@ envoy_group="${ENVOY_GROUP:-envoy}"
 deadline_seconds="${LOGIN_DEADLINE_SECONDS:-900}"
 retry_seconds="${LOGIN_RETRY_SECONDS:-5}"
 # One consul call may not hang the whole boot: the servers can accept the connection and stall.
-call_timeout=30
+call_timeout="${LOGIN_CALL_TIMEOUT_SECONDS:-30}"
 token_kinds=(agent service dns)
+lock_file="${LOCK_FILE:-/run/lock/consul-login.lock}"
 
 die() {
   echo "consul-login: $*" >&2
@@ -42,6 +54,7 @@ die() {
 
 [[ "${deadline_seconds}" =~ ^[0-9]+$ ]] || die "LOGIN_DEADLINE_SECONDS is not a number of seconds"
 [[ "${retry_seconds}" =~ ^[0-9]+$ ]] || die "LOGIN_RETRY_SECONDS is not a number of seconds"
+[[ "${call_timeout}" =~ ^[1-9][0-9]*$ ]] || die "LOGIN_CALL_TIMEOUT_SECONDS is not a number of seconds"
 read -r -a addrs <<<"${LOGIN_HTTP_ADDRS:-}"
 ((${#addrs[@]} > 0)) || die "LOGIN_HTTP_ADDRS names no Consul server"
 # Host names, IPv4 and [IPv6] with a port; ']' first in a bracket expression is a literal.
@@ -83,14 +96,16 @@ consul_call() {
   return 1
 }
 
-# retry WHAT SUBCOMMAND ARGS...: consul_call until it succeeds, moving to the next server after each
-# failure, until the deadline. Servers that are still booting, a binding rule not yet written or an
-# instance profile not yet usable all heal on their own, so every failure is retried.
+# retry WHAT COMMAND ARGS...: run COMMAND ADDR ARGS... (consul_call, or a function that makes several
+# calls to one server) until it succeeds, moving to the next server after each failure, until the
+# deadline. Servers that are still booting, a binding rule or role not yet written or an instance
+# profile not yet usable all heal on their own, so every failure is retried.
 retry() {
-  local what="$1" attempt=1 addr
+  local what="$1" command="$2" attempt=1 addr
+  shift 2
   while true; do
     addr="${addrs[addr_index]}"
-    consul_call "${addr}" "${@:2}" && return 0
+    "${command}" "${addr}" "$@" && return 0
     if ((SECONDS >= deadline)); then
       die "${what} failed after ${attempt} attempts in ${SECONDS}s: the Consul servers (${addrs[*]})" \
         "are not reachable or refuse the login; last error: ${call_error}"
@@ -103,28 +118,76 @@ retry() {
   done
 }
 
+# login_checked ADDR KIND SINK: log in to KIND's method, then read the token back and check that it
+# carries KIND's role (and the service token its service identity). A binding rule whose role does
+# not exist yet is skipped without a word and the login still succeeds (hashicorp/consul
+# agent/consul/auth/binder.go), and a token's links are fixed when it is made: such a token would
+# lack rights for good, so it is logged out and the login is tried again.
+login_checked() {
+  local addr="$1" kind="$2" sink="$3" missing message
+  rm -f "${sink}"
+  consul_call "${addr}" login -type=aws-iam "-method=${methods[${kind}]}" -aws-auto-bearer-token \
+    -aws-include-entity "-aws-region=${region}" "-aws-server-id-header-value=${LOGIN_SERVER_ID}" \
+    "-token-sink-file=${sink}" || return 1
+  # The SecretID goes into HCL and files: a sink holding anything else is a broken answer.
+  [[ "$(cat "${sink}" 2>/dev/null)" =~ ${uuid_re} ]] || {
+    call_error="the login succeeded but left no token SecretID in its sink file"
+    return 1
+  }
+  consul_call "${addr}" "acl token read" -self -format=json "-token-file=${sink}" || return 1
+  missing="$(links_missing "${kind}" <"${work}/out")" || missing="an answer that is not a token"
+  [[ -z "${missing}" ]] && return 0
+  message="the ${kind} token lacks ${missing} (a binding rule names it but it does not exist yet?)"
+  consul_call "${addr}" logout "-token-file=${sink}" ||
+    echo "consul-login: could not log out the incomplete ${kind} token: ${call_error}" >&2
+  rm -f "${sink}"
+  call_error="${message}"
+  return 1
+}
+
+# links_missing KIND < TOKEN_JSON: prints what the token read back lacks of what KIND must carry
+# (`consul acl token read -format=json`: api.ACLToken's Roles[].Name, ServiceIdentities[].ServiceName);
+# fails on anything that is not a token. The SecretID in the answer is never printed.
+links_missing() {
+  python3 -c '
+import json, sys
+kind, role, service = sys.argv[1:]
+token = json.load(sys.stdin)
+roles = {r.get("Name") for r in token.get("Roles") or []}
+services = {s.get("ServiceName") for s in token.get("ServiceIdentities") or []}
+missing = [] if role in roles else ["role " + role]
+if kind == "service" and service not in services:
+    missing.append("the service identity " + service)
+print(" and ".join(missing))
+' "$1" "${roles[$1]}" "${service}"
+}
+
+# logout_file FILE WHAT: destroys the token in FILE, best effort, one server after the other: the
+# agent is already stopped, and a token that cannot be destroyed now must not stop the others.
+logout_file() {
+  local file="$1" what="$2" addr
+  for addr in "${addrs[@]}"; do
+    consul_call "${addr}" logout "-token-file=${file}" && return 0
+  done
+  echo "consul-login: could not log out the ${what} token (${addrs[*]}): ${call_error}" >&2
+}
+
 logout() {
-  local kind file addr logged_out
+  local file
   shopt -s nullglob
   for file in "${token_dir}"/*.token; do
-    kind="$(basename "${file}" .token)"
-    logged_out=""
-    # Best effort, one server after the other: the agent is already stopped, and a token that
-    # cannot be destroyed now still must not stop the others from being destroyed.
-    for addr in "${addrs[@]}"; do
-      if consul_call "${addr}" logout "-token-file=${file}"; then
-        logged_out=yes
-        break
-      fi
-    done
-    if [[ -z "${logged_out}" ]]; then
-      echo "consul-login: could not log out the ${kind} token (${addrs[*]}): ${call_error}" >&2
-    fi
+    logout_file "${file}" "$(basename "${file}" .token)"
   done
   # Without its tokens.hcl, an agent started by hand cannot use tokens that no longer exist.
   rm -f "${token_dir}"/*.token "${config_dir}/tokens.hcl"
   echo "consul-login: logged out"
 }
+
+# One run at a time: a login and a logout (or two logins) that overlapped could destroy each other's
+# tokens or interleave their renames. Waiting is bounded like everything else here.
+mkdir -p "${lock_file%/*}"
+exec 9>>"${lock_file}"
+flock -w "${deadline_seconds}" 9 || die "another consul-login held ${lock_file} for ${deadline_seconds}s"
 
 # The work dir holds the fresh tokens until they are all there. It sits next to TOKEN_DIR (tmpfs
 # under /run), so that tokens never touch a disk, and is private (mktemp -d makes it 0700).
@@ -154,24 +217,38 @@ for pair in "${pairs[@]}"; do
     die "LOGIN_METHODS: ${pair} is not one of agent=, service=, dns= METHOD (each once)"
   methods["${kind}"]="${pair#*=}"
 done
+declare -A roles=()
+read -r -a pairs <<<"${LOGIN_ROLES:-}"
+for pair in "${pairs[@]}"; do
+  kind="${pair%%=*}"
+  [[ "${pair}" == *=?* && " ${token_kinds[*]} " == *" ${kind} "* && -z "${roles[${kind}]:-}" ]] ||
+    die "LOGIN_ROLES: ${pair} is not one of agent=, service=, dns= ROLE (each once)"
+  roles["${kind}"]="${pair#*=}"
+done
 for kind in "${token_kinds[@]}"; do
   [[ -n "${methods[${kind}]:-}" ]] || die "LOGIN_METHODS names no method for ${kind}"
+  [[ -n "${roles[${kind}]:-}" ]] || die "LOGIN_ROLES names no role for ${kind}"
 done
 [[ -n "${LOGIN_SERVER_ID:-}" ]] || die "LOGIN_SERVER_ID is empty"
 
 deadline=$((SECONDS + deadline_seconds))
 
-# 1. The instance id, through IMDSv2. The metadata service can lag behind the network at boot.
+# 1. The instance id and region, through IMDSv2. The metadata service can lag behind the network at
+# boot. Every answer is checked for its exact form: the id becomes part of an HCL file, the region a
+# command-line flag.
+imds_get() {
+  curl -fsS --noproxy '*' --connect-timeout 2 --max-time 5 -H "X-aws-ec2-metadata-token: ${imds_token}" \
+    "${imds}/latest/meta-data/$1" 2>"${work}/err"
+}
 imds_attempt=1
 while true; do
   if imds_token="$(curl -fsS --noproxy '*' --connect-timeout 2 --max-time 5 -X PUT \
     -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "${imds}/latest/api/token" 2>"${work}/err")" &&
-    instance_id="$(curl -fsS --noproxy '*' --connect-timeout 2 --max-time 5 \
-      -H "X-aws-ec2-metadata-token: ${imds_token}" "${imds}/latest/meta-data/instance-id" 2>"${work}/err")"; then
+    instance_id="$(imds_get instance-id)" && region="$(imds_get placement/region)"; then
     break
   fi
   if ((SECONDS >= deadline)); then
-    die "no instance id from the metadata service at ${imds} after ${imds_attempt} attempts" \
+    die "no instance id and region from the metadata service at ${imds} after ${imds_attempt} attempts" \
       "in ${SECONDS}s; last error: $(last_line "${work}/err")"
   fi
   echo "consul-login: metadata service at ${imds} failed (attempt ${imds_attempt}):" \
@@ -179,30 +256,34 @@ while true; do
   imds_attempt=$((imds_attempt + 1))
   sleep "${retry_seconds}"
 done
-# The id becomes the node name in an HCL file: anything but an instance id is refused, not quoted.
 [[ "${instance_id}" =~ ^i-[0-9a-f]{8,17}$ ]] ||
   die "the metadata service at ${imds} answered something that is not an instance id; refusing it"
+[[ "${region}" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$ ]] ||
+  die "the metadata service at ${imds} answered something that is not an AWS region; refusing it"
 node="${service}-${instance_id}"
 
-# 2. One login per token. Each token's SecretID goes into HCL and files, so its format is checked.
+# The tokens a previous boot left in tokens.hcl (a crash skips ExecStop), destroyed once the new ones
+# are in place. Only exact SecretIDs are taken from the file.
+uuid_re='^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+old_tokens=()
+if [[ -s "${config_dir}/tokens.hcl" ]]; then
+  while read -r old; do
+    [[ "${old}" =~ ${uuid_re} ]] && old_tokens+=("${old}")
+  done < <(sed -n 's/^ *[a-z_]* *= *"\([0-9a-f-]*\)" *$/\1/p' "${config_dir}/tokens.hcl")
+fi
+
+# 2. One login per token, each read back and checked.
 declare -A tokens=()
 for kind in "${token_kinds[@]}"; do
   sink="${work}/${kind}.token"
-  rm -f "${sink}"
-  retry "login to ${methods[${kind}]}" login -type=aws-iam "-method=${methods[${kind}]}" \
-    -aws-auto-bearer-token -aws-include-entity "-aws-server-id-header-value=${LOGIN_SERVER_ID}" \
-    "-token-sink-file=${sink}"
-  secret=""
-  if [[ -f "${sink}" ]]; then secret="$(<"${sink}")"; fi
-  [[ "${secret}" =~ ^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$ ]] ||
-    die "the login to ${methods[${kind}]} succeeded but left no token SecretID in its sink file"
-  tokens["${kind}"]="${secret}"
+  retry "login to ${methods[${kind}]}" login_checked "${kind}" "${sink}"
+  tokens["${kind}"]="$(<"${sink}")"
 done
 
 # 3. The gossip key, readable with the agent token only.
 gossip_key=""
 if [[ -n "${GOSSIP_KEY_PATH:-}" ]]; then
-  retry "reading the gossip key ${GOSSIP_KEY_PATH}" "kv get" "-token-file=${work}/agent.token" \
+  retry "reading the gossip key ${GOSSIP_KEY_PATH}" consul_call "kv get" "-token-file=${work}/agent.token" \
     "${GOSSIP_KEY_PATH}"
   gossip_key="$(<"${work}/out")"
   # Consul wants base64 of a 16, 24 or 32-byte key; checking the exact form also makes the value
@@ -213,7 +294,8 @@ fi
 
 # 4. Everything is known: stage each file next to its final place (same file system, so the mv
 # below is an atomic rename), with its owner and mode set before it becomes visible.
-install -d -m 0750 -o root -g "${envoy_group}" "${token_dir}"
+# The directory is 0751: each process reaches its own token file by name; no one else lists them.
+install -d -m 0751 -o root -g root "${token_dir}"
 declare -A final=()
 stage() {
   local dest="$1" mode="$2" group="$3" content="$4" tmp
@@ -224,7 +306,10 @@ stage() {
   printf '%s\n' "${content}" >"${tmp}"
   final["${tmp}"]="${dest}"
 }
-stage "${token_dir}/agent.token" 0600 root "${tokens[agent]}"
+# The agent reads its own token through CONSUL_HTTP_TOKEN_FILE too, for the calls it makes with an
+# api.DefaultConfig() client (netutil.IsDualStack: hashicorp/consul agent/xds listeners), which
+# never see acl.tokens.agent.
+stage "${token_dir}/agent.token" 0640 "${consul_group}" "${tokens[agent]}"
 stage "${token_dir}/dns.token" 0600 root "${tokens[dns]}"
 # Envoy reads its token through CONSUL_HTTP_TOKEN_FILE, as the envoy group.
 stage "${token_dir}/service.token" 0640 "${envoy_group}" "${tokens[service]}"
@@ -247,3 +332,11 @@ for tmp in "${staged[@]}"; do
 done
 staged=()
 echo "consul-login: node ${node} logged in (agent, service, dns tokens written)"
+
+# 5. The previous boot's tokens, now replaced: destroyed, best effort.
+for old in "${old_tokens[@]}"; do
+  if [[ " ${tokens[*]} " != *" ${old} "* ]]; then
+    printf '%s\n' "${old}" >"${work}/old.token"
+    logout_file "${work}/old.token" "previous boot's"
+  fi
+done

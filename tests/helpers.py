@@ -102,7 +102,13 @@ def rendered_vms() -> dict[str, RenderedVm]:
         case: RenderedVm(
             render_cloud_config(r),
             vm_files(r),
-            ["consul-login.service", "consul.service", "mesh-app.service", f"envoy@{r.service.name}.service"],
+            [
+                "mesh-imds-guard.service",
+                "consul-login.service",
+                "consul.service",
+                "mesh-app.service",
+                f"envoy@{r.service.name}.service",
+            ],
         )
         for case, r in all_recipes().items()
     }

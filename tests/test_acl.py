@@ -99,6 +99,14 @@ class AclTable(MockedTestCase):
         # checks which login each file and tokens.hcl entry comes from).
         assert envoy["CONSUL_HTTP_TOKEN_FILE"] == f"{TOKEN_DIR}/service.token"
         assert "CONSUL_HTTP_TOKEN" not in envoy
+        # The agent's own api.DefaultConfig() clients read the agent token's file (consul-login
+        # writes it from the agent method's login, tests/test_boot_login.py).
+        agent_env = [
+            line.removeprefix("Environment=")
+            for line in files["/etc/systemd/system/consul.service.d/login.conf"].splitlines()
+            if line.startswith("Environment=")
+        ]
+        assert agent_env == [f"CONSUL_HTTP_TOKEN_FILE={TOKEN_DIR}/agent.token"]
         iam_role = declared.iam_roles[f"{service}-role"]
         assert iam_role["tags"][identity.SERVICE_TAG] == service
         return {process: declared.login_grants(methods[kind], iam_role) for process, kind in acl.METHOD_OF.items()}

@@ -1,16 +1,20 @@
 """consul-login: the boot-time aws-iam login that keeps every secret out of a mesh VM's user data.
 
 The script runs for real, against a stand-in metadata service (an HTTP server on 127.0.0.1 in this
-process) and a stand-in `consul` (tests/fixtures/login/consul) that checks the flags of each call,
-issues UUID tokens, and can be told to fail, refuse a method or serve a bad gossip key.
+process, as strict as IMDSv2) and a stand-in `consul` (tests/fixtures/login/consul) that parses each
+call as Consul 1.22's CLI does, refuses what it refuses (a login without a region, unknown flags,
+arguments where none are taken), issues tokens linked to the roles that exist, and can be told to
+fail, refuse a method, stall or serve a bad gossip key.
 """
 
 from __future__ import annotations
 
 import base64
 import grp
+import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import threading
@@ -24,12 +28,13 @@ import hcl2
 import pytest
 
 from components.userdata import SCRIPTS
-from tests.conftest import need, tool
+from tests.conftest import need, systemd_verify, tool
 
 LOGIN = SCRIPTS / "consul-login.sh"
 FAKE_CONSUL = Path(__file__).parent / "fixtures" / "login" / "consul"
 TEMPLATES = Path(__file__).parent.parent / "components" / "templates"
 INSTANCE_ID = "i-0123456789abcdef0"
+REGION = "eu-central-1"
 IMDS_TOKEN = "imds-session-token-AQAEAEx9"
 METHODS = {
     "agent": "consul-tproxy-vms-dev-agent",
@@ -38,6 +43,11 @@ METHODS = {
 }
 ADDRS = ["https://10.0.1.10:8501", "https://10.0.2.10:8501"]
 SERVER_ID = "consul-tproxy-vms-dev"
+ROLES = {
+    "agent": "consul-tproxy-vms-dev-web-agent",
+    "service": "consul-tproxy-vms-dev-web-agent-read",
+    "dns": "consul-tproxy-vms-dev-dns",
+}
 GOSSIP_KEY = base64.b64encode(bytes(range(32))).decode()
 GOSSIP_PATH = "consul-tproxy-vms/gossip-key"
 CONSUL_GROUP, ENVOY_GROUP = "daemon", "nogroup"  # groups every Debian/Ubuntu system has
@@ -46,21 +56,34 @@ TOKEN_FILES = ["agent.token", "service.token", "dns.token"]
 
 
 class Imds(BaseHTTPRequestHandler):
-    """IMDSv2: the instance id only for a GET that carries a session token from a PUT."""
+    """IMDSv2 as AWS documents it (EC2 User Guide, "Use the Instance Metadata Service to access instance
+    metadata" and "Instance metadata categories"): a session token from a PUT whose TTL header is 1 to
+    21600 seconds (400 otherwise), refused to a PUT carrying X-Forwarded-For (403); every GET needs
+    the token (401); unknown paths are 404."""
 
     instance_id = INSTANCE_ID
+    region = REGION
 
     def do_PUT(self) -> None:
-        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds") == "300":
-            self.answer(200, IMDS_TOKEN)
+        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+        if self.headers.get("X-Forwarded-For"):
+            self.answer(403, "")
+        elif self.path != "/latest/api/token":
+            self.answer(404, "")
+        elif not (ttl.isdigit() and 1 <= int(ttl) <= 21600):
+            self.answer(400, "")
         else:
-            self.answer(400, "bad token request")
+            self.answer(200, IMDS_TOKEN)
 
     def do_GET(self) -> None:
+        paths = {
+            "/latest/meta-data/instance-id": type(self).instance_id,
+            "/latest/meta-data/placement/region": type(self).region,
+        }
         if self.headers.get("X-aws-ec2-metadata-token") != IMDS_TOKEN:
             self.answer(401, "")
-        elif self.path == "/latest/meta-data/instance-id":
-            self.answer(200, type(self).instance_id)
+        elif self.path in paths:
+            self.answer(200, paths[self.path])
         else:
             self.answer(404, "")
 
@@ -110,6 +133,7 @@ class Vm:
             "PATH": os.environ["PATH"],
             "MESH_SERVICE": "web",
             "LOGIN_METHODS": " ".join(f"{k}={m}" for k, m in METHODS.items()),
+            "LOGIN_ROLES": " ".join(f"{k}={r}" for k, r in ROLES.items()),
             "LOGIN_SERVER_ID": SERVER_ID,
             "LOGIN_HTTP_ADDRS": " ".join(ADDRS),
             "CONSUL_CACERT": str(self.config / "ca.pem"),
@@ -123,11 +147,17 @@ class Vm:
             "TOKEN_DIR": str(self.tokens),
             "CONSUL_GROUP": CONSUL_GROUP,
             "ENVOY_GROUP": ENVOY_GROUP,
+            "LOCK_FILE": str(self.tmp / "lock/consul-login.lock"),
+            # No shared AWS config for the stand-in to find a region in.
+            "HOME": str(self.tmp),
             "FAKE_CONSUL_LOG": str(self.log),
             "FAKE_CONSUL_STATE": str(self.state),
             "FAKE_CONSUL_METHODS": " ".join(METHODS.values()),
             "FAKE_CONSUL_SERVER_ID": SERVER_ID,
             "FAKE_CONSUL_GOSSIP_KEY": GOSSIP_KEY,
+            # The roles that exist, as the binding rules link them (identity.binding_rules).
+            "FAKE_CONSUL_ROLES": " ".join(f"{METHODS[k]}={r}" for k, r in ROLES.items()),
+            "FAKE_CONSUL_SERVICE_IDENTITY": f"{METHODS['service']}=web",
         }
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -190,6 +220,10 @@ def hcl(path: Path) -> dict[str, object]:
     return parsed
 
 
+def http_addr(call: str) -> str:
+    return next(arg.removeprefix("-http-addr=") for arg in call.split() if arg.startswith("-http-addr="))
+
+
 def assert_no_secret(vm: Vm, result: subprocess.CompletedProcess[str]) -> None:
     output = result.stdout + result.stderr
     for secret in [*vm.issued().values(), GOSSIP_KEY, IMDS_TOKEN]:
@@ -219,8 +253,9 @@ def test_happy_path_writes_node_tokens_and_gossip_key(vm: Vm) -> None:
 
     for name in FINAL_CONFIG:
         assert owner(vm.config / name) == (0o640, "root", CONSUL_GROUP), name
-    assert owner(vm.tokens) == (0o750, "root", ENVOY_GROUP)
-    assert owner(vm.tokens / "agent.token") == (0o600, "root", "root")
+    assert owner(vm.tokens) == (0o751, "root", "root")
+    # The agent reads its token as CONSUL_HTTP_TOKEN_FILE too (its api.DefaultConfig() self-calls).
+    assert owner(vm.tokens / "agent.token") == (0o640, "root", CONSUL_GROUP)
     assert owner(vm.tokens / "dns.token") == (0o600, "root", "root")
     assert owner(vm.tokens / "service.token") == (0o640, "root", ENVOY_GROUP)
     # No staged file and no work dir with token copies stays behind.
@@ -235,13 +270,16 @@ def test_happy_path_writes_node_tokens_and_gossip_key(vm: Vm) -> None:
     ]
 
     calls = vm.calls()
-    assert len(calls) == 4
-    for call, method in zip(calls, METHODS.values(), strict=False):
-        args = call.split()
+    assert len(calls) == 7
+    for i, method in enumerate(METHODS.values()):
+        args = calls[2 * i].split()
         assert args[:3] == ["login", f"-http-addr={ADDRS[0]}", "-type=aws-iam"]
         assert f"-method={method}" in args and f"-aws-server-id-header-value={SERVER_ID}" in args
         assert "-aws-auto-bearer-token" in args and "-aws-include-entity" in args
-    kv = calls[3].split()
+        assert f"-aws-region={REGION}" in args
+        # Each token is read back to check its roles.
+        assert calls[2 * i + 1].startswith(f"acl token read -http-addr={ADDRS[0]} -self -format=json -token-file=")
+    kv = calls[6].split()
     assert kv[:3] == ["kv", "get", f"-http-addr={ADDRS[0]}"] and kv[-1] == GOSSIP_PATH
     assert kv[3].startswith("-token-file=")
 
@@ -263,8 +301,8 @@ def test_servers_not_up_yet_retries_through_the_addresses(vm: Vm) -> None:
         f"consul-login: login to {method} at {ADDRS[1]} failed (attempt 2): {error}; retrying in 0s",
         f"consul-login: login to {method} at {ADDRS[0]} failed (attempt 3): {error}; retrying in 0s",
     ]
-    # The server that answered is kept for the next calls.
-    assert [c.split()[1 if c.startswith("login") else 2] for c in vm.calls()[3:]] == [f"-http-addr={ADDRS[1]}"] * 4
+    # The server that answered is kept for the next calls (three logins, each read back, the key).
+    assert [http_addr(c) for c in vm.calls()[3:]] == [ADDRS[1]] * 7
     assert (vm.config / "tokens.hcl").exists()
     assert_no_secret(vm, result)
 
@@ -309,7 +347,7 @@ def test_metadata_service_down_until_the_deadline(vm: Vm) -> None:
     result = vm.run(IMDS_ENDPOINT="http://127.0.0.1:9", LOGIN_DEADLINE_SECONDS="3", LOGIN_RETRY_SECONDS="1")
     assert result.returncode == 1
     assert "metadata service at http://127.0.0.1:9 failed (attempt 1)" in result.stderr
-    assert "no instance id from the metadata service" in result.stderr.splitlines()[-1]
+    assert "no instance id and region from the metadata service" in result.stderr.splitlines()[-1]
     assert vm.calls() == [] and vm.written() == []
 
 
@@ -350,9 +388,11 @@ def test_missing_gossip_key_is_retried_then_fails(vm: Vm) -> None:
 
 
 def test_a_login_that_yields_no_uuid_is_refused(vm: Vm) -> None:
-    result = vm.run(FAKE_CONSUL_SINK='x" }\nacl { enabled = false')
+    result = vm.run(FAKE_CONSUL_SINK='x" }\nacl { enabled = false', LOGIN_DEADLINE_SECONDS="2", LOGIN_RETRY_SECONDS="1")
     assert result.returncode == 1
-    assert "left no token SecretID" in result.stderr
+    assert result.stderr.splitlines()[-1].endswith(
+        "last error: the login succeeded but left no token SecretID in its sink file"
+    )
     assert vm.written() == []
 
 
@@ -404,7 +444,7 @@ def test_logout_is_best_effort_and_tries_the_next_server(vm: Vm) -> None:
     assert result.returncode == 0
     assert result.stderr.strip() == (
         f"consul-login: could not log out the service token ({' '.join(ADDRS)}):"
-        " Error destroying token: Unexpected response code: 403"
+        " Error destroying token: Unexpected response code: 403 (Permission denied)"
     )
     assert sorted(vm.logged_out()) == sorted(t for t in issued.values() if t != stuck)
     assert not (vm.config / "tokens.hcl").exists() and list(vm.tokens.iterdir()) == []
@@ -419,7 +459,7 @@ def test_logout_with_nothing_logged_in(vm: Vm) -> None:
 
 def test_login_script_passes_shellcheck() -> None:
     shellcheck = tool("shellcheck")
-    for script in (LOGIN, FAKE_CONSUL):
+    for script in (LOGIN,):
         result = subprocess.run([shellcheck, "--severity=style", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
 
@@ -428,7 +468,6 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # Imported here: test_validators renders every VM at import, which this file does not need.
     from tests.test_validators import fake_root
 
-    analyze = tool("systemd-analyze")
     root = fake_root(
         tmp_path,
         {
@@ -439,11 +478,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
             "/usr/local/sbin/consul-login": "#!/bin/sh\n",
         },
     )
-    (root / "usr/local/sbin/consul-login").chmod(0o755)
-    result = subprocess.run(
-        [analyze, "verify", f"--root={root}", "consul-login.service", "consul.service"], capture_output=True, text=True
-    )
-    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stderr
+    assert systemd_verify(root, ["consul-login.service", "consul.service"]) == []
 
 
 def test_units_order_the_login_before_the_agent() -> None:
@@ -457,7 +492,182 @@ def test_units_order_the_login_before_the_agent() -> None:
         "ExecStart=/usr/local/sbin/consul-login",
         "ExecStop=/usr/local/sbin/consul-login logout",
         "TimeoutStartSec=16min",
+        # Never given up for good: restarted ever later, without a start limit.
+        "Restart=on-failure",
+        "RestartSteps=5",
+        "RestartMaxDelaySec=5min",
+        "StartLimitIntervalSec=0",
     ]:
         assert line in unit.splitlines(), line
     dropin = (TEMPLATES / "consul-login.conf").read_text().splitlines()
-    assert "Requires=consul-login.service" in dropin and "After=consul-login.service" in dropin
+    for line in [
+        "Wants=consul-login.service",
+        "After=consul-login.service",
+        "PartOf=consul-login.service",
+        "StartLimitIntervalSec=0",
+        "Environment=CONSUL_HTTP_TOKEN_FILE=/run/consul-login/agent.token",
+    ]:
+        assert line in dropin, line
+    # A failed login must not fail the agent for good (a Requires= dependency failure is never retried):
+    # the agent waits for its tokens by failing its ExecStartPre, which its Restart=on-failure retries.
+    assert not any(line.startswith("Requires=") for line in dropin)
+    assert any(line.startswith("ExecStartPre=+") and "test -s /etc/consul.d/tokens.hcl" in line for line in dropin)
+    assert "Restart=on-failure" in (TEMPLATES / "consul.service").read_text().splitlines()
+
+
+def fake_consul(vm: Vm, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The stand-in alone, called as consul-login would call the real CLI."""
+    return subprocess.run([str(FAKE_CONSUL), *args], env={**vm.env, **env}, capture_output=True, text=True, timeout=30)
+
+
+def test_the_stand_in_refuses_a_login_without_a_region_as_consul_does(vm: Vm) -> None:
+    """command/login/aws.go: no -aws-region, AWS_REGION, AWS_DEFAULT_REGION or shared config region is
+    "AWS region not found". These are the flags consul-login passed before it read the region."""
+    old_flags = [
+        "login",
+        f"-http-addr={ADDRS[0]}",
+        "-type=aws-iam",
+        f"-method={METHODS['agent']}",
+        "-aws-auto-bearer-token",
+        "-aws-include-entity",
+        f"-aws-server-id-header-value={SERVER_ID}",
+        f"-token-sink-file={vm.tmp / 'sink'}",
+    ]
+    refused = fake_consul(vm, *old_flags)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "Error with aws-iam auth method: AWS region not found"
+    # Any of the sources aws-sdk-go's session reads makes it a login.
+    assert fake_consul(vm, *old_flags, AWS_REGION=REGION).returncode == 0
+    assert fake_consul(vm, *old_flags, AWS_DEFAULT_REGION=REGION).returncode == 0
+    (vm.tmp / ".aws").mkdir()
+    (vm.tmp / ".aws/config").write_text(f"[default]\nregion = {REGION}\n")
+    assert fake_consul(vm, *old_flags).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["login", "-aws-regoin=x"], "flag provided but not defined: -aws-regoin"),
+        (["kv", "get", "key", f"-http-addr={ADDRS[0]}"], "Too many arguments (expected 1, got 2)"),
+        (["logout", f"-http-addr={ADDRS[0]}", "extra"], "Should have no non-flag arguments."),
+        (["acl", "token", "read", f"-http-addr={ADDRS[0]}"], "Must specify the -id parameter"),
+        (
+            ["login", f"-http-addr={ADDRS[0]}", "-method=m", "-token-sink-file=/x", "-aws-region=r"],
+            "Missing '-aws-auto-bearer-token' flag",
+        ),
+        (["login", f"-http-addr={ADDRS[0]}", "-aws-include-entity=maybe"], 'invalid boolean value "maybe"'),
+    ],
+)
+def test_the_stand_in_parses_flags_as_consuls_cli_does(vm: Vm, args: list[str], error: str) -> None:
+    result = fake_consul(vm, *args)
+    assert result.returncode == 1
+    assert error in result.stderr
+
+
+def test_the_login_passes_the_instances_region(vm: Vm, imds: type[Imds]) -> None:
+    imds.region = "ap-southeast-2"
+    assert vm.run().returncode == 0
+    logins = [c for c in vm.calls() if c.startswith("login")]
+    assert len(logins) == 3 and all("-aws-region=ap-southeast-2" in c.split() for c in logins)
+
+
+@pytest.mark.parametrize("region", ["", "us-east-1; rm -rf /", "US-EAST-1", "us-east-1\n-token=x"])
+def test_a_bad_region_from_the_metadata_service_is_refused(vm: Vm, imds: type[Imds], region: str) -> None:
+    imds.region = region
+    result = vm.run(LOGIN_DEADLINE_SECONDS="2", LOGIN_RETRY_SECONDS="1")
+    assert result.returncode == 1
+    assert vm.calls() == [] and vm.written() == []
+    if region:
+        assert "answered something that is not an AWS region; refusing it" in result.stderr
+        assert "rm -rf" not in result.stderr
+
+
+def test_a_token_without_its_role_is_logged_out_and_the_login_retried(vm: Vm) -> None:
+    """agent/consul/auth/binder.go skips a role that does not exist yet: the login succeeds with a token
+    that lacks it. consul-login reads it back, destroys it and logs in again."""
+    roleless = vm.state / "roleless"
+    roleless.write_text("1\n")
+    result = vm.run(FAKE_CONSUL_ROLELESS=str(roleless))
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    assert first == (
+        f"consul-login: login to {METHODS['agent']} at {ADDRS[0]} failed (attempt 1): the agent token lacks role"
+        f" {ROLES['agent']} (a binding rule names it but it does not exist yet?); retrying in 0s"
+    )
+    # Four tokens were issued: the roleless one is gone, the other three are live and in use.
+    issued = (vm.state / "issued").read_text().split()[1::2]
+    assert len(issued) == 4 and vm.logged_out() == [issued[0]]
+    acl = hcl(vm.config / "tokens.hcl")["acl"][0]["tokens"][0]  # type: ignore[index]
+    assert sorted(acl.values()) == sorted(issued[1:])  # type: ignore[union-attr]
+    assert_no_secret(vm, result)
+
+
+def test_a_service_token_without_its_service_identity_is_refused(vm: Vm) -> None:
+    result = vm.run(FAKE_CONSUL_SERVICE_IDENTITY="", LOGIN_DEADLINE_SECONDS="2", LOGIN_RETRY_SECONDS="1")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].endswith(
+        "the service token lacks the service identity web (a binding rule names it but it does not exist yet?)"
+    )
+    # Every token issued for the service method was destroyed again; nothing was written.
+    service_tokens = [
+        t
+        for m, t in (line.split() for line in (vm.state / "issued").read_text().splitlines())
+        if m == METHODS["service"]
+    ]
+    assert service_tokens and set(service_tokens) <= set(vm.logged_out())
+    assert vm.written() == []
+
+
+def test_the_previous_boots_tokens_are_logged_out(vm: Vm) -> None:
+    """A crash skips ExecStop: the next boot finds the old tokens in tokens.hcl (on disk) and destroys
+    them once the new ones are in place (/run is a fresh tmpfs)."""
+    assert vm.run().returncode == 0
+    old = sorted(vm.issued().values())
+    shutil.rmtree(vm.run_dir)  # the reboot: /run is empty again, /etc/consul.d is not
+    result = vm.run()
+    assert result.returncode == 0, result.stderr
+    assert sorted(vm.logged_out()) == old
+    new = sorted(vm.issued().values())
+    assert set(new).isdisjoint(old)
+    live = json.loads((vm.state / "tokens.json").read_text())
+    assert sorted(live) == new
+    assert_no_secret(vm, result)
+
+
+def test_two_logins_never_overlap(vm: Vm) -> None:
+    """Both run to the end, one after the other (the lock): the second replaces the first's tokens and
+    destroys them, so exactly one set is live and it is the one in the files."""
+    runs = [
+        subprocess.Popen(["bash", str(LOGIN)], env=vm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+    live = json.loads((vm.state / "tokens.json").read_text())
+    acl = hcl(vm.config / "tokens.hcl")["acl"][0]["tokens"][0]  # type: ignore[index]
+    assert sorted(live) == sorted(acl.values())  # type: ignore[union-attr]
+    assert len(vm.logged_out()) == 3
+
+
+def test_a_held_lock_is_waited_for_then_reported(vm: Vm) -> None:
+    lock = Path(vm.env["LOCK_FILE"])
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "30"])
+    try:
+        time.sleep(0.5)
+        result = vm.run(LOGIN_DEADLINE_SECONDS="1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"consul-login: another consul-login held {lock} for 1s"
+    assert vm.calls() == []
+
+
+def test_a_server_that_accepts_and_stalls_is_timed_out(vm: Vm) -> None:
+    result = vm.run(
+        FAKE_CONSUL_HANG="login", LOGIN_CALL_TIMEOUT_SECONDS="1", LOGIN_DEADLINE_SECONDS="3", LOGIN_RETRY_SECONDS="0"
+    )
+    assert result.returncode == 1
+    assert "failed (attempt 1): no answer within 1s" in result.stderr

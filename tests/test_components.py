@@ -157,6 +157,8 @@ class MeshVmTest(MockedTestCase):
         assert env_of(files["/etc/consul.d/login.env"]) == {
             "MESH_SERVICE": "web",
             "LOGIN_METHODS": f"agent={PREFIX}-agent service={PREFIX}-service dns={PREFIX}-dns",
+            # The roles each token must carry; the same names the VM's binding rules and roles use.
+            "LOGIN_ROLES": f"agent={PREFIX}-web-agent service={PREFIX}-web-agent-read dns={PREFIX}-dns",
             "LOGIN_SERVER_ID": PREFIX,
             "LOGIN_HTTP_ADDRS": "https://10.0.1.10:8501",
             "CONSUL_CACERT": "/etc/consul.d/ca.pem",

@@ -13,6 +13,8 @@ from unittest import mock
 
 import pulumi
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from components import identity, lifecycle, program
 from components.identity import NODE_TAG, SERVICE_TAG, gossip_key_path, iam_path, login_prefix
@@ -459,7 +461,9 @@ class ExistingCluster(MockedTestCase):
 
 def test_dns_policy_name_is_valid_for_consul_whatever_the_stack_name() -> None:
     assert program.dns_policy_name("dev") == f"{PROJECT}-dev-dns-read"
-    assert program.dns_policy_name("team.prod") == f"{PROJECT}-team-prod-dns-read"
+    # A stack name with a dot carries a hash of its exact name (identity.stack_label).
+    assert program.dns_policy_name("team.prod") == f"{identity.login_prefix('team.prod')}-dns-read"
+    assert program.dns_policy_name("team.prod") != program.dns_policy_name("team-prod")
 
 
 @contextmanager
@@ -539,6 +543,17 @@ class BadConfig(MockedTestCase):
         assert "zoneCount: 4 is more than the 3 availability zones of this region" in str(caught.exception)
         assert self.mocks.resources == []
 
+    async def test_a_partition_whose_logins_consul_cannot_check_fails_before_any_resource(self) -> None:
+        self.set_config(DEMO)
+        for partition in ("aws-cn", "aws-us-gov"):
+            with (
+                mock.patch.object(program, "region_partition", return_value=partition),
+                self.assertRaises(pulumi.RunError) as caught,
+            ):
+                run_main()
+            assert f"aws:region: the {partition!r} partition is not supported" in str(caught.exception)
+            assert self.mocks.resources == []
+
     async def test_user_data_over_ec2s_limit_fails_before_any_resource(self) -> None:
         too_many = {"port": 9090, "excludeOutboundPorts": list(range(1, 6000))}
         self.set_config({**DEMO, "services": {**DEMO["services"], "web": too_many}})
@@ -608,11 +623,31 @@ class BlastRadius(MockedTestCase):
 
 def test_consul_names_fit_their_limits_for_the_longest_stack_and_service_names() -> None:
     """Consul: policy names at most 128 characters, role names 256 (agent/structs/acl.go)."""
-    prefix = identity.login_prefix("s" * 100)  # Pulumi stack names are at most 100 characters
+    prefix = identity.login_prefix("s." * 50)  # Pulumi stack names are at most 100 characters
     role = identity.agent_read_role_name(prefix, "a" * 63)
     assert len(role) <= 256 and re.fullmatch(r"[A-Za-z0-9_-]+", role)
     policy = identity.policy_name_for(role)
     assert len(policy) <= 128 and policy != identity.policy_name_for(identity.agent_role_name(prefix, "a" * 63))
+
+
+# Pulumi stack names: letters, digits, `-`, `_` and `.`, at most 100 characters.
+STACK_NAMES = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,90}", fullmatch=True)
+
+
+@given(STACK_NAMES.filter(lambda n: "." in n))
+def test_stacks_differing_only_by_dots_and_dashes_share_no_names(stack: str) -> None:
+    """`a.b` and `a-b` once shared an IAM path and login prefix: each could log in as the other's VMs."""
+    dashed = stack.replace(".", "-")
+    assert identity.login_prefix(stack) != identity.login_prefix(dashed)
+    assert identity.iam_path(stack) != identity.iam_path(dashed)
+    for name in (identity.login_prefix(stack), identity.iam_path(stack).strip("/")):
+        assert re.fullmatch(r"[A-Za-z0-9_/-]+", name), name
+
+
+def test_stack_names_without_dots_keep_their_names() -> None:
+    """Existing stacks whose names have no `.` keep every name (else every VM would be replaced)."""
+    assert identity.login_prefix("dev") == "consul-tproxy-vms-dev"
+    assert identity.iam_path("prod_eu-1") == "/consul-tproxy-vms/prod_eu-1/"
 
 
 def test_keys_outside_the_namespace_that_look_like_ours_are_named() -> None:

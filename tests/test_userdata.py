@@ -70,18 +70,26 @@ def test_boot_order_users_packages_files_then_units() -> None:
     assert users == ["default", "consul", "envoy"]  # "default" keeps the image's login user
     assert doc["groups"] == ["consul", "envoy"]
     assert all(u["system"] and u["shell"] == "/usr/sbin/nologin" for u in doc["users"][1:])
-    # The signing key travels in the user data: no keyserver at boot (tests/test_apt_key.py checks it).
+    # The signing key is fetched and pinned by bootcmd, before apt is configured; no keyserver at boot
+    # (tests/test_apt_key.py runs it).
     source = doc["apt"]["sources"]["hashicorp"]
-    assert "keyid" not in source and source["key"].startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
-    assert HASHICORP_KEY_FINGERPRINT in render_cloud_config(recipe())
+    assert "keyid" not in source and "key" not in source and "signed-by=" in source["source"]
+    assert f"fingerprint={HASHICORP_KEY_FINGERPRINT}" in doc["bootcmd"][0]
     # iptables is named: consul connect redirect-traffic runs it.
     assert doc["packages"][:3] == [["consul", "1.22.1-*"], ["hashicorp-envoy", "1.35.3-*"], ["iptables", "*"]]
     assert doc["package_update"] is True
     started = [cmd[-1] for cmd in doc["runcmd"] if cmd[:3] == ["systemctl", "enable", "--now"]]
     # The application starts before Envoy, whose ExecStartPre redirects traffic: after the
     # redirect, with MeshDestinationsOnly, nothing outside the mesh (apt included) is reachable.
-    # The login (tokens, node name, gossip key) before the agent, which requires it.
-    assert started == ["consul-login.service", "consul.service", "mesh-app.service", "envoy@web.service"]
+    # The metadata guard before anything an unprivileged user runs; the login (tokens, node name,
+    # gossip key) before the agent, which waits for it.
+    assert started == [
+        "mesh-imds-guard.service",
+        "consul-login.service",
+        "consul.service",
+        "mesh-app.service",
+        "envoy@web.service",
+    ]
     assert doc["runcmd"].index(["systemctl", "restart", "systemd-resolved.service"]) < doc["runcmd"].index(
         ["systemctl", "enable", "--now", "consul.service"]
     )
@@ -174,6 +182,34 @@ def test_demo_app_calls_its_upstreams_by_virtual_hostname() -> None:
     assert files["/usr/local/bin/mesh-demo-app"] == (SCRIPTS / "mesh-demo-app.py").read_text()
 
 
+@pytest.mark.parametrize(("port", "needs_cap"), [(80, True), (1023, True), (1024, False), (9090, False)])
+def test_an_app_on_a_port_below_1024_gets_that_one_capability(port: int, needs_cap: bool) -> None:
+    """A DynamicUser cannot bind a port below 1024 without CAP_NET_BIND_SERVICE (capabilities(7))."""
+    for the_recipe in (
+        recipe(port=port),
+        replace(custom_app_recipe(), service=replace(custom_app_recipe().service, port=port)),
+    ):
+        unit = files_of(render_cloud_config(the_recipe))["/etc/systemd/system/mesh-app.service"].splitlines()
+        granted = [line for line in unit if line.startswith(("AmbientCapabilities=", "CapabilityBoundingSet="))]
+        expected = ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
+        assert granted == (expected if needs_cap else [])
+
+
+def test_the_application_and_envoy_never_reach_the_metadata_service() -> None:
+    """IMDS hands the instance role's credentials to any local process, and with them a login as the VM
+    (PUT /v1/acl/login needs no token): the guard runs before either starts, and their units deny it."""
+    files = files_of(render_cloud_config(recipe()))
+    for unit in ("mesh-app.service", "envoy@.service"):
+        lines = files[f"/etc/systemd/system/{unit}"].splitlines()
+        assert "IPAddressDeny=169.254.169.254/32" in lines, unit
+        assert "Requires=mesh-imds-guard.service" in lines and "After=mesh-imds-guard.service" in lines, unit
+    guard = files["/etc/systemd/system/mesh-imds-guard.service"].splitlines()
+    assert "ExecStart=/usr/local/sbin/mesh-imds-guard consul" in guard
+    assert files["/usr/local/sbin/mesh-imds-guard"].startswith("#!/bin/bash\n")
+    runcmd = yaml.safe_load(render_cloud_config(recipe()))["runcmd"]
+    assert runcmd[2] == ["systemctl", "enable", "--now", "mesh-imds-guard.service"]
+
+
 def test_envoy_unit_and_its_environment() -> None:
     files = files_of(render_cloud_config(recipe()))
     unit = files["/etc/systemd/system/envoy@.service"]
@@ -245,8 +281,8 @@ def test_user_data_stays_far_below_the_ec2_limit_with_many_exclusions() -> None:
         uids=tuple(range(2000, 2020)),
     )
     the_recipe = replace(tls_recipe(), service=replace(tls_recipe().service, exclusions=many))
-    # EC2 counts the bytes before base64: the gzip. The embedded apt key (about 3 KB that do not
-    # compress) and the scripts are most of it; leave a quarter of the limit for what comes next.
+    # EC2 counts the bytes before base64: the gzip. The scripts and units are most of it (the apt key
+    # is fetched at boot, not embedded); leave a quarter of the limit for what comes next.
     sent = len(base64.b64decode(encode_user_data(render_cloud_config(the_recipe))))
     assert sent < EC2_USER_DATA_LIMIT * 3 / 4
 

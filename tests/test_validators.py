@@ -10,7 +10,7 @@ import hcl2
 import pytest
 
 from components.userdata import SCRIPTS
-from tests.conftest import tool
+from tests.conftest import systemd_verify, tool
 from tests.helpers import rendered_vms
 
 CASES = sorted(rendered_vms())
@@ -70,6 +70,7 @@ def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     for exe in [
+        "/bin/sh",
         "/usr/bin/consul",
         "/usr/bin/python3",
         "/bin/kill",
@@ -79,6 +80,7 @@ def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
         "/usr/local/sbin/consul-login",
         "/usr/local/sbin/consul-server-login",
         "/usr/local/sbin/consul-server-secrets",
+        "/usr/local/sbin/mesh-imds-guard",
         "/opt/billing/bin/server",
     ]:
         target = root / exe.lstrip("/")
@@ -91,12 +93,11 @@ def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
 
 @pytest.mark.parametrize("case", CASES)
 def test_systemd_units_pass_systemd_analyze_verify(case: str, tmp_path: Path) -> None:
-    analyze = tool("systemd-analyze")
     vm = rendered_vms()[case]
     root = fake_root(tmp_path, {f.path: f.content for f in vm.files})
-    result = subprocess.run([analyze, "verify", f"--root={root}", *vm.units], capture_output=True, text=True)
-    # verify warns (unknown keys, bad values) without failing: any output is a finding.
-    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stderr
+    # verify warns (unknown keys, bad values) without failing: any output is a finding (conftest
+    # excuses only keys this machine's systemd is too old for but the VMs' has).
+    assert systemd_verify(root, vm.units) == []
 
 
 def test_systemd_verify_is_real(tmp_path: Path) -> None:
