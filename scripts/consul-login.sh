@@ -209,26 +209,24 @@ fi
 
 service="${MESH_SERVICE:-}"
 [[ "${service}" =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] || die "MESH_SERVICE is not a DNS label"
-declare -A methods=()
-read -r -a pairs <<<"${LOGIN_METHODS:-}"
-for pair in "${pairs[@]}"; do
-  kind="${pair%%=*}"
-  [[ "${pair}" == *=?* && " ${token_kinds[*]} " == *" ${kind} "* && -z "${methods[${kind}]:-}" ]] ||
-    die "LOGIN_METHODS: ${pair} is not one of agent=, service=, dns= METHOD (each once)"
-  methods["${kind}"]="${pair#*=}"
-done
-declare -A roles=()
-read -r -a pairs <<<"${LOGIN_ROLES:-}"
-for pair in "${pairs[@]}"; do
-  kind="${pair%%=*}"
-  [[ "${pair}" == *=?* && " ${token_kinds[*]} " == *" ${kind} "* && -z "${roles[${kind}]:-}" ]] ||
-    die "LOGIN_ROLES: ${pair} is not one of agent=, service=, dns= ROLE (each once)"
-  roles["${kind}"]="${pair#*=}"
-done
-for kind in "${token_kinds[@]}"; do
-  [[ -n "${methods[${kind}]:-}" ]] || die "LOGIN_METHODS names no method for ${kind}"
-  [[ -n "${roles[${kind}]:-}" ]] || die "LOGIN_ROLES names no role for ${kind}"
-done
+# read_pairs SETTING ARRAY: SETTING's KIND=VALUE pairs, exactly one per token kind, into ARRAY.
+read_pairs() {
+  local setting="$1" pair kind pairs
+  local -n into="$2"
+  read -r -a pairs <<<"${!setting:-}"
+  for pair in "${pairs[@]}"; do
+    kind="${pair%%=*}"
+    [[ "${pair}" == *=?* && " ${token_kinds[*]} " == *" ${kind} "* && -z "${into[${kind}]:-}" ]] ||
+      die "${setting}: ${pair} is not one of agent=, service=, dns= NAME (each once)"
+    into["${kind}"]="${pair#*=}"
+  done
+  for kind in "${token_kinds[@]}"; do
+    [[ -n "${into[${kind}]:-}" ]] || die "${setting} names nothing for ${kind}"
+  done
+}
+declare -A methods=() roles=()
+read_pairs LOGIN_METHODS methods
+read_pairs LOGIN_ROLES roles
 [[ -n "${LOGIN_SERVER_ID:-}" ]] || die "LOGIN_SERVER_ID is empty"
 
 deadline=$((SECONDS + deadline_seconds))

@@ -9,11 +9,10 @@ https://apt.releases.hashicorp.com/gpg. The stand-in serves HashiCorp's real key
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import yaml
 
 from components.userdata import HASHICORP_KEY_FINGERPRINT, HASHICORP_KEYRING, SCRIPTS, render_cloud_config
 from tests.conftest import tool
-from tests.helpers import recipe
+from tests.helpers import recipe, serving
 
 HASHICORP_KEY = Path(__file__).parent / "fixtures" / "apt" / "hashicorp-archive-keyring.asc"
 # Warn this long before HashiCorp's key expires: its successor's fingerprint must be pinned by then.
@@ -101,14 +100,9 @@ def key_server() -> Iterator[KeyServer]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    served.url = f"http://127.0.0.1:{server.server_address[1]}/gpg"
-    try:
+    with serving(Handler) as base:
+        served.url = f"{base}/gpg"
         yield served
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def shipped_script() -> str:

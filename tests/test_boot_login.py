@@ -17,11 +17,10 @@ import re
 import shutil
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import hcl2
@@ -29,6 +28,7 @@ import pytest
 
 from components.userdata import SCRIPTS
 from tests.conftest import need, systemd_verify, tool
+from tests.helpers import serving
 
 LOGIN = SCRIPTS / "consul-login.sh"
 FAKE_CONSUL = Path(__file__).parent / "fixtures" / "login" / "consul"
@@ -101,15 +101,9 @@ class Imds(BaseHTTPRequestHandler):
 @pytest.fixture
 def imds() -> Iterator[type[Imds]]:
     handler = type("TestImds", (Imds,), {})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    handler.endpoint = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-    try:
+    with serving(handler) as base:
+        handler.endpoint = base  # type: ignore[attr-defined]
         yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass
@@ -402,6 +396,8 @@ def test_a_login_that_yields_no_uuid_is_refused(vm: Vm) -> None:
         ("LOGIN_METHODS", "agent=a service=s"),
         ("LOGIN_METHODS", "agent=a service=s dns=d agent=b"),
         ("LOGIN_METHODS", "agent=a service=s dns=d node=n"),
+        ("LOGIN_ROLES", "agent=a service=s"),
+        ("LOGIN_ROLES", "agent=a service=s dns="),
         ("LOGIN_HTTP_ADDRS", "http://10.0.1.10:8500"),
         ("LOGIN_HTTP_ADDRS", ""),
         ("MESH_SERVICE", "Web_1"),
