@@ -282,8 +282,9 @@ def build(
                 key_name=spec.ssh_key_name,
                 tags=tags,
                 instance_after=vms_after,
+                # To its Consul resources alone: the instance does not wait for the gate.
+                consul_provider=provider,
             ),
-            opts=with_consul,
         )
         for name, svc in sorted(spec.services.items())
     }

@@ -459,3 +459,40 @@ def test_without_the_image_pin_a_newer_release_replaces_every_vm_and_server() ->
     moved = lifecycle.plan_after(first, unpinned(DEMO), MeshMocks(), latest_image=NEWER_IMAGE)
     assert sorted(n for n in moved.replaced if n.endswith("-instance")) == of_type(moved.after, INSTANCE)
     assert moved.step("web-instance").kind == REPLACE and moved.step("web-instance").paths == ("ami",)
+
+
+# --- the first `up`'s schedule: mesh VMs boot while the servers come up --------------------------
+
+READY = f"{DYNAMIC}:ConsulReady"
+# A slow readiness gate (the servers boot, install Consul, elect a leader), against a minute per
+# EC2 instance and a second for everything else: figures for the model, not measurements of AWS.
+SLOW_GATE_SECONDS = 900.0
+
+
+def slow_gate(reg: lifecycle.Registration) -> float:
+    return SLOW_GATE_SECONDS if reg.type == READY else 60.0 if reg.type == INSTANCE else 1.0
+
+
+def mesh_vm_instances(record: lifecycle.Record) -> list[str]:
+    return sorted(
+        urn
+        for urn, r in record.items()
+        if r.type == INSTANCE and r.parent.endswith(f"MeshVm::{r.name[: -len('-instance')]}")
+    )
+
+
+@pytest.mark.parametrize("config", [DEMO, THREE], ids=["demo", "three-servers"])
+def test_the_mesh_vms_are_created_before_the_readiness_gate_ends(config: dict[str, Any]) -> None:
+    """Scheduled from the recorded graph (each resource starts once its parent, dependencies,
+    input sources and providers exist: lifecycle.schedule), the VM instances are up long before the
+    gate: only their Consul roles wait for the provider, which waits for the gate."""
+    record = first_up(config).record
+    times = lifecycle.schedule(record, slow_gate)
+    (gate,) = [urn for urn, r in record.items() if r.type == READY]
+    vms = mesh_vm_instances(record)
+    assert len(vms) == len(config["services"])
+    late = [lifecycle.name_of(u) for u in vms if times[u][1] >= times[gate][1]]
+    assert not late, f"created only after the gate ends: {late}"
+    # The Consul resources of the VMs still wait for the provider, and so for the gate.
+    roles = [urn for urn, r in record.items() if r.type == "consul:index/aclRole:AclRole" and "MeshVm" in r.parent]
+    assert roles and all(times[u][0] >= times[gate][1] for u in roles)
