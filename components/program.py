@@ -187,7 +187,7 @@ def build(
         # when first created and for a healthy voter after a replacement), never for anything Consul
         # produces: on an upgrade the servers go first, as Consul's upgrade guide asks
         # (developer.hashicorp.com/consul/docs/upgrade: servers, then clients).
-        vms_after: list[pulumi.Resource] = server.gates[-1:]
+        vms_after: list[pulumi.Resource] = [*server.gates[-1:], *network.path]
         outputs["consulServers"] = server.servers
     else:
         cluster = spec.consul
@@ -199,7 +199,8 @@ def build(
         retry_join, ready_after, triggers = list(cluster.retry_join), [], []
         expect_voters = None
         login_addrs = [cluster.http_addr]
-        vms_after = []
+        # Their first boot installs packages: after the route to the internet (of a created VPC).
+        vms_after = list(network.path)
 
     # The gate depends on the network path to the API (gateway, route, route-table associations)
     # as well: `pulumi destroy` deletes a resource only after everything that depends on it, so
@@ -216,6 +217,9 @@ def build(
         bootstrap=spec.creates_servers,
         opts=pulumi.ResourceOptions(depends_on=[*ready_after, *network.path]),
     )
+    if spec.servers is not None:
+        # The mesh members reach the API only once ACLs are bootstrapped: no bootstrap window.
+        server.admit_mesh_to_api([ready])
     # The provider is configured from values known at preview (the API's fixed address, the token,
     # the CA), never from the gate's outputs: with a server being replaced, an unknown provider
     # configuration would show a change to every Consul object in preview that the update never

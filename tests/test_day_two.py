@@ -496,3 +496,24 @@ def test_the_mesh_vms_are_created_before_the_readiness_gate_ends(config: dict[st
     # The Consul resources of the VMs still wait for the provider, and so for the gate.
     roles = [urn for urn, r in record.items() if r.type == "consul:index/aclRole:AclRole" and "MeshVm" in r.parent]
     assert roles and all(times[u][0] >= times[gate][1] for u in roles)
+
+
+@pytest.mark.parametrize("config", [DEMO, THREE], ids=["demo", "three-servers"])
+def test_mesh_members_reach_the_api_only_after_the_gate_bootstrapped_acls(config: dict[str, Any]) -> None:
+    """`PUT /v1/acl/bootstrap` needs no token: the one 8501 rule for other sources than the admin
+    networks (the mesh members') is created after the gate, which bootstraps ACLs through the admin
+    rules alone. Scheduled from the recorded graph, the rule opens only once the gate has ended."""
+    record = first_up(config).record
+    (gate,) = [urn for urn, r in record.items() if r.type == READY]
+    api_rules = [
+        urn
+        for urn, r in record.items()
+        if r.type == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule" and r.inputs.get("fromPort") == 8501
+    ]
+    from_members = [u for u in api_rules if "cidrIpv4" not in record[u].inputs]
+    assert [lifecycle.name_of(u) for u in from_members] == ["consul-server-mesh-https"]
+    (rule,) = from_members
+    assert lifecycle.depends_transitively(record, rule, gate)
+    assert not any(lifecycle.depends_transitively(record, gate, u) for u in from_members)
+    times = lifecycle.schedule(record, slow_gate)
+    assert times[rule][0] >= times[gate][1]

@@ -285,7 +285,10 @@ class NewServers(MockedTestCase):
         (keys,) = self.mocks.of_type(KEYS)
         assert keys.name == "identity-gossip-key"
         assert SECRET_MARKER in json.dumps(keys.inputs["keys"])
-        assert unwrap(keys.inputs["keys"]) == [{"path": gossip_key_path(PREFIX), "value": GENERATED_GOSSIP}]
+        # delete: the entry goes with the resource (`pulumi destroy`), not left behind in KV.
+        assert unwrap(keys.inputs["keys"]) == [
+            {"path": gossip_key_path(PREFIX), "value": GENERATED_GOSSIP, "delete": True}
+        ]
         assert gossip_key_path(PREFIX) == f"{PROJECT}/{PREFIX}/gossip-key"
 
     async def test_a_vms_subnet_depends_on_its_service_name_alone(self) -> None:
@@ -440,7 +443,7 @@ class ExistingCluster(MockedTestCase):
         assert binding_rules(self.mocks) == VM_BINDING_RULES
         (keys,) = self.mocks.of_type(KEYS)
         assert SECRET_MARKER in json.dumps(keys.inputs["keys"])
-        assert unwrap(keys.inputs["keys"]) == [{"path": gossip_key_path(PREFIX), "value": GOSSIP_KEY}]
+        assert unwrap(keys.inputs["keys"]) == [{"path": gossip_key_path(PREFIX), "value": GOSSIP_KEY, "delete": True}]
         assert outputs["consulLogin"] == {
             "prefix": PREFIX,
             "iamPath": IAM_PATH,
