@@ -542,6 +542,40 @@ class BadConfig(MockedTestCase):
         assert "zoneCount: 4 is more than the 3 availability zones of this region" in str(caught.exception)
         assert self.mocks.resources == []
 
+    async def test_subnets_go_only_into_zones_offering_every_instance_type(self) -> None:
+        # As in us-east-1, one zone offers no t3: the created subnets skip it, keeping the order.
+        self.mocks.offered_in = {"t3.small": ["us-east-1a", "us-east-1c"]}
+        self.set_config({**DEMO, "zoneCount": 2})
+        await value(run_main())
+        zones = {r.name: r.inputs["availabilityZone"] for r in self.mocks.of_type("aws:ec2/subnet:Subnet")}
+        assert zones == {"network-subnet-0": "us-east-1a", "network-subnet-1": "us-east-1c"}
+        (offerings,) = [c for c in self.mocks.calls if c.token.endswith("getInstanceTypeOfferings")]
+        assert offerings.args["filters"] == [{"name": "instance-type", "values": ["t3.small"]}]
+
+    async def test_more_zones_than_offer_the_instance_types_fails_before_any_resource(self) -> None:
+        self.mocks.offered_in = {"m5.large": ["us-east-1b"]}
+        self.set_config({**DEMO, "zoneCount": 2, "serverInstanceType": "m5.large"})
+        with self.assertRaises(pulumi.RunError) as caught:
+            run_main()
+        assert (
+            "zoneCount: 2 is more than the 1 availability zones of this region offering every instance type "
+            "of the stack (m5.large, t3.small): us-east-1b" in str(caught.exception)
+        )
+        assert self.mocks.resources == []
+
+    async def test_an_arm_instance_type_is_refused_before_any_resource(self) -> None:
+        # Decided from what AWS reports for the type (the mocks: arm64 for a Graviton name).
+        self.mocks.architectures = {"m6.odd": ["arm64"]}
+        services = {**DEMO["services"], "api": {**DEMO["services"]["api"], "instanceType": "m6.odd"}}
+        self.set_config({**DEMO, "services": services, "serverInstanceType": "t4g.small"})
+        with self.assertRaises(pulumi.RunError) as caught:
+            run_main()
+        message = str(caught.exception)
+        assert "serverInstanceType: 't4g.small' is not an x86_64 instance type (AWS reports arm64)" in message
+        assert "services.api.instanceType: 'm6.odd' is not an x86_64 instance type (AWS reports arm64)" in message
+        assert "services.web" not in message
+        assert self.mocks.resources == []
+
     async def test_user_data_over_ec2s_limit_fails_before_any_resource(self) -> None:
         too_many = {"port": 9090, "excludeOutboundPorts": list(range(1, 6000))}
         self.set_config({**DEMO, "services": {**DEMO["services"], "web": too_many}})
