@@ -171,7 +171,11 @@ class MeshNetwork(pulumi.ComponentResource):
                     availability_zone=zone_names.apply(lambda names, i=index: _zone(names, i)),
                     map_public_ip_on_launch=True,
                     tags={**tags, "Name": f"{name}-subnet-{index}"},
-                    opts=child,
+                    # A subnet that moves zone (its zone stopped offering an instance type of the
+                    # stack) keeps its CIDR, which a second subnet of the VPC cannot have at the
+                    # same time (EC2 CreateSubnet: InvalidSubnet.Conflict): delete it first (the
+                    # engine deletes what the replacement replaces with it first).
+                    opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
                 )
                 association = aws.ec2.RouteTableAssociation(
                     f"{name}-subnet-{index}-public", subnet_id=subnet.id, route_table_id=routes.id, opts=child

@@ -517,3 +517,24 @@ def test_mesh_members_reach_the_api_only_after_the_gate_bootstrapped_acls(config
     assert not any(lifecycle.depends_transitively(record, gate, u) for u in from_members)
     times = lifecycle.schedule(record, slow_gate)
     assert times[rule][0] >= times[gate][1]
+
+
+def test_a_zone_that_stops_offering_an_instance_type_moves_only_its_subnet() -> None:
+    """The created subnets take the first zoneCount zones offering every instance type, in the
+    region's order: a type the second zone lacks (as one us-east-1 zone lacks t3) moves the second
+    subnet alone, and what lives in it. The move creates a subnet with the same CIDR, which AWS
+    refuses while the old one exists: the subnet is deleted first (with what depends on it)."""
+    mocks = MeshMocks()
+    mocks.offered_in = {"t3.small": ["us-east-1a", "us-east-1c"]}
+    moved = lifecycle.plan_after(first_up(DEMO), stack_program(DEMO), mocks)
+    assert moved.step("network-subnet-1").kind == REPLACE and moved.step("network-subnet-0").kind == SAME
+    assert named(moved.after, "network-subnet-1").inputs["availabilityZone"] == "us-east-1c"
+    assert named(moved.after, "network-subnet-1").options.delete_before_replace
+    in_moved = [
+        s
+        for s in ("web", "api")
+        if named(moved.after, f"{s}-instance").inputs["subnetId"].startswith("network-subnet-1")
+    ]
+    assert in_moved == ["web", "api"]  # both land in subnet 1 (network.placement_index)
+    assert all(moved.step(f"{s}-instance").kind == REPLACE for s in in_moved)
+    assert moved.step("consul-server-0-instance").kind == SAME  # server 0 lives in subnet 0
