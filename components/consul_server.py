@@ -203,19 +203,15 @@ class ConsulServer(pulumi.ComponentResource):
                 ec2.Ingress("wan-tcp", "tcp", SERF_WAN_PORT, "Consul WAN gossip among servers", ec2.SELF),
                 ec2.Ingress("wan-udp", "udp", SERF_WAN_PORT, "Consul WAN gossip among servers", ec2.SELF),
                 *ec2.admin_ingress("https", HTTPS_PORT, "Consul HTTPS API and UI", args.admin_cidrs),
-                # Mesh VMs log in (aws-iam) and read the gossip key over the API before their agent runs.
-                ec2.Ingress(
-                    "mesh-https",
-                    "tcp",
-                    HTTPS_PORT,
-                    "Consul HTTPS API from mesh members (login)",
-                    args.mesh_security_group_id,
-                ),
+                # The mesh members' 8501 rule comes later, once ACLs are bootstrapped (admit_mesh_to_api).
                 *ec2.admin_ingress("ssh", SSH_PORT, "SSH", args.admin_cidrs),
             ],
             tags,
             self,
         )
+        self._rule_prefix = name
+        self._group_id = group.id
+        self._mesh_security_group_id = args.mesh_security_group_id
         https_rules = [rule for key, rule in sorted(rules.items()) if key.startswith("https-")]
         # An Elastic IP can only be associated in a VPC with an internet gateway: after the path.
         after_path = pulumi.ResourceOptions(parent=self, depends_on=list(args.network_path))
@@ -270,10 +266,7 @@ class ConsulServer(pulumi.ComponentResource):
                 path=args.iam_path,
                 login=True,
                 statements=pulumi.Output.all(gossip_parameter.arn, tls_parameter.arn, secrets_key.arn).apply(
-                    lambda arns: [
-                        ec2.allow(["ssm:GetParameter"], sorted(arns[:2])),
-                        ec2.allow(["kms:Decrypt"], [arns[2]]),
-                    ]
+                    lambda arns: secrets_statements(arns[:2], arns[2])
                 ),
             )
             # The server's address and security groups live on an interface of its own, which the
@@ -350,8 +343,19 @@ class ConsulServer(pulumi.ComponentResource):
                 user_data_base64=cloud_config.apply(encode_user_data),
                 tags={**tags, "consul-tproxy-vms:node": node},
                 parent=self,
-                # One at a time: never touch this server before the previous one is back.
-                depends_on=self.gates[-1:],
+                # One at a time: never touch this server before the previous one is back. And after
+                # what its first boot needs: the way to the internet (apt) and its public address,
+                # and what it reads (its parameters, their key, its role's policies: the profile
+                # waits for those, ec2.instance_profile).
+                depends_on=[
+                    *self.gates[-1:],
+                    *args.network_path,
+                    association,
+                    gossip_parameter,
+                    tls_parameter,
+                    secrets_key,
+                    profile,
+                ],
             )
             attachment = aws.ec2.VolumeAttachment(
                 f"{node}-data-attachment",
@@ -391,6 +395,7 @@ class ConsulServer(pulumi.ComponentResource):
         self.management_token = pulumi.Output.secret(token.result)
         self.gossip_key = pulumi.Output.secret(gossip.base64)
         self.instance_ids = [server.id for server in instances]
+        self.mesh_api_rule: aws.vpc.SecurityGroupIngressRule | None = None
         self.register_outputs(
             {
                 "httpAddr": self.http_addr,
@@ -401,3 +406,45 @@ class ConsulServer(pulumi.ComponentResource):
                 "servers": self.servers,
             }
         )
+
+    def admit_mesh_to_api(self, after: Sequence[pulumi.Resource]) -> aws.vpc.SecurityGroupIngressRule:
+        """Open the HTTPS API (8501) to the mesh members, after `after`: the stack's readiness gate,
+        which bootstraps ACLs. Mesh VMs log in (aws-iam) and read the gossip key over it before
+        their agent runs; but `PUT /v1/acl/bootstrap` needs no token (hashicorp/consul
+        agent/consul/acl_endpoint.go BootstrapTokens checks none), so until the gate has
+        bootstrapped, whoever reaches the API may. The gate reaches it through the admin rules
+        alone (api_access), so it never waits for this one. Their RPC port (8300) admits no
+        bootstrap: internal_rpc verify_incoming wants a certificate of the stack's CA for every
+        RPC but AutoEncrypt.Sign (agent/consul/server.go setupRPC), which needs node:write
+        (agent/consul/connect_ca_endpoint.go Sign), which no token grants before the bootstrap."""
+        if self.mesh_api_rule is None:
+            self.mesh_api_rule = ec2.ingress_rule(
+                self._rule_prefix,
+                self._group_id,
+                ec2.Ingress(
+                    "mesh-https",
+                    "tcp",
+                    HTTPS_PORT,
+                    "Consul HTTPS API from mesh members (login)",
+                    self._mesh_security_group_id,
+                ),
+                self,
+                depends_on=after,
+            )
+        return self.mesh_api_rule
+
+
+def secrets_statements(parameter_arns: Sequence[str], key_arn: str) -> list[dict[str, object]]:
+    """What a server's role may read at boot: its parameters, and their key only to decrypt them.
+
+    SSM calls KMS with the encryption context {"PARAMETER_ARN": <the parameter's ARN>} for a
+    SecureString (AWS KMS Developer Guide, "AWS KMS encryption for AWS Systems Manager Parameter
+    Store SecureString parameters", encryption context), and kms:EncryptionContext:<key> conditions
+    a policy on it (AWS KMS Developer Guide, "AWS KMS condition keys"). So kms:Decrypt holds for
+    this server's own parameters only, whatever SSM permissions the role gains elsewhere.
+    """
+    arns = sorted(parameter_arns)
+    return [
+        ec2.allow(["ssm:GetParameter"], arns),
+        ec2.allow(["kms:Decrypt"], [key_arn], {"StringEquals": {"kms:EncryptionContext:PARAMETER_ARN": arns}}),
+    ]

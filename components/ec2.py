@@ -94,28 +94,42 @@ def instance_profile(
         tags=tags,
         opts=child,
     )
+    policies = []
     if cloud_auto_join:
-        aws.iam.RolePolicy(f"{name}-auto-join", role=role.id, policy=AUTO_JOIN_POLICY, opts=child)
+        policies.append(aws.iam.RolePolicy(f"{name}-auto-join", role=role.id, policy=AUTO_JOIN_POLICY, opts=child))
     if login:
-        aws.iam.RolePolicy(
-            f"{name}-login",
-            role=role.id,
-            policy=role.arn.apply(lambda arn: policy_document([allow(["iam:GetRole"], [arn])])),
-            opts=child,
+        policies.append(
+            aws.iam.RolePolicy(
+                f"{name}-login",
+                role=role.id,
+                policy=role.arn.apply(lambda arn: policy_document([allow(["iam:GetRole"], [arn])])),
+                opts=child,
+            )
         )
     if statements is not None:
-        aws.iam.RolePolicy(
-            f"{name}-secrets",
-            role=role.id,
-            policy=pulumi.Output.from_input(statements).apply(policy_document),
-            opts=child,
+        policies.append(
+            aws.iam.RolePolicy(
+                f"{name}-secrets",
+                role=role.id,
+                policy=pulumi.Output.from_input(statements).apply(policy_document),
+                opts=child,
+            )
         )
-    return aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
+    # The profile after its role's policies: an instance that boots with it (and logs in, reads
+    # its secrets, joins at boot) finds them in place. Its URN and inputs stay as they were.
+    return aws.iam.InstanceProfile(
+        f"{name}-profile", role=role.name, tags=tags, opts=pulumi.ResourceOptions(parent=parent, depends_on=policies)
+    )
 
 
-def allow(actions: list[str], resources: list[str]) -> dict[str, object]:
-    """One IAM policy statement allowing `actions` on exactly `resources`."""
-    return {"Effect": "Allow", "Action": actions, "Resource": resources}
+def allow(
+    actions: list[str], resources: list[str], condition: Mapping[str, Mapping[str, object]] | None = None
+) -> dict[str, object]:
+    """One IAM policy statement allowing `actions` on exactly `resources` (when `condition` holds)."""
+    statement: dict[str, object] = {"Effect": "Allow", "Action": actions, "Resource": resources}
+    if condition:
+        statement["Condition"] = {op: dict(keys) for op, keys in condition.items()}
+    return statement
 
 
 def policy_document(statements: list[dict[str, object]]) -> str:
@@ -153,19 +167,7 @@ def security_group_with_rules(
     group = aws.ec2.SecurityGroup(
         f"{name}-sg", vpc_id=vpc_id, description=description, tags={**tags, "Name": f"{name}-sg"}, opts=child
     )
-    rules = {}
-    for rule in ingress:
-        rules[rule.rule] = aws.vpc.SecurityGroupIngressRule(
-            f"{name}-{rule.rule}",
-            security_group_id=group.id,
-            referenced_security_group_id=group.id if rule.source_group_id == SELF else rule.source_group_id,
-            cidr_ipv4=rule.cidr,
-            ip_protocol=rule.protocol,
-            from_port=rule.port,
-            to_port=rule.port,
-            description=rule.description,
-            opts=child,
-        )
+    rules = {rule.rule: ingress_rule(name, group.id, rule, parent) for rule in ingress}
     aws.vpc.SecurityGroupEgressRule(
         f"{name}-egress",
         security_group_id=group.id,
@@ -175,6 +177,28 @@ def security_group_with_rules(
         opts=child,
     )
     return group, rules
+
+
+def ingress_rule(
+    name: str,
+    group_id: pulumi.Input[str],
+    rule: Ingress,
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> aws.vpc.SecurityGroupIngressRule:
+    """The rule `<name>-<rule.rule>` of the group `group_id`: declared on its own when it must wait
+    for something (a rule that opens an API only once it is safe to)."""
+    return aws.vpc.SecurityGroupIngressRule(
+        f"{name}-{rule.rule}",
+        security_group_id=group_id,
+        referenced_security_group_id=group_id if rule.source_group_id == SELF else rule.source_group_id,
+        cidr_ipv4=rule.cidr,
+        ip_protocol=rule.protocol,
+        from_port=rule.port,
+        to_port=rule.port,
+        description=rule.description,
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
+    )
 
 
 SERF_LAN_PORT = 8301

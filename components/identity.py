@@ -188,7 +188,11 @@ class MeshIdentity(pulumi.ComponentResource):
             path = gossip_key_path(args.prefix)
             consul.Keys(
                 f"{name}-gossip-key",
-                keys=[consul.KeysKeyArgs(path=path, value=pulumi.Output.secret(args.gossip_key))],
+                # delete: "If true, then the key will be deleted when either its configuration block
+                # is removed from the configuration or the entire resource is destroyed. Otherwise,
+                # it will be left in Consul" (pulumi_consul KeysKeyArgs): the default leaves the
+                # stack's gossip key behind in KV after `pulumi destroy`.
+                keys=[consul.KeysKeyArgs(path=path, value=pulumi.Output.secret(args.gossip_key), delete=True)],
                 opts=child,
             )
         self.server_id = pulumi.Output.from_input(server_id)

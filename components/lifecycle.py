@@ -267,6 +267,9 @@ class Registration:
     property_dependencies: dict[str, frozenset[str]]
     options: Options
     secret_inputs: frozenset[str] = frozenset()
+    providers: frozenset[str] = frozenset()
+    """URNs of the providers a component was given (`providers`): the SDK registers a component
+    only once each of them exists (pulumi/runtime/resource.py prepare_resource)."""
     id: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
     """Outputs as the program saw them (secret wrappers kept: they go back to the runtime)."""
@@ -489,6 +492,53 @@ def delete_waves(record: Record, urns: Iterable[str] | None = None) -> list[list
 
 def delete_rank(waves: list[list[str]]) -> dict[str, int]:
     return {urn: index for index, wave in enumerate(waves) for urn in wave}
+
+
+# --- the schedule of a first `up` ------------------------------------------------------------
+
+
+def waits_for(registration: Registration) -> frozenset[str]:
+    """What the SDK awaits before it sends `registration` to the engine (pulumi/runtime/resource.py
+    prepare_resource): its parent's URN, the URNs of its dependencies and of the resources its
+    inputs come from (their outputs, in an `up`), and the id of its provider, or for a component
+    of every provider it was given (`_create_provider_ref` awaits the provider's urn and id)."""
+    urns = set(registration.needs) | set(registration.providers)
+    urns.discard(registration.urn)
+    return frozenset(urns)
+
+
+def schedule(record: Record, duration: Callable[[Registration], float]) -> dict[str, tuple[float, float]]:
+    """When each resource of a first `up` starts and ends: URN -> (start, end).
+
+    A resource starts once everything it waits for (waits_for) has ended, and ends `duration`
+    later (a component, which the engine registers at once, takes 0 whatever `duration` says).
+    The engine runs independent steps in parallel, so this is the earliest the graph allows.
+    """
+    times: dict[str, tuple[float, float]] = {}
+
+    def timing(urn: str, seen: frozenset[str] = frozenset()) -> tuple[float, float]:
+        if urn not in times:
+            if urn in seen:
+                raise ValueError(f"dependency cycle through {urn}")
+            reg = record[urn]
+            start = max((timing(u, seen | {urn})[1] for u in waits_for(reg) if u in record), default=0.0)
+            times[urn] = (start, start + (duration(reg) if reg.custom else 0.0))
+        return times[urn]
+
+    for urn in sorted(record):
+        timing(urn)
+    return times
+
+
+def critical_chain(record: Record, times: Mapping[str, tuple[float, float]], urn: str) -> list[str]:
+    """The chain of resources that decides when `urn` starts, first to last, ending with `urn`:
+    from each resource, what it waited for that ended last (ties broken by URN)."""
+    chain = [urn]
+    while True:
+        waits = sorted(u for u in waits_for(record[chain[-1]]) if u in record)
+        if not waits:
+            return list(reversed(chain))
+        chain.append(max(waits, key=lambda u: (times[u][1], u)))
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -728,6 +778,7 @@ class LifecycleMonitor(MockMonitor):
                 replacement_trigger=trigger,
             ),
             secret_inputs=frozenset(k for k, v in raw.items() if rpc.is_rpc_secret(v)),
+            providers=frozenset(ref.rsplit("::", 1)[0] for ref in request.providers.values()),
         )
 
 

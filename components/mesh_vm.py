@@ -73,6 +73,13 @@ class MeshVmArgs:
     instance_after: Sequence[pulumi.Resource] = ()
     """What the instance is created (and replaced) after: the stack passes the last server's gate,
     so that an upgrade replaces the servers before the mesh VMs."""
+    consul_provider: pulumi.ProviderResource | None = None
+    """The consul provider of the cluster, given to the Consul resources (the roles the login binds)
+    alone. None: they take the one the component's options carry (`providers`). A provider given to
+    the whole component holds back its every child, the instance included, until the provider exists
+    (the Python SDK registers a component only once each provider in its `providers` has an id:
+    pulumi/runtime/resource.py prepare_resource, `_create_provider_ref`; and a child waits for its
+    parent's URN). The stack's provider waits for the cluster's readiness gate, the VMs need not."""
 
 
 def _cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
@@ -110,7 +117,8 @@ class MeshVm(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MeshVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PROJECT}:index:MeshVm", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        # Only the Consul resources wait for the provider (see MeshVmArgs.consul_provider).
+        with_consul = pulumi.ResourceOptions(parent=self, provider=args.consul_provider)
         svc = args.service
         cluster = args.cluster
         login = args.login
@@ -129,14 +137,14 @@ class MeshVm(pulumi.ComponentResource):
                 description=f"{PROJECT}: {what} of service {svc.name}",
                 rules=rules,
                 datacenters=[cluster.datacenter],
-                opts=child,
+                opts=with_consul,
             )
             consul.AclRole(
                 f"{name}-{suffix}-role",
                 name=role,
                 description=f"{PROJECT}: bound at login: {what} of service {svc.name}",
                 policies=[policy.name],
-                opts=child,
+                opts=with_consul,
             )
 
         bound_role(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,10 @@ class MeshNetworkArgs:
     """Address range of the VPC to create."""
     subnet_cidrs: Sequence[str] = ()
     """Subnets to create, one per availability zone, in zone order (see NetworkSpec.subnet_cidrs)."""
+    zones: Sequence[str] = ()
+    """The availability zone of each subnet to create, in the same order: zones offering every
+    instance type of the stack (program.resolve_zones). Empty: the region's available zones
+    (ZONE_QUERY), in order."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Extra tags for every taggable resource."""
 
@@ -50,11 +54,35 @@ def _zone(names: list[str], index: int) -> str:
 
 
 # The zones the created subnets go into: available ones that need no opt-in (a fresh account has
-# them all). program.check_zones asks the same before anything is declared.
+# them all), which offer every instance type of the stack (offering_zones). program.region_zones
+# asks both before anything is declared.
 ZONE_QUERY: dict[str, Any] = {
     "state": "available",
     "filters": [{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
 }
+
+
+def offerings_query(instance_types: Iterable[str]) -> dict[str, Any]:
+    """The arguments of aws.ec2.get_instance_type_offerings for the zones offering `instance_types`:
+    one (instance type, zone) pair per offering. Not every zone offers every type (one us-east-1
+    zone has no t3), and an instance of a type its zone does not offer fails to launch."""
+    return {
+        "location_type": "availability-zone",
+        "filters": [{"name": "instance-type", "values": sorted(set(instance_types))}],
+    }
+
+
+def offering_zones(
+    zone_names: Sequence[str], offerings: Iterable[tuple[str, str]], instance_types: Iterable[str]
+) -> list[str]:
+    """The zones of `zone_names`, in their order, that offer every one of `instance_types`, given
+    the (instance type, zone) pairs of get_instance_type_offerings. Keeping the order keeps the
+    zones of existing subnets: a zone drops out only where a type the stack uses is not offered."""
+    wanted = set(instance_types)
+    offered: dict[str, set[str]] = {}
+    for instance_type, zone in offerings:
+        offered.setdefault(zone, set()).add(instance_type)
+    return [zone for zone in zone_names if wanted <= offered.get(zone, set())]
 
 
 class MeshNetwork(pulumi.ComponentResource):
@@ -123,7 +151,15 @@ class MeshNetwork(pulumi.ComponentResource):
                 gateway_id=gateway.id,
                 opts=child,
             )
-            zones = aws.get_availability_zones_output(**ZONE_QUERY, opts=pulumi.InvokeOutputOptions(parent=self))
+            if args.zones and len(args.zones) < len(args.subnet_cidrs):
+                raise ValueError(
+                    f"MeshNetworkArgs: {len(args.subnet_cidrs)} subnets to create, {len(args.zones)} zones given"
+                )
+            zone_names: pulumi.Output[list[str]] = (
+                pulumi.Output.from_input(list(args.zones))
+                if args.zones
+                else aws.get_availability_zones_output(**ZONE_QUERY, opts=pulumi.InvokeOutputOptions(parent=self)).names
+            )
             self.path = [gateway, route]
             self.subnet_ids = []
             self.zones = []
@@ -132,10 +168,14 @@ class MeshNetwork(pulumi.ComponentResource):
                     f"{name}-subnet-{index}",
                     vpc_id=vpc.id,
                     cidr_block=cidr,
-                    availability_zone=zones.names.apply(lambda names, i=index: _zone(names, i)),
+                    availability_zone=zone_names.apply(lambda names, i=index: _zone(names, i)),
                     map_public_ip_on_launch=True,
                     tags={**tags, "Name": f"{name}-subnet-{index}"},
-                    opts=child,
+                    # A subnet that moves zone (its zone stopped offering an instance type of the
+                    # stack) keeps its CIDR, which a second subnet of the VPC cannot have at the
+                    # same time (EC2 CreateSubnet: InvalidSubnet.Conflict): delete it first (the
+                    # engine deletes what the replacement replaces with it first).
+                    opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
                 )
                 association = aws.ec2.RouteTableAssociation(
                     f"{name}-subnet-{index}-public", subnet_id=subnet.id, route_table_id=routes.id, opts=child

@@ -12,6 +12,7 @@ import re
 import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cache
 from typing import Any
 
 import pulumi
@@ -24,7 +25,7 @@ from .identity import MeshIdentity, MeshIdentityArgs, gossip_key_path, iam_path,
 from .intentions import ServiceIntentions, ServiceIntentionsArgs
 from .mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from .mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
-from .network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs
+from .network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs, offering_zones, offerings_query
 from .readiness import ConsulReady
 from .spec import (
     DEPLOYER,
@@ -131,6 +132,7 @@ def build(
             vpc_id=net.vpc_id,
             vpc_cidr=net.vpc_cidr,
             subnet_cidrs=net.subnet_cidrs() if net.creates_vpc else (),
+            zones=net.zones,
             tags=tags,
         ),
     )
@@ -187,7 +189,7 @@ def build(
         # when first created and for a healthy voter after a replacement), never for anything Consul
         # produces: on an upgrade the servers go first, as Consul's upgrade guide asks
         # (developer.hashicorp.com/consul/docs/upgrade: servers, then clients).
-        vms_after: list[pulumi.Resource] = server.gates[-1:]
+        vms_after: list[pulumi.Resource] = [*server.gates[-1:], *network.path]
         outputs["consulServers"] = server.servers
     else:
         cluster = spec.consul
@@ -199,7 +201,8 @@ def build(
         retry_join, ready_after, triggers = list(cluster.retry_join), [], []
         expect_voters = None
         login_addrs = [cluster.http_addr]
-        vms_after = []
+        # Their first boot installs packages: after the route to the internet (of a created VPC).
+        vms_after = list(network.path)
 
     # The gate depends on the network path to the API (gateway, route, route-table associations)
     # as well: `pulumi destroy` deletes a resource only after everything that depends on it, so
@@ -216,6 +219,9 @@ def build(
         bootstrap=spec.creates_servers,
         opts=pulumi.ResourceOptions(depends_on=[*ready_after, *network.path]),
     )
+    if spec.servers is not None:
+        # The mesh members reach the API only once ACLs are bootstrapped: no bootstrap window.
+        server.admit_mesh_to_api([ready])
     # The provider is configured from values known at preview (the API's fixed address, the token,
     # the CA), never from the gate's outputs: with a server being replaced, an unknown provider
     # configuration would show a change to every Consul object in preview that the update never
@@ -282,8 +288,9 @@ def build(
                 key_name=spec.ssh_key_name,
                 tags=tags,
                 instance_after=vms_after,
+                # To its Consul resources alone: the instance does not wait for the gate.
+                consul_provider=provider,
             ),
-            opts=with_consul,
         )
         for name, svc in sorted(spec.services.items())
     }
@@ -349,23 +356,74 @@ def region_partition() -> str:
     return str(aws.get_partition().partition)
 
 
-def region_zones() -> list[str]:
-    """The zones the stack's subnets can go into: asked of AWS before anything is declared."""
-    return list(aws.get_availability_zones(**ZONE_QUERY).names)
+# Zones of the region offering instance types: a function of the types, asked of AWS (once per
+# set of types, see main).
+ZonesOf = Callable[[tuple[str, ...]], list[str]]
+ArchitecturesOf = Callable[[str], list[str]]
+# The architecture of the Ubuntu image the VMs boot (ec2.UBUNTU_IMAGE: amd64) as AWS names it.
+IMAGE_ARCHITECTURE = "x86_64"
 
 
-def preflight(spec: MeshSpec, stack: str, zones: Callable[[], list[str]] | None) -> list[str]:
+def region_zones(instance_types: tuple[str, ...]) -> list[str]:
+    """The zones the stack's subnets can go into: available ones (ZONE_QUERY) offering every one of
+    `instance_types`, in the region's order; asked of AWS before anything is declared."""
+    names = list(aws.get_availability_zones(**ZONE_QUERY).names)
+    offers = aws.ec2.get_instance_type_offerings(**offerings_query(instance_types))
+    return offering_zones(names, zip(offers.instance_types, offers.locations, strict=True), instance_types)
+
+
+def instance_architectures(instance_type: str) -> list[str]:
+    """The architectures AWS reports for an instance type (e.g. ["arm64"] for t4g.small)."""
+    return list(aws.ec2.get_instance_type(instance_type=instance_type).supported_architectures)
+
+
+def instance_type_keys(spec: MeshSpec) -> dict[str, list[str]]:
+    """Each EC2 instance type of the stack, with the config keys that choose it."""
+    keys: dict[str, list[str]] = {}
+    if spec.servers is not None:
+        keys.setdefault(spec.servers.instance_type, []).append("serverInstanceType")
+    for name, svc in sorted(spec.services.items()):
+        keys.setdefault(svc.instance_type, []).append(f"services.{name}.instanceType")
+    return keys
+
+
+def resolve_zones(spec: MeshSpec, zones: ZonesOf) -> MeshSpec:
+    """The spec with the zones its created subnets go into (the first zoneCount of `zones`)."""
+    if not spec.network.creates_vpc:
+        return spec
+    chosen = zones(tuple(sorted(instance_type_keys(spec))))[: spec.network.zone_count]
+    return replace(spec, network=replace(spec.network, zones=tuple(chosen)))
+
+
+def preflight(
+    spec: MeshSpec, stack: str, zones: ZonesOf | None, architectures: ArchitecturesOf | None = None
+) -> list[str]:
     """What the spec cannot tell alone but must be refused before any resource is declared: more
-    zones than the region has (`zones` asks AWS; None skips it, for the offline render), and user
-    data over EC2's limit (rendered with stand-ins of the real values' length)."""
+    zones than the region has offering the stack's instance types (`zones` asks AWS), an instance
+    type the image cannot boot on (`architectures` asks AWS; either None skips its check, for the
+    offline render), and user data over EC2's limit (rendered with stand-ins of the real values'
+    length)."""
     problems = []
+    types = instance_type_keys(spec)
     if spec.network.creates_vpc and zones is not None:
-        available = zones()
+        available = zones(tuple(sorted(types)))
         if spec.network.zone_count > len(available):
             problems.append(
                 f"zoneCount: {spec.network.zone_count} is more than the {len(available)} availability zones "
-                f"of this region ({', '.join(available)}): lower zoneCount"
+                f"of this region offering every instance type of the stack ({', '.join(sorted(types))}): "
+                f"{', '.join(available) or 'none'}: lower zoneCount, or choose instance types more zones offer"
             )
+    if architectures is not None:
+        for instance_type, keys in sorted(types.items()):
+            reported = architectures(instance_type)
+            if IMAGE_ARCHITECTURE not in reported:
+                # An arm64 image pin would boot the instance, but whether HashiCorp publishes
+                # hashicorp-envoy for arm64 in its apt repository could not be established.
+                problems.append(
+                    f"{', '.join(keys)}: {instance_type!r} is not an x86_64 instance type (AWS reports "
+                    f"{', '.join(reported) or 'no architecture'}): the VMs boot Ubuntu's amd64 image and "
+                    "install Consul and Envoy for it; choose an x86_64 type (such as t3.small)"
+                )
     if spec.servers is not None:
         retry_join: tuple[str, ...] = (auto_join(join_tag_value(stack)),)
         ca_pem = None
@@ -389,9 +447,13 @@ def main(deployer_lookup: Callable[[], str] = deployer_cidr) -> dict[str, Any]:
     """
     try:
         spec = resolve_admin_cidrs(load_spec(read_config()), deployer_lookup)
-        problems = partition_problems(region_partition()) or preflight(spec, pulumi.get_stack(), region_zones)
+        zones = cache(region_zones)  # asked of AWS once
+        problems = partition_problems(region_partition()) or preflight(
+            spec, pulumi.get_stack(), zones, instance_architectures
+        )
         if problems:
             raise MeshSpecError(problems)
+        spec = resolve_zones(spec, zones)
     except MeshSpecError as err:
         # RunError: Pulumi prints the message alone, without a traceback; nothing was declared.
         raise pulumi.RunError(str(err)) from None

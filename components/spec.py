@@ -311,6 +311,9 @@ class NetworkSpec:
     subnet_ids: tuple[str, ...] = ()
     vpc_cidr: str = DEFAULTS["vpcCidr"]
     zone_count: int = DEFAULTS["zoneCount"]
+    zones: tuple[str, ...] = ()
+    """The zones of the subnets to create, asked of AWS at program time (program.resolve_zones:
+    available zones offering every instance type of the stack). Empty: not resolved (offline)."""
 
     @property
     def creates_vpc(self) -> bool:

@@ -19,14 +19,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
-from collections.abc import Callable, Coroutine, Mapping
+import re
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pulumi
 
-from .program import build, preflight, resolve_admin_cidrs
+from .program import build, instance_architectures, preflight, region_zones, resolve_admin_cidrs, resolve_zones
 from .render import (
     DEPLOYER_STAND_IN,
     INSTANCE,
@@ -53,6 +55,9 @@ __all__ = [
     "StackMocks",
     "StackResult",
     "UnansweredInvoke",
+    "answer_instance_type",
+    "answer_offerings",
+    "graviton",
     "run_stack",
 ]
 
@@ -72,6 +77,58 @@ class UnansweredInvoke(RuntimeError):
     """The program made an invoke the mocks have no answer for (a new data source in a component)."""
 
 
+OFFERINGS_INVOKE = "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings"
+INSTANCE_TYPE_INVOKE = "aws:ec2/getInstanceType:getInstanceType"
+# AWS's instance type names: <family><generation><attributes>.<size>, where the attribute "g" is
+# "AWS Graviton processors" (Amazon EC2 Instance Types guide, "Instance type naming conventions");
+# a1 is the first Graviton family. What AWS reports as the architectures of such a type: arm64.
+_TYPE_NAME = re.compile(r"^(?P<family>[a-z]+)(?P<generation>\d+)(?P<attributes>[a-z-]*)\.")
+
+
+def graviton(instance_type: str) -> bool:
+    """Whether AWS's name for an instance type says AWS Graviton (arm64)."""
+    match = _TYPE_NAME.match(instance_type)
+    if match is None:
+        return False
+    return match["family"] + match["generation"] == "a1" or "g" in match["attributes"]
+
+
+def answer_offerings(
+    args: Mapping[str, Any], zones: Sequence[str], offered_in: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
+    """get_instance_type_offerings as AWS answers it: one (type, zone) pair per zone of `zones`
+    offering a type the filter names (`offered_in`: type -> its zones; a type it does not name is
+    offered in every zone). Refuses what would not answer with zones: AWS's default location type
+    is "region" (EC2 API DescribeInstanceTypeOfferings, LocationType)."""
+    if args.get("locationType") != "availability-zone":
+        raise UnansweredInvoke(f"{OFFERINGS_INVOKE}: locationType {args.get('locationType')!r}, not availability-zone")
+    filters = {f["name"]: list(f["values"]) for f in args.get("filters") or []}
+    if set(filters) != {"instance-type"}:
+        raise UnansweredInvoke(f"{OFFERINGS_INVOKE}: filters {sorted(filters)}, expected instance-type alone")
+    pairs = [
+        (instance_type, zone)
+        for instance_type in filters["instance-type"]
+        for zone in zones
+        if zone in offered_in.get(instance_type, zones)
+    ]
+    return {
+        "id": "offerings",
+        "instanceTypes": [t for t, _ in pairs],
+        "locations": [z for _, z in pairs],
+        "locationTypes": ["availability-zone" for _ in pairs],
+    }
+
+
+def answer_instance_type(args: Mapping[str, Any], architectures: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """get_instance_type as AWS answers it: the type's supported architectures (`architectures`
+    overrides; otherwise arm64 for a Graviton name, else x86_64)."""
+    instance_type = str(args.get("instanceType") or "")
+    if not instance_type:
+        raise UnansweredInvoke(f"{INSTANCE_TYPE_INVOKE}: no instanceType")
+    reported = architectures.get(instance_type) or (["arm64"] if graviton(instance_type) else ["x86_64"])
+    return {"id": instance_type, "instanceType": instance_type, "supportedArchitectures": list(reported)}
+
+
 class StackMocks(PlanMocks):
     """Pulumi mocks that answer every resource and invoke the components use, offline.
 
@@ -79,7 +136,9 @@ class StackMocks(PlanMocks):
     (repeatable), placeholders for every generated secret, and a record of what was declared and
     of each resource's parent. An invoke it has no answer for raises `UnansweredInvoke` naming its
     token instead of handing the program an empty result. `zones` are the availability zones the
-    region is taken to have (checked against zoneCount, as `pulumi up` does).
+    region is taken to have, `offered_in` the zones offering an instance type (a type not named is
+    offered in every zone), both checked against zoneCount as `pulumi up` does; `architectures`
+    what AWS reports for an instance type (default: arm64 for a Graviton name, else x86_64).
     """
 
     KNOWN_INVOKES = frozenset(
@@ -93,18 +152,33 @@ class StackMocks(PlanMocks):
             "aws:index/getPartition:getPartition",
             "aws:index/getRegion:getRegion",
             "aws:index/getAvailabilityZones:getAvailabilityZones",
+            OFFERINGS_INVOKE,
+            INSTANCE_TYPE_INVOKE,
         }
     )
-    """The invokes the components make, each answered by PlanMocks.call."""
+    """The invokes the program makes, each answered by PlanMocks.call or here."""
 
-    def __init__(self, zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")) -> None:
+    def __init__(
+        self,
+        zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c"),
+        offered_in: Mapping[str, Sequence[str]] | None = None,
+        architectures: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         super().__init__()
         self.zones = zones
+        self.offered_in = dict(offered_in or {})
+        self.architectures = dict(architectures or {})
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         """Answer an invoke like AWS or Consul would, from stand-ins; refuse unknown ones loudly."""
         if args.token not in self.KNOWN_INVOKES:
             raise UnansweredInvoke(f"StackMocks has no answer for the invoke {args.token}")
+        if args.token == OFFERINGS_INVOKE:
+            self.calls.append(args)
+            return answer_offerings(args.args, self.zones, self.offered_in)
+        if args.token == INSTANCE_TYPE_INVOKE:
+            self.calls.append(args)
+            return answer_instance_type(args.args, self.architectures)
         answer = super().call(args)
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             answer = {"names": list(self.zones), "zoneIds": [f"use1-az{i + 1}" for i in range(len(self.zones))]}
@@ -190,10 +264,10 @@ def _parent(urn: str | None) -> tuple[str | None, str | None]:
     return typ, parts[3]
 
 
-def _validated(
-    config: Mapping[str, Any], stack: str, zones: Callable[[], list[str]] | None
-) -> tuple[MeshSpec, dict[str, str]]:
-    """The spec `pulumi up` would run with, and the placeholder secrets; raises MeshSpecError."""
+def _validated(config: Mapping[str, Any], stack: str) -> tuple[MeshSpec, dict[str, str]]:
+    """The spec `pulumi up` would run with, and the placeholder secrets; raises MeshSpecError.
+    What `pulumi up` asks AWS first (the zones, the instance types' architectures) it asks of the
+    mocks, which must be set."""
     raw = {k: v for k, v in config.items() if k not in SECRET_KEYS}
     secrets = {key: placeholder(key) for key in SECRET_KEYS if key in config}
     raw.update(secrets)
@@ -202,10 +276,11 @@ def _validated(
         # load_spec checks the gossip key's form: a well-formed stand-in, never the stack file's.
         raw[gossip_key] = _GOSSIP_STAND_IN
     spec = resolve_admin_cidrs(load_spec(raw), lambda: DEPLOYER_STAND_IN)
-    problems = preflight(spec, stack, zones)
+    zones = cache(region_zones)
+    problems = preflight(spec, stack, zones, instance_architectures)
     if problems:
         raise MeshSpecError(problems)
-    return spec, secrets
+    return resolve_zones(spec, zones), secrets
 
 
 def _run_to_completion(run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
@@ -250,10 +325,13 @@ def run_stack(
     if isinstance(config, (str, Path)):
         config = load_stack_config(Path(config))
     mocks = mocks if mocks is not None else StackMocks()
-    spec, secrets = _validated(config, stack, lambda: list(mocks.zones))
+    validated: list[MeshSpec] = []
 
     async def run() -> dict[str, Any]:
         set_plan_mocks(mocks, stack)
+        # Before anything is declared, as `pulumi up` does: a MeshSpecError leaves no resource.
+        spec, secrets = _validated(config, stack)
+        validated.append(spec)
         token_key, gossip_key = SECRET_KEYS
         token = secrets.get(token_key) if spec.consul is not None else None
         return await settle(build(spec, token, secrets.get(gossip_key)))
@@ -265,6 +343,7 @@ def run_stack(
     else:
         raise RuntimeError("run_stack runs its own event loop: call it from a plain (not async) function")
     outputs = _run_to_completion(run)
+    (spec,) = validated
 
     resources = []
     for r in sorted(mocks.resources, key=lambda r: (r.typ, r.name)):

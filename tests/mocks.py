@@ -17,6 +17,12 @@ import yaml
 
 from components.render import PlanMocks, set_plan_mocks, settle
 from components.spec import PROJECT
+from components.testing import (
+    INSTANCE_TYPE_INVOKE,
+    OFFERINGS_INVOKE,
+    answer_instance_type,
+    answer_offerings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = "test"
@@ -36,6 +42,26 @@ def generated_of(name: str) -> str:
 
 
 class MeshMocks(PlanMocks):
+    """PlanMocks, with AWS's answers about instance types (the public test kit's stand-ins):
+    `offered_in` (type -> the zones offering it; others are offered everywhere) and
+    `architectures` (type -> what AWS reports; default: arm64 for a Graviton name, else x86_64)."""
+
+    ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")  # PlanMocks' answer for the region's zones
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offered_in: dict[str, list[str]] = {}
+        self.architectures: dict[str, list[str]] = {}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        if args.token == OFFERINGS_INVOKE:
+            self.calls.append(args)
+            return answer_offerings(args.args, self.ZONES, self.offered_in)
+        if args.token == INSTANCE_TYPE_INVOKE:
+            self.calls.append(args)
+            return answer_instance_type(args.args, self.architectures)
+        return super().call(args)
+
     def secret_id(self, accessor_id: str) -> str:
         return secret_id_of(accessor_id)
 

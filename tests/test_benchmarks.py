@@ -28,3 +28,7 @@ def test_benchmark_script_runs_and_writes_its_json(tmp_path: Path) -> None:
     assert "Blast radius" in result.stdout
     # Judged by the lifecycle simulator: what the engine would replace or delete, not user-data bytes.
     assert data["blastRadiusPlan"]["replaced"] == [] and data["blastRadiusPlan"]["deleted"] == 0
+    # Measured on the recorded graph: the mesh VMs do not wait for the readiness gate.
+    path = data["criticalPath"]
+    assert path["toLastMeshVm"][-1].endswith("-instance") and not path["gateOnPath"]
+    assert path["lastMeshVmCreatedAt"] < path["gateEndsAt"]

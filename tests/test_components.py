@@ -16,7 +16,7 @@ from components.ec2 import AUTO_JOIN_POLICY
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from components.mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
-from components.network import MeshNetwork, MeshNetworkArgs, placement_index
+from components.network import MeshNetwork, MeshNetworkArgs, offering_zones, offerings_query, placement_index
 from components.render import SECRET_MARKER
 from components.spec import PROJECT, IntentionSpec, ServiceSpec
 from components.userdata import decode_user_data, unpack_cloud_config
@@ -413,3 +413,25 @@ def test_placement_depends_on_the_name_and_the_subnet_count_alone() -> None:
     assert [grown[name] for name in names] == placed
     assert all(0 <= index < 3 for index in placed) and len(set(placed)) > 1  # it does spread
     assert placement_index("web", 1) == 0
+
+
+def test_offering_zones_keeps_the_region_order_and_drops_a_zone_missing_a_type() -> None:
+    names = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
+    offerings = [("t3.small", z) for z in ("us-east-1d", "us-east-1a", "us-east-1c")] + [("m5.large", z) for z in names]
+    assert offering_zones(names, offerings, ["t3.small", "m5.large"]) == ["us-east-1a", "us-east-1c", "us-east-1d"]
+    assert offering_zones(names, offerings, ["m5.large"]) == names
+    assert offering_zones(names, offerings, ["c7i.large"]) == []
+    assert offerings_query(["t3.small", "m5.large", "t3.small"]) == {
+        "location_type": "availability-zone",
+        "filters": [{"name": "instance-type", "values": ["m5.large", "t3.small"]}],
+    }
+
+
+class GivenZonesTest(MockedTestCase):
+    async def test_created_subnets_go_into_the_zones_given(self) -> None:
+        cidrs = ("10.42.0.0/20", "10.42.16.0/20")
+        network = MeshNetwork("net", MeshNetworkArgs(subnet_cidrs=cidrs, zones=("us-east-1c", "us-east-1f")))
+        assert await value(network.zones) == ["us-east-1c", "us-east-1f"]
+        assert not [c for c in self.mocks.calls if c.token.endswith("getAvailabilityZones")]
+        with self.assertRaisesRegex(ValueError, "2 subnets to create, 1 zones given"):
+            MeshNetwork("net2", MeshNetworkArgs(subnet_cidrs=cidrs, zones=("us-east-1c",)))

@@ -7,6 +7,7 @@ import shlex
 from typing import Any
 
 import hcl2
+import pulumi
 import pulumi_aws as aws
 
 from components import identity, lifecycle
@@ -246,11 +247,20 @@ class ConsulServerTest(MockedTestCase):
             )
             others = [f"{SSM_ARN}{tls_parameter(other)}" for other in NODES if other != node]
             assert not set(others) & set(reads["Resource"])
-            # The parameters' own key: SSM decrypts with the caller's rights (not the account's aws/ssm key).
-            assert decrypt == {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": [SECRETS_KEY_ARN]}
+            # The parameters' own key: SSM decrypts with the caller's rights (not the account's aws/ssm
+            # key), and only for this server's own parameters (SSM's encryption context names each).
+            assert decrypt == {
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt"],
+                "Resource": [SECRETS_KEY_ARN],
+                "Condition": {"StringEquals": {"kms:EncryptionContext:PARAMETER_ARN": reads["Resource"]}},
+            }
 
     async def test_security_group_admits_exactly_the_mesh_and_the_admins(self) -> None:
-        await self.make(admin_cidrs=["198.51.100.7/32", "203.0.113.0/24"])
+        server = await self.make(admin_cidrs=["198.51.100.7/32", "203.0.113.0/24"])
+        # Without the stack's gate the mesh members have no way to the API (no bootstrap window).
+        assert [r.inputs["fromPort"] for r in self.mocks.of_type(INGRESS)].count(8501) == 2
+        await value(server.admit_mesh_to_api([]).id)
         seen = sorted(
             (
                 r.inputs["ipProtocol"],
@@ -348,7 +358,13 @@ def test_servers_wait_for_each_other_and_for_the_network_path() -> None:
 
     def declare() -> ConsulServer:
         gateway = aws.ec2.InternetGateway("net-igw", vpc_id="vpc-0aaaaaaaaaaaaaaaa")
-        return ConsulServer("consul-server", server_args(network_path=[gateway], protect_data=True))
+        route = aws.ec2.Route("net-default-route", route_table_id="rtb-0", gateway_id=gateway.id)
+        server = ConsulServer("consul-server", server_args(network_path=[gateway, route], protect_data=True))
+        gate = aws.ec2.Vpc(
+            "stand-in-gate", cidr_block="10.9.0.0/16", opts=pulumi.ResourceOptions(depends_on=server.api_access)
+        )
+        server.admit_mesh_to_api([gate])
+        return server
 
     record = lifecycle.run(declare, MeshMocks()).record
 
@@ -370,3 +386,27 @@ def test_servers_wait_for_each_other_and_for_the_network_path() -> None:
         assert data.retain_on_delete and data.protect  # protect on request (protect_data)
         assert record[urn(f"consul-server-{index}-instance")].options.delete_before_replace
     assert urn("net-igw") in record[urn("consul-server-api-ip-association")].dependencies
+    for index in range(3):
+        node = f"consul-server-{index}"
+        # Its first boot runs apt (the route to the internet, its public address) and reads its
+        # parameters with its role (their key, the role's policies through the profile).
+        association = "consul-server-api-ip-association" if index == 0 else f"{node}-public-ip-association"
+        instance = record[urn(f"{node}-instance")].dependencies
+        assert {
+            urn(n)
+            for n in (
+                "net-igw",
+                "net-default-route",
+                association,
+                "consul-server-gossip-key-parameter",
+                f"{node}-tls-key-parameter",
+                "consul-server-secrets-key",
+                f"{node}-profile",
+            )
+        } <= instance
+        profile = record[urn(f"{node}-profile")].dependencies
+        assert {urn(f"{node}-{kind}") for kind in ("auto-join", "login", "secrets")} <= profile
+    # The mesh members' API rule waits for the gate (which bootstraps ACLs); the gate never for it.
+    mesh_rule = urn("consul-server-mesh-https")
+    assert urn("stand-in-gate") in record[mesh_rule].dependencies
+    assert not lifecycle.depends_transitively(record, urn("stand-in-gate"), mesh_rule)

@@ -459,3 +459,82 @@ def test_without_the_image_pin_a_newer_release_replaces_every_vm_and_server() ->
     moved = lifecycle.plan_after(first, unpinned(DEMO), MeshMocks(), latest_image=NEWER_IMAGE)
     assert sorted(n for n in moved.replaced if n.endswith("-instance")) == of_type(moved.after, INSTANCE)
     assert moved.step("web-instance").kind == REPLACE and moved.step("web-instance").paths == ("ami",)
+
+
+# --- the first `up`'s schedule: mesh VMs boot while the servers come up --------------------------
+
+READY = f"{DYNAMIC}:ConsulReady"
+# A slow readiness gate (the servers boot, install Consul, elect a leader), against a minute per
+# EC2 instance and a second for everything else: figures for the model, not measurements of AWS.
+SLOW_GATE_SECONDS = 900.0
+
+
+def slow_gate(reg: lifecycle.Registration) -> float:
+    return SLOW_GATE_SECONDS if reg.type == READY else 60.0 if reg.type == INSTANCE else 1.0
+
+
+def mesh_vm_instances(record: lifecycle.Record) -> list[str]:
+    return sorted(
+        urn
+        for urn, r in record.items()
+        if r.type == INSTANCE and r.parent.endswith(f"MeshVm::{r.name[: -len('-instance')]}")
+    )
+
+
+@pytest.mark.parametrize("config", [DEMO, THREE], ids=["demo", "three-servers"])
+def test_the_mesh_vms_are_created_before_the_readiness_gate_ends(config: dict[str, Any]) -> None:
+    """Scheduled from the recorded graph (each resource starts once its parent, dependencies,
+    input sources and providers exist: lifecycle.schedule), the VM instances are up long before the
+    gate: only their Consul roles wait for the provider, which waits for the gate."""
+    record = first_up(config).record
+    times = lifecycle.schedule(record, slow_gate)
+    (gate,) = [urn for urn, r in record.items() if r.type == READY]
+    vms = mesh_vm_instances(record)
+    assert len(vms) == len(config["services"])
+    late = [lifecycle.name_of(u) for u in vms if times[u][1] >= times[gate][1]]
+    assert not late, f"created only after the gate ends: {late}"
+    # The Consul resources of the VMs still wait for the provider, and so for the gate.
+    roles = [urn for urn, r in record.items() if r.type == "consul:index/aclRole:AclRole" and "MeshVm" in r.parent]
+    assert roles and all(times[u][0] >= times[gate][1] for u in roles)
+
+
+@pytest.mark.parametrize("config", [DEMO, THREE], ids=["demo", "three-servers"])
+def test_mesh_members_reach_the_api_only_after_the_gate_bootstrapped_acls(config: dict[str, Any]) -> None:
+    """`PUT /v1/acl/bootstrap` needs no token: the one 8501 rule for other sources than the admin
+    networks (the mesh members') is created after the gate, which bootstraps ACLs through the admin
+    rules alone. Scheduled from the recorded graph, the rule opens only once the gate has ended."""
+    record = first_up(config).record
+    (gate,) = [urn for urn, r in record.items() if r.type == READY]
+    api_rules = [
+        urn
+        for urn, r in record.items()
+        if r.type == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule" and r.inputs.get("fromPort") == 8501
+    ]
+    from_members = [u for u in api_rules if "cidrIpv4" not in record[u].inputs]
+    assert [lifecycle.name_of(u) for u in from_members] == ["consul-server-mesh-https"]
+    (rule,) = from_members
+    assert lifecycle.depends_transitively(record, rule, gate)
+    assert not any(lifecycle.depends_transitively(record, gate, u) for u in from_members)
+    times = lifecycle.schedule(record, slow_gate)
+    assert times[rule][0] >= times[gate][1]
+
+
+def test_a_zone_that_stops_offering_an_instance_type_moves_only_its_subnet() -> None:
+    """The created subnets take the first zoneCount zones offering every instance type, in the
+    region's order: a type the second zone lacks (as one us-east-1 zone lacks t3) moves the second
+    subnet alone, and what lives in it. The move creates a subnet with the same CIDR, which AWS
+    refuses while the old one exists: the subnet is deleted first (with what depends on it)."""
+    mocks = MeshMocks()
+    mocks.offered_in = {"t3.small": ["us-east-1a", "us-east-1c"]}
+    moved = lifecycle.plan_after(first_up(DEMO), stack_program(DEMO), mocks)
+    assert moved.step("network-subnet-1").kind == REPLACE and moved.step("network-subnet-0").kind == SAME
+    assert named(moved.after, "network-subnet-1").inputs["availabilityZone"] == "us-east-1c"
+    assert named(moved.after, "network-subnet-1").options.delete_before_replace
+    in_moved = [
+        s
+        for s in ("web", "api")
+        if named(moved.after, f"{s}-instance").inputs["subnetId"].startswith("network-subnet-1")
+    ]
+    assert in_moved == ["web", "api"]  # both land in subnet 1 (network.placement_index)
+    assert all(moved.step(f"{s}-instance").kind == REPLACE for s in in_moved)
+    assert moved.step("consul-server-0-instance").kind == SAME  # server 0 lives in subnet 0

@@ -300,3 +300,38 @@ def test_a_provider_configured_from_a_replaced_resource_makes_preview_disagree_w
     # In preview the provider's address is unknown: every resource it serves shows a change.
     assert preview.updated == ["consul", "policy"]
     assert preview.step("policy").paths == ("<provider configuration unknown>",)
+
+
+class Holder(pulumi.ComponentResource):
+    """A component with an AWS child and a Consul child (like a MeshVm)."""
+
+    def __init__(
+        self, name: str, consul_provider: pulumi.ProviderResource | None, opts: pulumi.ResourceOptions
+    ) -> None:
+        super().__init__("test:index:Holder", name, None, opts)
+        aws.ec2.Vpc(f"{name}-vpc", cidr_block="10.0.0.0/16", opts=pulumi.ResourceOptions(parent=self))
+        consul.AclPolicy(f"{name}-policy", rules="", opts=pulumi.ResourceOptions(parent=self, provider=consul_provider))
+        self.register_outputs({})
+
+
+def test_a_provider_given_to_a_component_holds_back_every_child_until_it_exists() -> None:
+    """The Python SDK registers a component once each provider in its `providers` has an id
+    (pulumi/runtime/resource.py prepare_resource, _create_provider_ref), and a child waits for its
+    parent's URN: the schedule built from the recorded requests shows it."""
+
+    def program() -> None:
+        gate = aws.ec2.Vpc("gate", cidr_block="10.1.0.0/16")
+        provider = consul.Provider("consul", address="10.0.0.1:8501", opts=pulumi.ResourceOptions(depends_on=[gate]))
+        Holder("whole", None, pulumi.ResourceOptions(providers=[provider]))
+        Holder("children", provider, pulumi.ResourceOptions())
+
+    record = lifecycle.run(program, PlanMocks()).record
+    times = lifecycle.schedule(record, lambda reg: 100.0 if reg.name == "gate" else 1.0)
+
+    def start(name: str) -> float:
+        return times[lifecycle.urn_named(record, name)][0]
+
+    assert start("whole-vpc") >= 100 and start("whole-policy") >= 100
+    assert start("children-vpc") == 0 and start("children-policy") >= 100
+    chain = lifecycle.critical_chain(record, times, lifecycle.urn_named(record, "whole-vpc"))
+    assert [lifecycle.name_of(u) for u in chain] == ["gate", "consul", "whole", "whole-vpc"]

@@ -287,7 +287,10 @@ class NewServers(MockedTestCase):
         (keys,) = self.mocks.of_type(KEYS)
         assert keys.name == "identity-gossip-key"
         assert SECRET_MARKER in json.dumps(keys.inputs["keys"])
-        assert unwrap(keys.inputs["keys"]) == [{"path": gossip_key_path(PREFIX), "value": GENERATED_GOSSIP}]
+        # delete: the entry goes with the resource (`pulumi destroy`), not left behind in KV.
+        assert unwrap(keys.inputs["keys"]) == [
+            {"path": gossip_key_path(PREFIX), "value": GENERATED_GOSSIP, "delete": True}
+        ]
         assert gossip_key_path(PREFIX) == f"{PROJECT}/{PREFIX}/gossip-key"
 
     async def test_a_vms_subnet_depends_on_its_service_name_alone(self) -> None:
@@ -442,7 +445,7 @@ class ExistingCluster(MockedTestCase):
         assert binding_rules(self.mocks) == VM_BINDING_RULES
         (keys,) = self.mocks.of_type(KEYS)
         assert SECRET_MARKER in json.dumps(keys.inputs["keys"])
-        assert unwrap(keys.inputs["keys"]) == [{"path": gossip_key_path(PREFIX), "value": GOSSIP_KEY}]
+        assert unwrap(keys.inputs["keys"]) == [{"path": gossip_key_path(PREFIX), "value": GOSSIP_KEY, "delete": True}]
         assert outputs["consulLogin"] == {
             "prefix": PREFIX,
             "iamPath": IAM_PATH,
@@ -553,6 +556,40 @@ class BadConfig(MockedTestCase):
                 run_main()
             assert f"aws:region: the {partition!r} partition is not supported" in str(caught.exception)
             assert self.mocks.resources == []
+
+    async def test_subnets_go_only_into_zones_offering_every_instance_type(self) -> None:
+        # As in us-east-1, one zone offers no t3: the created subnets skip it, keeping the order.
+        self.mocks.offered_in = {"t3.small": ["us-east-1a", "us-east-1c"]}
+        self.set_config({**DEMO, "zoneCount": 2})
+        await value(run_main())
+        zones = {r.name: r.inputs["availabilityZone"] for r in self.mocks.of_type("aws:ec2/subnet:Subnet")}
+        assert zones == {"network-subnet-0": "us-east-1a", "network-subnet-1": "us-east-1c"}
+        (offerings,) = [c for c in self.mocks.calls if c.token.endswith("getInstanceTypeOfferings")]
+        assert offerings.args["filters"] == [{"name": "instance-type", "values": ["t3.small"]}]
+
+    async def test_more_zones_than_offer_the_instance_types_fails_before_any_resource(self) -> None:
+        self.mocks.offered_in = {"m5.large": ["us-east-1b"]}
+        self.set_config({**DEMO, "zoneCount": 2, "serverInstanceType": "m5.large"})
+        with self.assertRaises(pulumi.RunError) as caught:
+            run_main()
+        assert (
+            "zoneCount: 2 is more than the 1 availability zones of this region offering every instance type "
+            "of the stack (m5.large, t3.small): us-east-1b" in str(caught.exception)
+        )
+        assert self.mocks.resources == []
+
+    async def test_an_arm_instance_type_is_refused_before_any_resource(self) -> None:
+        # Decided from what AWS reports for the type (the mocks: arm64 for a Graviton name).
+        self.mocks.architectures = {"m6.odd": ["arm64"]}
+        services = {**DEMO["services"], "api": {**DEMO["services"]["api"], "instanceType": "m6.odd"}}
+        self.set_config({**DEMO, "services": services, "serverInstanceType": "t4g.small"})
+        with self.assertRaises(pulumi.RunError) as caught:
+            run_main()
+        message = str(caught.exception)
+        assert "serverInstanceType: 't4g.small' is not an x86_64 instance type (AWS reports arm64)" in message
+        assert "services.api.instanceType: 'm6.odd' is not an x86_64 instance type (AWS reports arm64)" in message
+        assert "services.web" not in message
+        assert self.mocks.resources == []
 
     async def test_user_data_over_ec2s_limit_fails_before_any_resource(self) -> None:
         too_many = {"port": 9090, "excludeOutboundPorts": list(range(1, 6000))}

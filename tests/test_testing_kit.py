@@ -20,6 +20,8 @@ from consul_tproxy_vms.testing import (
     MeshSpecError,
     StackMocks,
     UnansweredInvoke,
+    answer_offerings,
+    graviton,
     run_stack,
 )
 
@@ -109,6 +111,33 @@ def test_zone_count_checked_against_the_mocks_zones():
     with pytest.raises(MeshSpecError, match="zoneCount: 3 is more than the 2 availability zones"):
         run_stack({**demo_config(), "zoneCount": 3}, mocks=StackMocks(zones=("eu-west-1a", "eu-west-1b")))
     assert len(run_stack({**demo_config(), "zoneCount": 3}).of_type("aws:ec2/subnet:Subnet")) == 3
+
+
+def test_zones_and_architectures_come_from_the_mocks_answers_as_from_aws():
+    # One zone offers no t3 (as in us-east-1): the subnets skip it, and three zones are too many.
+    mocks = StackMocks(offered_in={"t3.small": ["us-east-1a", "us-east-1c"]})
+    result = run_stack({**demo_config(), "zoneCount": 2}, mocks=mocks)
+    zones = [s.inputs["availabilityZone"] for s in result.of_type("aws:ec2/subnet:Subnet")]
+    assert zones == ["us-east-1a", "us-east-1c"]
+    with pytest.raises(MeshSpecError, match=r"offering every instance type of the stack \(t3.small\)"):
+        run_stack({**demo_config(), "zoneCount": 3}, mocks=StackMocks(offered_in={"t3.small": ["us-east-1a"]}))
+    # An arm64 type, as AWS reports it (a Graviton name, or what the mocks are told), is refused.
+    with pytest.raises(
+        MeshSpecError, match=re.escape("serverInstanceType: 't4g.medium' is not an x86_64 instance type")
+    ):
+        run_stack({**demo_config(), "serverInstanceType": "t4g.medium"})
+    with pytest.raises(MeshSpecError, match=re.escape("serverInstanceType: 'x9.large' is not an x86_64")):
+        run_stack(
+            {**demo_config(), "serverInstanceType": "x9.large"}, mocks=StackMocks(architectures={"x9.large": ["arm64"]})
+        )
+
+
+def test_the_offerings_stand_in_refuses_a_query_aws_would_answer_with_regions():
+    # DescribeInstanceTypeOfferings answers per region unless LocationType is availability-zone.
+    with pytest.raises(UnansweredInvoke, match="locationType None"):
+        answer_offerings({"filters": [{"name": "instance-type", "values": ["t3.small"]}]}, ("us-east-1a",), {})
+    assert graviton("t4g.small") and graviton("m7gd.large") and graviton("a1.medium") and graviton("g5g.xlarge")
+    assert not graviton("t3.small") and not graviton("g5.xlarge") and not graviton("m7i.large")
 
 
 def test_stack_file_path(tmp_path):
