@@ -70,6 +70,8 @@ def other_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     out = home / "other.asc"
     out.write_bytes(subprocess.run([gpg, "--armor", "--export"], env=env, check=True, capture_output=True).stdout)
+    # Key generation starts a gpg-agent for this home: it must not outlive the tests.
+    subprocess.run([tool("gpgconf"), "--kill", "gpg-agent"], env=env, check=True, capture_output=True)
     return out
 
 

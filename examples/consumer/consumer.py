@@ -260,8 +260,10 @@ def build(spec: ConsumerSpec) -> dict[str, Any]:
             mesh_security_group_id=out("meshSecurityGroupId"),
             admin_cidrs=spec.admin_cidrs,
             tags={"consul-tproxy-vms:stack": pulumi.get_stack(), "consul-tproxy-vms:project": PROJECT},
+            # The provider goes to the VM's Consul roles alone: its instance does not wait for it.
+            consul_provider=provider,
         ),
-        opts=with_consul,
+        opts=wait,
     )
     intentions = ServiceIntentions(
         "intentions",
