@@ -207,7 +207,11 @@ def _health_check(service: ServiceSpec) -> dict[str, str]:
 
 
 # The demo app's probe of its upstreams through the mesh (scripts/mesh-demo-app.py): a check of its
-# own beside the app's health, so the mesh gate (components/mesh_ready.py) tells the two apart.
+# own beside the app's health, so the mesh gate (components/mesh_ready.py) tells the two apart. The
+# app answers 429 when an upstream fails, which Consul records as warning, not critical
+# (hashicorp/consul agent/checks/check.go, CheckHTTP.check), and Envoy keeps a warning instance in
+# its callers' endpoints (agent/xds/endpoints.go, calculateEndpointHealthAndWeight, unless a
+# service-resolver sets OnlyPassing): a caller's health never depends on its callees'.
 PROBE_PATH = "/upstreams"
 
 
@@ -278,7 +282,8 @@ def vm_files(recipe: VmRecipe) -> list[VmFile]:
         ),
     ]
     if svc.app.is_demo:
-        files.append(VmFile("/usr/local/bin/mesh-demo-app", _static(SCRIPTS / "mesh-demo-app.py"), "0755"))
+        # Shipped without its comment lines, as the shell scripts are: they cost user data bytes.
+        files.append(VmFile("/usr/local/bin/mesh-demo-app", _shipped_script(SCRIPTS / "mesh-demo-app.py"), "0755"))
     return _one_newline(files)
 
 

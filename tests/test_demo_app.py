@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
 
-from components.userdata import SCRIPTS
+from components.userdata import SCRIPTS, vm_files
+from tests.helpers import recipe
 
 APP = SCRIPTS / "mesh-demo-app.py"
+
+
+@cache
+def shipped_app() -> Path:
+    """The app as a demo VM gets it (comment lines removed): what these tests run."""
+    (text,) = [f.content for f in vm_files(recipe()) if f.path == "/usr/local/bin/mesh-demo-app"]
+    path = Path(tempfile.mkdtemp(prefix="mesh-demo-app-")) / "mesh-demo-app"
+    path.write_text(text)
+    return path
 
 
 def free_port() -> int:
@@ -29,7 +43,7 @@ def free_port() -> int:
 def demo_app(name: str, upstreams: str = "") -> Iterator[int]:
     port = free_port()
     env = {**os.environ, "SERVICE_NAME": name, "LISTEN_ADDR": f"127.0.0.1:{port}", "UPSTREAM_URIS": upstreams}
-    proc = subprocess.Popen([sys.executable, str(APP)], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, str(shipped_app())], env=env, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):  # bounded wait for the listener
             with socket.socket() as s:
@@ -84,8 +98,8 @@ def test_the_upstream_probe_answers_200_when_every_upstream_answers() -> None:
     lines = text.splitlines()
     assert lines[0] == "2 of 2 upstreams reached through the mesh"
     # Each upstream's /health, not its /: a failure further down the chain is not the caller's.
-    assert lines[1] == f'ok http://127.0.0.1:{api}/health: HTTP 200 {{"name": "api", "status": "ok"}}'
-    assert lines[2] == f'ok http://127.0.0.1:{db}/health: HTTP 200 {{"name": "db", "status": "ok"}}'
+    assert lines[1] == f"ok http://127.0.0.1:{api}/health: HTTP 200 {{'name': 'api', 'status': 'ok'}}"
+    assert lines[2] == f"ok http://127.0.0.1:{db}/health: HTTP 200 {{'name': 'db', 'status': 'ok'}}"
 
 
 def test_the_upstream_probe_answers_429_naming_the_upstream_that_failed() -> None:
@@ -103,7 +117,8 @@ def test_the_upstream_probe_answers_429_naming_the_upstream_that_failed() -> Non
 
 def test_an_upstream_the_mesh_refuses_is_not_reached() -> None:
     """An HTTP 403 (Envoy's "RBAC: access denied" for a denied intention) or a 5xx is not an answer of the app."""
-    spec = importlib.util.spec_from_file_location("mesh_demo_app", APP)
+    path = str(shipped_app())
+    spec = importlib.util.spec_from_loader("mesh_demo_app", importlib.machinery.SourceFileLoader("mesh_demo_app", path))
     assert spec is not None and spec.loader is not None
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
