@@ -42,6 +42,7 @@ from pulumi.runtime import rpc, settings
 from pulumi.runtime.mocks import MockMonitor
 
 from .image import ImagePinProvider
+from .mesh_ready import MeshReadyProvider
 from .readiness import ConsulReadyProvider, ServerReadyProvider
 from .render import PlanMocks, settle, unwrap
 from .spec import PROJECT
@@ -229,6 +230,7 @@ DYNAMIC_PROVIDERS: dict[str, Callable[[], ResourceProvider]] = {
     "ConsulReady": ConsulReadyProvider,
     "ServerReady": ServerReadyProvider,
     "ImagePin": ImagePinProvider,
+    "MeshReady": MeshReadyProvider,
 }
 
 SOURCE_KINDS = ("cidrIpv4", "cidrIpv6", "prefixListId", "referencedSecurityGroupId")

@@ -24,6 +24,7 @@ from .consul_server import ConsulServer, ConsulServerArgs, auto_join
 from .identity import MeshIdentity, MeshIdentityArgs, gossip_key_path, iam_path, login_prefix, policy_name_for
 from .intentions import ServiceIntentions, ServiceIntentionsArgs
 from .mesh_defaults import MeshDefaults, MeshDefaultsArgs
+from .mesh_ready import MeshReady, intention_keys, probed_services
 from .mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
 from .network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs, offering_zones, offerings_query
 from .readiness import ConsulReady
@@ -300,6 +301,22 @@ def build(
         ServiceIntentionsArgs(intentions=spec.intentions),
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
     )
+    if spec.mesh_ready_timeout_seconds:
+        # `pulumi up` ends once the mesh works (components/mesh_ready.py), asked of the API the
+        # provider uses; its instance ids, the services and the intentions make a later `up` wait again.
+        MeshReady(
+            "mesh-ready",
+            http_addr=http_addr,
+            token=token,
+            ca_pem=ca_pem,
+            region=aws.get_region_output().region,
+            instances={name: [vm.instance_id] for name, vm in vms.items()},
+            expected=dict.fromkeys(vms, 1),
+            probes=probed_services(spec.services, spec.intentions),
+            intentions=intention_keys(spec.intentions),
+            timeout_seconds=spec.mesh_ready_timeout_seconds,
+            opts=pulumi.ResourceOptions(depends_on=[*vms.values(), intentions, defaults]),
+        )
 
     outputs.update(
         {

@@ -60,14 +60,14 @@ class ConsulNotReadyError(RuntimeError):
 BOOTSTRAP_NOT_ALLOWED = "ACL bootstrap no longer allowed"
 
 
-def _context(http_addr: str, ca_pem: str | None) -> ssl.SSLContext | None:
+def tls_context(http_addr: str, ca_pem: str | None) -> ssl.SSLContext | None:
     if not http_addr.startswith("https://"):
         return None
     # With a CA, trust only it (the cluster's own CA); without one, the system's store.
     return ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
 
 
-def _get(url: str, context: ssl.SSLContext | None, token: str | None, timeout: float) -> tuple[int, str]:
+def http_get(url: str, context: ssl.SSLContext | None, token: str | None, timeout: float) -> tuple[int, str]:
     headers = {"X-Consul-Token": token} if token else {}
     request = urllib.request.Request(url, headers=headers)
     try:
@@ -88,7 +88,7 @@ def _put_json(url: str, context: ssl.SSLContext | None, payload: dict[str, Any],
         return err.code, err.read().decode(errors="replace")
 
 
-def _shown(body: str, token: str) -> str:
+def shown(body: str, token: str) -> str:
     """An answer's body as it may appear in a message: trimmed, and never with the token in it."""
     text = body.strip()[:200]
     return text.replace(token, "<token>") if token else text
@@ -100,7 +100,7 @@ def _reset_index(body: str) -> str | None:
 
 
 @contextmanager
-def _talking_to(base: str) -> Iterator[None]:
+def talking_to(base: str) -> Iterator[None]:
     """Turn what a request can raise into NotReady (wait) or ConsulNotReadyError (waiting cannot help)."""
     try:
         yield
@@ -122,7 +122,7 @@ def autopilot_health(base: str, context: ssl.SSLContext | None, token: str, time
 
     Consul answers 200 when the cluster is healthy and 429 with the same report when it is not.
     """
-    status, body = _get(f"{base}/v1/operator/autopilot/health", context, token, timeout)
+    status, body = http_get(f"{base}/v1/operator/autopilot/health", context, token, timeout)
     if status not in (200, 429):
         raise NotReady(f"GET /v1/operator/autopilot/health answered HTTP {status}: {body.strip()[:200]}")
     report = json.loads(body)
@@ -150,20 +150,20 @@ def bootstrap_acls(base: str, context: ssl.SSLContext | None, token: str, timeou
     if status == 403 and BOOTSTRAP_NOT_ALLOWED in body:
         # Bootstrapped already: by us (a re-run, or an earlier attempt whose answer was lost) if the
         # token is accepted now, else by someone else.
-        self_status, _ = _get(f"{base}/v1/acl/token/self", context, token, timeout)
+        self_status, _ = http_get(f"{base}/v1/acl/token/self", context, token, timeout)
         if self_status == 200:
             return
         index = _reset_index(body)
         raise ConsulNotReadyError(
             f"the ACL system of Consul at {base} was bootstrapped with another token: PUT /v1/acl/bootstrap "
-            f"answered HTTP 403 ({_shown(body, token)}) and /v1/acl/token/self does not accept the stack's token "
+            f"answered HTTP 403 ({shown(body, token)}) and /v1/acl/token/self does not accept the stack's token "
             f"(HTTP {self_status}). Either reset the ACL bootstrap so the next `pulumi up` bootstraps it with the "
             f"stack's token (on the leader, write the reset index{f' {index}' if index else ''} to "
             "<data_dir>/acl-bootstrap-reset, see `consul acl bootstrap`), or make the cluster accept the stack's "
             "token (`consul acl token create -secret <consulManagementToken> -policy-name global-management` "
             "with the existing management token)."
         )
-    raise NotReady(f"PUT /v1/acl/bootstrap answered HTTP {status}: {_shown(body, token)}")
+    raise NotReady(f"PUT /v1/acl/bootstrap answered HTTP {status}: {shown(body, token)}")
 
 
 def check_once(
@@ -186,22 +186,22 @@ def check_once(
     cluster was bootstrapped with another token: waiting fixes neither.
     """
     base = http_addr.rstrip("/")
-    context = _context(base, ca_pem)
-    with _talking_to(base):
-        status, body = _get(f"{base}/v1/status/leader", context, None, timeout)
+    context = tls_context(base, ca_pem)
+    with talking_to(base):
+        status, body = http_get(f"{base}/v1/status/leader", context, None, timeout)
         if status != 200:
             raise NotReady(f"GET /v1/status/leader answered HTTP {status}: {body.strip()[:200]}")
         leader = json.loads(body) if body.strip() else ""
         if not leader:
             raise NotReady("the servers answer but have not elected a leader yet")
-        status, body = _get(f"{base}/v1/acl/token/self", context, token, timeout)
+        status, body = http_get(f"{base}/v1/acl/token/self", context, token, timeout)
         if status == 403 and bootstrap:
             bootstrap_acls(base, context, token, timeout)
-            status, body = _get(f"{base}/v1/acl/token/self", context, token, timeout)
+            status, body = http_get(f"{base}/v1/acl/token/self", context, token, timeout)
         if status != 200:
             raise NotReady(
                 f"a leader is elected ({leader}) but the ACL system does not accept the token yet "
-                f"(GET /v1/acl/token/self answered HTTP {status}: {_shown(body, token)})"
+                f"(GET /v1/acl/token/self answered HTTP {status}: {shown(body, token)})"
             )
         if expect_voters is not None:
             report = autopilot_health(base, context, token, timeout)
@@ -224,8 +224,8 @@ def check_server_once(
     was replaced, server 0 (which carries the API's address) included.
     """
     base = http_addr.rstrip("/")
-    context = _context(base, ca_pem)
-    with _talking_to(base):
+    context = tls_context(base, ca_pem)
+    with talking_to(base):
         report = autopilot_health(base, context, token, timeout)
         servers = {s.get("Name"): s for s in report.get("Servers") or []}
         server = servers.get(node_name)
@@ -241,6 +241,12 @@ def check_server_once(
         return f"{node_name} healthy voter; failure tolerance {report.get('FailureTolerance')}"
 
 
+SERVER_ADVICE = (
+    "New servers need a few minutes to install and elect a leader; "
+    "raise consulReadyTimeoutSeconds if they are still booting, or check their console output."
+)
+
+
 def wait_until(
     check: Callable[[], str],
     what: str,
@@ -248,8 +254,10 @@ def wait_until(
     interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    advice: str = SERVER_ADVICE,
 ) -> str:
-    """Call `check` until it returns; raise ConsulNotReadyError at the deadline, saying what it last saw."""
+    """Call `check` until it returns; raise ConsulNotReadyError at the deadline, saying what it last
+    saw and then `advice` (what to do about it)."""
     deadline = clock() + timeout_seconds
     attempts = 0
     while True:
@@ -261,14 +269,12 @@ def wait_until(
         remaining = deadline - clock()
         if remaining <= 0:
             raise ConsulNotReadyError(
-                f"{what} was not ready after {timeout_seconds:g} s ({attempts} attempts). "
-                f"Last seen: {last}. New servers need a few minutes to install and elect a leader; "
-                "raise consulReadyTimeoutSeconds if they are still booting, or check their console output."
+                f"{what} was not ready after {timeout_seconds:g} s ({attempts} attempts). Last seen: {last}. {advice}"
             )
         sleep(min(interval_seconds, remaining))
 
 
-def _request_timeout(timeout_seconds: float) -> float:
+def request_timeout(timeout_seconds: float) -> float:
     return min(REQUEST_TIMEOUT_SECONDS, max(timeout_seconds, 1.0))
 
 
@@ -287,7 +293,7 @@ def wait_until_ready(
 
     With `bootstrap`, bootstrap the ACL system with `token` when it is not yet (see check_once).
     """
-    timeout = _request_timeout(timeout_seconds)
+    timeout = request_timeout(timeout_seconds)
     return wait_until(
         lambda: check_once(http_addr, token, ca_pem, timeout, expect_voters, bootstrap),
         f"Consul at {http_addr}",
@@ -309,7 +315,7 @@ def wait_until_server_healthy(
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """Poll until `node_name` is a healthy voter of a healthy cluster; raise ConsulNotReadyError at the deadline."""
-    timeout = _request_timeout(timeout_seconds)
+    timeout = request_timeout(timeout_seconds)
     return wait_until(
         lambda: check_server_once(http_addr, token, ca_pem, node_name, timeout),
         f"Consul server {node_name} (asked of {http_addr})",

@@ -151,8 +151,8 @@ MESH_PACKAGES = ("consul", "hashicorp-envoy", "iptables")
 MAX_COMMAND = 1024
 # Names the stack gives its own parts. A service (or node) named like one would share its Consul
 # name ("consul" is the servers' own service), its server node names (consul-server-N) or its
-# component names (network, defaults, intentions, consul-ready).
-RESERVED_NAMES = frozenset({"consul", "consul-ready", "network", "defaults", "intentions"})
+# component names (network, defaults, intentions, consul-ready, mesh-ready).
+RESERVED_NAMES = frozenset({"consul", "consul-ready", "mesh-ready", "network", "defaults", "intentions"})
 RESERVED_PREFIX = "consul-server"
 # Key names that look like secrets: their values are never echoed in a message.
 SECRET_WORDS = ("token", "secret", "password", "gossip", "key", "pem")
@@ -175,6 +175,7 @@ DEFAULTS: dict[str, Any] = {
     "serverCount": 1,
     "serverInstanceType": "t3.small",
     "consulReadyTimeoutSeconds": 600,
+    "meshReadyTimeoutSeconds": 900,
     "consulHttpAddr": "",
     "consulRetryJoin": [],
     "consulCaPem": "",
@@ -338,6 +339,8 @@ class MeshSpec:
     servers: ServersSpec | None = None
     network: NetworkSpec = field(default_factory=NetworkSpec)
     ready_timeout_seconds: int = DEFAULTS["consulReadyTimeoutSeconds"]
+    mesh_ready_timeout_seconds: int = DEFAULTS["meshReadyTimeoutSeconds"]
+    """How long `pulumi up` waits for the mesh to work (components/mesh_ready.py); 0: no wait."""
     datacenter: str = DEFAULTS["datacenter"]
     consul_version: str = DEFAULTS["consulVersion"]
     envoy_version: str = DEFAULTS["envoyVersion"]
@@ -693,6 +696,7 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     ready_timeout = config_integer(
         get("consulReadyTimeoutSeconds"), "consulReadyTimeoutSeconds", problems, 10, 3600, "seconds to wait"
     )
+    mesh_ready_timeout = _mesh_ready_timeout(get("meshReadyTimeoutSeconds"), problems)
 
     optional = {}
     for key, pattern, what in (
@@ -715,6 +719,7 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         raise MeshSpecError(problems.items)
     warnings = footguns(services, intentions, admin_cidrs)
     assert datacenter and consul_version and envoy_version and ready_timeout is not None
+    assert mesh_ready_timeout is not None
     assert mesh_destinations_only is not None and network is not None
     return MeshSpec(
         services=services,
@@ -723,6 +728,7 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         servers=servers,
         network=network,
         ready_timeout_seconds=ready_timeout,
+        mesh_ready_timeout_seconds=mesh_ready_timeout,
         datacenter=datacenter,
         consul_version=consul_version,
         envoy_version=envoy_version,
@@ -734,6 +740,23 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         protect_server_data=bool(protect_server_data),
         warnings=warnings,
     )
+
+
+# Shorter than this, a first `up` fails before a VM can boot and join (0 turns the wait off).
+MIN_MESH_READY_SECONDS = 60
+
+
+def _mesh_ready_timeout(raw: Any, problems: Problems) -> int | None:
+    key = "meshReadyTimeoutSeconds"
+    value = config_integer(raw, key, problems, 0, 7200, "seconds to wait for the mesh")
+    if value is not None and 0 < value < MIN_MESH_READY_SECONDS:
+        problems.add(
+            key,
+            value,
+            f"is too short for a VM to boot and join: 0 (no wait) or {MIN_MESH_READY_SECONDS}-7200 seconds",
+        )
+        return None
+    return value
 
 
 # Every *.virtual.consul address comes from this range (CONSUL_FACTS: virtual IPs).

@@ -208,6 +208,34 @@ def _health_check(service: ServiceSpec) -> dict[str, str]:
     return {**check, "check_http": "", "check_tcp": target}
 
 
+# The demo app's probe of its upstreams through the mesh (scripts/mesh-demo-app.py): a check of its
+# own beside the app's health, so the mesh gate (components/mesh_ready.py) tells the two apart. The
+# app answers 429 when an upstream fails, which Consul records as warning, not critical
+# (hashicorp/consul agent/checks/check.go, CheckHTTP.check), and Envoy keeps a warning instance in
+# its callers' endpoints (agent/xds/endpoints.go, calculateEndpointHealthAndWeight, unless a
+# service-resolver sets OnlyPassing): a caller's health never depends on its callees'.
+PROBE_PATH = "/upstreams"
+
+
+def probe_check_id(service_name: str) -> str:
+    return f"{service_name}-upstreams"
+
+
+def has_upstream_probe(service: ServiceSpec) -> bool:
+    """The demo app probes its upstreams; a custom app has no such endpoint, and no upstream no probe."""
+    return service.app.is_demo and bool(service.upstreams)
+
+
+def _upstream_probe(service: ServiceSpec) -> dict[str, str]:
+    if not has_upstream_probe(service):
+        return {"probe_id": "", "probe_name": "", "probe_http": ""}
+    return {
+        "probe_id": probe_check_id(service.name),
+        "probe_name": f"{service.name} calls its upstreams through the mesh",
+        "probe_http": f"http://127.0.0.1:{service.port}{PROBE_PATH}",
+    }
+
+
 # Where consul-login keeps the tokens it obtained (tmpfs: a fresh login at every boot).
 TOKEN_DIR = "/run/consul-login"
 
@@ -231,6 +259,7 @@ def vm_files(recipe: VmRecipe) -> list[VmFile]:
         "exclusions": redirect_exclusions(recipe),
         "upstream_uris": [f"http://{up}.virtual.consul" for up in svc.upstreams],
         **_health_check(svc),
+        **_upstream_probe(svc),
     }
     files = [
         VmFile("/etc/consul.d/consul.hcl", _render("consul.hcl.j2", **context), "0640", "root:consul"),
@@ -258,7 +287,8 @@ def vm_files(recipe: VmRecipe) -> list[VmFile]:
         ),
     ]
     if svc.app.is_demo:
-        files.append(VmFile("/usr/local/bin/mesh-demo-app", _static(SCRIPTS / "mesh-demo-app.py"), "0755"))
+        # Shipped without its comment lines, as the shell scripts are: they cost user data bytes.
+        files.append(VmFile("/usr/local/bin/mesh-demo-app", _shipped_script(SCRIPTS / "mesh-demo-app.py"), "0755"))
     return _one_newline(files)
 
 

@@ -110,18 +110,22 @@ def test_a_new_explicit_image_replaces_every_vm_and_the_servers_one_at_a_time() 
 
 # --- services and intentions ----------------------------------------------------------------------
 
+# The mesh gate (components/mesh_ready.py) waits again whenever the VMs, the services or the
+# intentions change: it is updated (its update only waits), never replaced.
+MESH_GATE = "mesh-ready"
+
 
 @pytest.mark.parametrize("name", ["aaa", "zzz"])
 def test_adding_a_service_creates_its_resources_and_moves_nothing(name: str) -> None:
     grown = plan(DEMO, {**DEMO, "services": {**DEMO["services"], name: {"port": 7000}}})
-    assert grown.replaced == [] and grown.updated == [] and grown.deleted == []
+    assert grown.replaced == [] and grown.updated == [MESH_GATE] and grown.deleted == []
     assert f"{name}-instance" in grown.created
     assert belongs_to(grown.created, name), grown.created
 
 
 def test_removing_a_service_deletes_its_resources_only() -> None:
     shrunk = plan(WITH_DB, DEMO)
-    assert shrunk.replaced == [] and shrunk.updated == [] and shrunk.created == []
+    assert shrunk.replaced == [] and shrunk.updated == [MESH_GATE] and shrunk.created == []
     assert "db-instance" in shrunk.deleted and "intentions-db" in shrunk.deleted
     assert belongs_to(shrunk.deleted, "db"), shrunk.deleted
 
@@ -130,7 +134,7 @@ def test_renaming_a_service_is_a_delete_and_a_create_of_that_service_only() -> N
     renamed = {**DEMO, "services": {**DEMO["services"], "store": {"port": 5432, "protocol": "tcp"}}}
     renamed["intentions"] = [*DEMO["intentions"], {"source": "api", "destination": "store", "action": "allow"}]
     moved = plan(WITH_DB, renamed)
-    assert moved.replaced == [] and moved.updated == []
+    assert moved.replaced == [] and moved.updated == [MESH_GATE]
     assert belongs_to(moved.deleted, "db") and belongs_to(moved.created, "store")
     assert "store-instance" in moved.created and "db-instance" in moved.deleted
 
@@ -139,9 +143,9 @@ def test_intentions_added_flipped_and_removed_touch_only_their_entries() -> None
     added = plan(DEMO, WITH_DB)
     flipped = plan(DEMO, {**DEMO, "intentions": [{**DEMO["intentions"][0], "action": "deny"}]})
     removed = plan(DEMO, {**DEMO, "intentions": []})
-    assert flipped.changed() == {**NOTHING, "updated": ["intentions-api"]}
-    assert removed.changed() == {**NOTHING, "deleted": ["intentions-api"]}
-    assert "intentions-db" in added.created and added.replaced == [] and added.updated == []
+    assert flipped.changed() == {**NOTHING, "updated": ["intentions-api", MESH_GATE]}
+    assert removed.changed() == {**NOTHING, "updated": [MESH_GATE], "deleted": ["intentions-api"]}
+    assert "intentions-db" in added.created and added.replaced == [] and added.updated == [MESH_GATE]
 
 
 def user_data(record: lifecycle.Record, vm: str) -> str:
@@ -210,7 +214,7 @@ def test_a_consul_upgrade_replaces_every_vm_and_the_servers_one_at_a_time() -> N
     assert [n for n in upgrade.replaced if not n.endswith("-instance")] == [
         f"consul-server-{i}-data-attachment" for i in range(3)
     ]
-    assert upgrade.updated == ["consul-ready", *[f"consul-server-{i}-ready" for i in range(3)]]
+    assert upgrade.updated == ["consul-ready", *[f"consul-server-{i}-ready" for i in range(3)], MESH_GATE]
     servers_are_replaced_one_at_a_time(upgrade, 3)
     # Issue 12: each server's role, policies and SSM parameters are its own and hold no version:
     # a new instance borrows them unchanged.
@@ -239,7 +243,7 @@ def test_a_consul_upgrade_replaces_the_mesh_vms_after_the_last_server() -> None:
 
 def test_an_envoy_upgrade_replaces_the_mesh_vms_only() -> None:
     upgrade = plan(DEMO, {**DEMO, "envoyVersion": "1.35.4"})
-    assert upgrade.changed() == {**NOTHING, "replaced": ["api-instance", "web-instance"]}
+    assert upgrade.changed() == {**NOTHING, "replaced": ["api-instance", "web-instance"], "updated": [MESH_GATE]}
 
 
 def test_resizing_the_servers_restarts_them_in_place_one_at_a_time() -> None:

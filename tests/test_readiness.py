@@ -139,8 +139,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(state: FakeConsul, port: int = 0, tls: ssl.SSLContext | None = None) -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(state))
+def serving(
+    state: FakeConsul,
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
+    handler: type[BaseHTTPRequestHandler] | None = None,
+) -> Iterator[ThreadingHTTPServer]:
+    """Serve `state` (or `handler`, another stand-in's) on 127.0.0.1, over TLS with `tls`."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler or _handler(state))
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -278,7 +284,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: d / name for name in ("ca.pem", "other-ca.pem", "server.pem", "server.key")}
 
 
-def _tls(pki: dict[str, Path]) -> ssl.SSLContext:
+def server_tls(pki: dict[str, Path]) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki["server.pem"], pki["server.key"])
     return context
@@ -288,7 +294,7 @@ def test_https_is_verified_against_the_clusters_ca(pki: dict[str, Path]) -> None
     state = FakeConsul()
     state.leader = LEADER
     state.acl_bootstrapped = True
-    with serving(state, tls=_tls(pki)) as server:
+    with serving(state, tls=server_tls(pki)) as server:
         addr = f"https://127.0.0.1:{server.server_port}"
         assert check_once(addr, TOKEN, pki["ca.pem"].read_text()) == LEADER
         # Without the cluster's CA the system store does not trust the server: fail, never fall back.
