@@ -26,6 +26,7 @@ import hcl2
 import pytest
 
 from tests.conftest import tool
+from tests.helpers import CA_PEM
 
 pytest.importorskip("boto3", reason="consul-server-secrets needs boto3 (python3-boto3 on the VMs)")
 
@@ -544,17 +545,26 @@ class Login:
     def logged_out(self) -> list[str]:
         return (self.tmp / "logged-out").read_text().splitlines()
 
-    def run(self, *args: str, failures: int = 0, deadline: str = "30") -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, failures: int = 0, hangs: int = 0, deadline: str = "30", **overrides: str | None
+    ) -> subprocess.CompletedProcess:
+        """The script as its unit runs it; `overrides` change (None: remove) its environment."""
         (self.tmp / "failures").write_text(str(failures))
-        env = {
+        (self.tmp / "hangs").write_text(str(hangs))
+        ca = self.tmp / "ca.pem"
+        ca.write_text(CA_PEM)
+        env: dict[str, str | None] = {
             "PATH": os.environ["PATH"],
+            "HOME": str(self.tmp),  # no shared AWS config of the machine running the tests
             "LOGIN_METHOD": METHOD,
             "LOGIN_SERVER_ID": "consul.example.internal",
+            "AWS_REGION": REGION,
             "CONSUL_HTTP_ADDR": "https://127.0.0.1:8501",
-            "CONSUL_CACERT": "/etc/consul.d/ca.pem",
+            "CONSUL_CACERT": str(ca),
             "CONSUL_TLS_SERVER_NAME": "server.dc1.consul",
             "LOGIN_DEADLINE_SECONDS": deadline,
             "LOGIN_RETRY_SECONDS": "0.1",
+            "LOGIN_CALL_TIMEOUT_SECONDS": "1",
             "CONSUL_BIN": str(STUBS / "consul"),
             "CONSUL_CONFIG_DIR": str(self.config),
             "TOKEN_DIR": str(self.token_dir),
@@ -562,11 +572,19 @@ class Login:
             "RELOAD_COMMAND": f"{STUBS / 'reload'} consul.service",
             "FAKE_CONSUL_LOG": str(self.tmp / "consul.log"),
             "FAKE_CONSUL_FAILURES": str(self.tmp / "failures"),
+            "FAKE_CONSUL_HANGS": str(self.tmp / "hangs"),
             "FAKE_CONSUL_TOKEN": self.token,
             "FAKE_CONSUL_TOKENS": str(self.tmp / "logged-out"),
+            "FAKE_CONSUL_REGIONS": str(self.tmp / "regions"),
             "FAKE_RELOAD_LOG": str(self.tmp / "reload.log"),
-        }
-        result = subprocess.run(["bash", str(LOGIN_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30)
+        } | overrides
+        result = subprocess.run(
+            ["bash", str(LOGIN_SCRIPT), *args],
+            env={k: v for k, v in env.items() if v is not None},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert self.token not in result.stdout + result.stderr
         return result
 
@@ -575,7 +593,7 @@ class Login:
 def login(tmp_path: Path) -> Login:
     config = tmp_path / "consul.d"
     config.mkdir()
-    for name in ("consul.log", "reload.log", "logged-out"):
+    for name in ("consul.log", "reload.log", "logged-out", "regions"):
         (tmp_path / name).write_text("")
     return Login(tmp_path, config, tmp_path / "run" / "consul-login", str(uuid.uuid4()))
 
@@ -584,7 +602,7 @@ def test_login_retries_until_the_method_exists_then_writes_the_token_and_reloads
     result = login.run(failures=2)
     assert result.returncode == 0, result.stderr
     expected = (
-        f"login -type=aws-iam -method={METHOD} -aws-auto-bearer-token -aws-include-entity "
+        f"login -type=aws-iam -method={METHOD} -aws-auto-bearer-token -aws-include-entity -aws-region={REGION} "
         f"-aws-server-id-header-value=consul.example.internal -token-sink-file={login.token_dir}/.login."
     )
     assert len(login.calls) == 3 and all(call.startswith(expected) for call in login.calls)
@@ -650,9 +668,128 @@ def test_logout_destroys_the_token_removes_the_files_and_is_idempotent(login: Lo
     assert len(login.calls) == calls  # nothing left to log out
 
 
+def test_every_login_carries_the_region(login: Login) -> None:
+    assert login.run(failures=1).returncode == 0
+    assert (login.tmp / "regions").read_text().splitlines() == [REGION, REGION]
+
+
+@pytest.mark.parametrize(
+    ("region", "message"),
+    [
+        (None, "AWS_REGION is not set (see /etc/consul.d/login.env)"),
+        ("", "AWS_REGION is not set (see /etc/consul.d/login.env)"),
+        ("us-east-1 -token=x", "is not an AWS region"),
+        ("US-EAST-1", "is not an AWS region"),
+    ],
+)
+def test_a_login_environment_without_a_region_is_refused(login: Login, region: str | None, message: str) -> None:
+    result = login.run(AWS_REGION=region)
+    assert result.returncode != 0 and message in result.stderr
+    assert login.calls == [] and list(login.config.iterdir()) == []
+
+
+def test_a_login_that_hangs_is_cut_off_and_retried(login: Login) -> None:
+    result = login.run(hangs=1)
+    assert result.returncode == 0, result.stderr
+    retries = [line for line in result.stderr.splitlines() if "retrying" in line]
+    assert retries == [f"consul-server-login: login with {METHOD} (attempt 1): no answer within 1s; retrying"]
+    assert len(login.calls) == 2 and agent_token(login.config / "tokens.hcl") == login.token
+
+
+def test_a_logout_that_hangs_is_cut_off_and_the_files_removed(login: Login) -> None:
+    assert login.run().returncode == 0
+    result = login.run("logout", hangs=1)
+    assert result.returncode == 0
+    assert "logout failed (ignored): no answer within 1s" in result.stderr
+    assert list(login.config.iterdir()) == [] and list(login.token_dir.iterdir()) == []
+
+
+def test_a_reload_that_hangs_is_cut_off(login: Login) -> None:
+    result = login.run(RELOAD_COMMAND="sleep 600")
+    assert result.returncode == 1
+    assert "'sleep 600' failed (no answer within 1s): the agent uses the token from its next start" in result.stderr
+    assert agent_token(login.config / "tokens.hcl") == login.token  # written for the next start
+
+
+# The stand-in consul refuses what Consul 1.22's CLI refuses (tests/fixtures/server/consul cites each check).
+LOGIN_ARGS = [
+    "login",
+    "-type=aws-iam",
+    f"-method={METHOD}",
+    "-aws-auto-bearer-token",
+    "-aws-include-entity",
+    "-aws-server-id-header-value=consul.example.internal",
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        # The login of consul-server-login before this change: no region anywhere.
+        ([*LOGIN_ARGS, "-token-sink-file=SINK"], {}, "Error with aws-iam auth method: AWS region not found"),
+        (
+            [*LOGIN_ARGS, "-aws-regoin=us-east-1", "-token-sink-file=SINK"],
+            {},
+            "flag provided but not defined: -aws-regoin",
+        ),
+        ([*LOGIN_ARGS, "-token-sink-file=SINK", "extra"], {"AWS_REGION": REGION}, "Should have no non-flag arguments."),
+        (["login", "extra", f"-method={METHOD}"], {}, "Should have no non-flag arguments."),  # flags end at "extra"
+        ([*LOGIN_ARGS[:2], "-aws-auto-bearer-token", "-token-sink-file=SINK"], {}, "Missing required '-method' flag"),
+        (LOGIN_ARGS, {}, "Missing required '-token-sink-file' flag"),
+        (
+            ["login", f"-method={METHOD}", "-aws-region=us-east-1", "-token-sink-file=SINK"],
+            {},
+            "Missing '-aws-auto-bearer-token' flag",
+        ),
+        ([*LOGIN_ARGS, "-bearer-token-file=/x", "-token-sink-file=SINK"], {}, "Cannot use '-bearer-token-file'"),
+        ([*LOGIN_ARGS, "-aws-include-entity=yes", "-token-sink-file=SINK"], {}, 'invalid boolean value "yes"'),
+        ([*LOGIN_ARGS, "-token-sink-file"], {}, "flag needs an argument: -token-sink-file"),
+        (
+            [*LOGIN_ARGS, "-token-sink-file=SINK"],
+            {"AWS_REGION": REGION, "CONSUL_CACERT": "/nonexistent/ca.pem"},
+            "Error loading CA File",
+        ),
+        (["logout"], {}, "Error destroying token: Unexpected response code: 403 (ACL not found)"),
+        (["logout", "-token-file=/nonexistent"], {}, "Error loading token file"),
+        (["logout", "-aws-region=us-east-1"], {}, "flag provided but not defined: -aws-region"),
+        (["logout", "TOKEN"], {}, "Should have no non-flag arguments."),
+    ],
+)
+def test_the_consul_stand_in_refuses_what_consul_refuses(
+    tmp_path: Path, argv: list[str], env: dict[str, str], message: str
+) -> None:
+    sink = tmp_path / "sink"
+    argv = [a.replace("SINK", str(sink)) for a in argv]
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CONSUL_HTTP_ADDR": "https://127.0.0.1:8501"}
+    result = subprocess.run(
+        [str(STUBS / "consul"), *argv], env=base | {"FAKE_CONSUL_TOKEN": "t"} | env, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and message in result.stderr
+    assert not sink.exists()
+
+
+def test_the_consul_stand_in_finds_the_region_where_the_aws_sdk_does(tmp_path: Path) -> None:
+    """-aws-region, else AWS_REGION, else the shared config (aws-sdk-go v1, SharedConfigEnable)."""
+    config = tmp_path / ".aws" / "config"
+    config.parent.mkdir()
+    config.write_text("[default]\nregion = eu-west-3\n")
+    sink = tmp_path / "sink"
+    regions = tmp_path / "regions"
+    base = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "FAKE_CONSUL_TOKEN": "t",
+        "FAKE_CONSUL_REGIONS": str(regions),
+    }
+    for extra, env in [([], {}), ([], {"AWS_REGION": "ap-south-1"}), (["-aws-region=us-west-2"], {"AWS_REGION": "x"})]:
+        argv = [*LOGIN_ARGS, *extra, f"-token-sink-file={sink}"]
+        assert subprocess.run([str(STUBS / "consul"), *argv], env=base | env, capture_output=True).returncode == 0
+    assert regions.read_text().splitlines() == ["eu-west-3", "ap-south-1", "us-west-2"]
+
+
 def test_login_script_passes_shellcheck() -> None:
     shellcheck = tool("shellcheck")
-    for path in (LOGIN_SCRIPT, STUBS / "consul", STUBS / "reload"):
+    for path in (LOGIN_SCRIPT, STUBS / "reload"):
         result = subprocess.run([shellcheck, "--severity=style", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
 
@@ -742,7 +879,14 @@ def test_unit_wiring() -> None:
         "ExecStart=/usr/local/sbin/consul-server-login",
         "ExecStop=/usr/local/sbin/consul-server-login logout",
         "WantedBy=multi-user.target",
+        # Never given up on: restarted with a growing delay until the agent has its token.
+        "Restart=on-failure",
+        "RestartSec=10s",
+        "RestartSteps=5",
+        "RestartMaxDelaySec=5min",
+        "StartLimitIntervalSec=0",
     } <= keys(TEMPLATES / "consul-server-login.service")
+    assert "EnvironmentFile=/etc/consul.d/data-volume.env" in keys(TEMPLATES / "consul-data.service")
 
 
 def test_secrets_script_uses_only_the_standard_library_and_boto3() -> None:
