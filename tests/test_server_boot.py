@@ -858,8 +858,10 @@ def test_unit_wiring() -> None:
         "ExecStart=/usr/bin/python3 /usr/local/sbin/consul-server-secrets",
         "TimeoutStartSec=11min",
         "WantedBy=multi-user.target",
-        # Restarted until the keys are read, never given up on (consul.service waits for it).
+        # Restarted until the keys are read, never given up on; straight back to activating, so
+        # consul.service's start job waits instead of failing with it.
         "Restart=on-failure",
+        "RestartMode=direct",
         "RestartSec=10s",
         "RestartSteps=5",
         "RestartMaxDelaySec=5min",

@@ -90,10 +90,10 @@ def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
     return root
 
 
-# Keys of systemd 254+ (systemd.service(5): RestartSteps=, RestartMaxDelaySec= "Added in version
-# 254"); the VMs run Ubuntu 24.04's systemd 255. An older systemd-analyze (Debian 12's 252 on the
+# Keys of systemd 254+ (systemd.service(5): RestartMode=, RestartSteps=, RestartMaxDelaySec= "Added in
+# version 254"); the VMs run Ubuntu 24.04's systemd 255. An older systemd-analyze (Debian 12's 252 on the
 # test machines) reports them as unknown: those two reports alone are let through, and only there.
-SYSTEMD_254_KEYS = ("RestartSteps", "RestartMaxDelaySec")
+SYSTEMD_254_KEYS = ("RestartMode", "RestartSteps", "RestartMaxDelaySec")
 
 
 def systemd_version() -> int:
