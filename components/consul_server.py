@@ -322,6 +322,8 @@ class ConsulServer(pulumi.ComponentResource):
                         tls_key_parameter=v["tls_parameter"],
                         login_method=identity.method_name(args.login_prefix, "server"),
                         server_id=args.login_prefix,
+                        data_volume_id=v["data_volume"],
+                        data_device=DATA_DEVICE,
                     )
                 )
 
@@ -332,6 +334,9 @@ class ConsulServer(pulumi.ComponentResource):
                 region=args.region,
                 gossip_parameter=gossip_parameter.name,
                 tls_parameter=tls_parameter.name,
+                # The retained volume's id, known before the instance exists: the boot finds the
+                # volume by it (its NVMe serial), never by elimination.
+                data_volume=data.id,
             ).apply(render)
             server = ec2.instance(
                 node,

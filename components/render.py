@@ -62,6 +62,12 @@ def stand_in_host(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:2], "big") % 4096
 
 
+def stand_in_volume_id(name: str) -> str:
+    """An EBS volume id in EC2's form (vol- and 17 hex digits) that depends on `name` alone: a
+    server's boot finds its data volume by this id, and refuses anything else."""
+    return "vol-" + hashlib.sha256(name.encode()).hexdigest()[:17]
+
+
 class PlanMocks(pulumi.runtime.Mocks):
     """Answers for every resource and invoke the program uses, and a record of what it declared."""
 
@@ -117,6 +123,8 @@ class PlanMocks(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:kms:us-east-1:123456789012:key/{args.name}"
         elif args.typ == "aws:ssm/parameter:Parameter":
             state["arn"] = f"arn:aws:ssm:us-east-1:123456789012:parameter{state['name']}"
+        elif args.typ == "aws:ebs/volume:Volume":
+            return stand_in_volume_id(args.name), state
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:

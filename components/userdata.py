@@ -117,6 +117,17 @@ class ServerRecipe:
     """The aws-iam auth method the server logs in to for its agent token."""
     server_id: str
     """The auth method's ServerIDHeaderValue."""
+    data_volume_id: str
+    """The EBS volume holding this server's Consul data (vol-...): found at boot by its id, the NVMe
+    serial of the disk (scripts/consul-data-volume.sh), never by elimination."""
+    data_device: str
+    """The device name the volume is attached at (consul_server.DATA_DEVICE): how a Xen instance
+    names it (/dev/sdf, or /dev/xvdf)."""
+
+
+# EC2 volume ids: vol- and 8 (older volumes) or 17 hex digits; attachment names the servers use.
+EBS_VOLUME_ID = re.compile(r"vol-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+ATTACHMENT_DEVICE = re.compile(r"/dev/sd[b-z]")
 
 
 @dataclass(frozen=True)
@@ -300,6 +311,10 @@ def _one_newline(files: list[VmFile]) -> list[VmFile]:
 
 def server_files(recipe: ServerRecipe) -> list[VmFile]:
     """Every file a Consul server gets, in the order cloud-init writes them."""
+    if not EBS_VOLUME_ID.fullmatch(recipe.data_volume_id):
+        raise ValueError(f"data_volume_id: {recipe.data_volume_id!r} is not an EBS volume id (vol-<hex>)")
+    if not ATTACHMENT_DEVICE.fullmatch(recipe.data_device):
+        raise ValueError(f"data_device: {recipe.data_device!r} is not a device name /dev/sd[b-z]")
     context = {
         "node_name": recipe.node_name,
         "datacenter": recipe.datacenter,
@@ -316,6 +331,7 @@ def server_files(recipe: ServerRecipe) -> list[VmFile]:
             VmFile("/etc/consul.d/server.pem", recipe.cert_pem),
             VmFile("/etc/consul.d/secrets.env", _render("server-secrets.env.j2", **context)),
             VmFile("/etc/consul.d/login.env", _render("server-login.env.j2", **context)),
+            VmFile("/etc/consul.d/data-volume.env", _render("server-data-volume.env.j2", **context)),
             VmFile(unit + "consul.service", _static(TEMPLATES / "consul.service")),
             # The server's data on its own EBS volume (components/consul_server.py), mounted first.
             VmFile(unit + "consul-data.service", _static(TEMPLATES / "consul-data.service")),

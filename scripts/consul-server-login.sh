@@ -13,11 +13,17 @@
 #
 # `consul-server-login logout` (the unit's ExecStop) destroys the token and removes both files.
 #
+# Every call (login, logout, reload) has a timeout: a server that accepts the connection and stalls
+# costs one attempt, not the boot. After LOGIN_DEADLINE_SECONDS the script exits 1 and systemd starts
+# it again after a growing delay (consul-server-login.service: Restart=on-failure): it never gives up.
+#
 # Read from the unit's EnvironmentFile (/etc/consul.d/login.env):
 #   LOGIN_METHOD, LOGIN_SERVER_ID                  the auth method and its ServerIDHeaderValue
+#   AWS_REGION                                     the region the login signs its STS request for
 #   CONSUL_HTTP_ADDR, CONSUL_CACERT, CONSUL_TLS_SERVER_NAME   how the consul CLI reaches this server
 #   LOGIN_DEADLINE_SECONDS (3600), LOGIN_RETRY_SECONDS (10)
-# Read by tests: CONSUL_BIN, CONSUL_CONFIG_DIR, TOKEN_DIR, CONSUL_GROUP, RELOAD_COMMAND.
+# Read by tests: CONSUL_BIN, CONSUL_CONFIG_DIR, TOKEN_DIR, CONSUL_GROUP, RELOAD_COMMAND,
+#   LOGIN_CALL_TIMEOUT_SECONDS (30).
 set -euo pipefail
 
 consul="${CONSUL_BIN:-/usr/bin/consul}"
@@ -27,17 +33,38 @@ group="${CONSUL_GROUP:-consul}"
 reload_command="${RELOAD_COMMAND:-systemctl reload consul.service}"
 deadline="${LOGIN_DEADLINE_SECONDS:-3600}"
 retry_seconds="${LOGIN_RETRY_SECONDS:-10}"
+call_timeout="${LOGIN_CALL_TIMEOUT_SECONDS:-30}"
 tokens_hcl="${config_dir}/tokens.hcl"
 token_file="${token_dir}/agent.token"
 uuid_re='^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
 
 log() { echo "consul-server-login: $*" >&2; }
 
+[[ "${call_timeout}" =~ ^[1-9][0-9]*$ ]] || { log "LOGIN_CALL_TIMEOUT_SECONDS=${call_timeout} is not a positive whole number"; exit 2; }
+
+# bounded COMMAND...: runs it with a timeout (SIGTERM, then SIGKILL 5 s later), stdin closed, stdout
+# and stderr together on stdout; exit status 124 when it did not finish in time.
+bounded() {
+  timeout --kill-after=5 "${call_timeout}" "$@" </dev/null 2>&1
+}
+
+# why STATUS OUTPUT: the last line of a failed call's output, or what happened to it.
+why() {
+  if (($1 == 124 || $1 == 137)); then
+    echo "no answer within ${call_timeout}s"
+  elif [[ -n "$2" ]]; then
+    tail -n 1 <<<"$2"
+  else
+    echo "exit status $1 and no message"
+  fi
+}
+
 # Destroys the token in the file named by $1, best effort: the server may be stopping or gone.
 logout_token() {
-  local output
-  if ! output="$("${consul}" logout "-token-file=$1" 2>&1)"; then
-    log "logout failed (ignored): $(tail -n 1 <<<"${output}")"
+  local output rc=0
+  output="$(bounded "${consul}" logout "-token-file=$1")" || rc=$?
+  if ((rc != 0)); then
+    log "logout failed (ignored): $(why "${rc}" "${output}")"
   fi
 }
 
@@ -57,6 +84,10 @@ fi
 
 : "${LOGIN_METHOD:?consul-server-login: LOGIN_METHOD is not set (see /etc/consul.d/login.env)}"
 : "${LOGIN_SERVER_ID:?consul-server-login: LOGIN_SERVER_ID is not set (see /etc/consul.d/login.env)}"
+# hashicorp/consul command/login/aws.go stops with "AWS region not found" without -aws-region,
+# AWS_REGION or a shared config, and the AWS SDK does not read the region from instance metadata.
+: "${AWS_REGION:?consul-server-login: AWS_REGION is not set (see /etc/consul.d/login.env)}"
+[[ "${AWS_REGION}" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || { log "AWS_REGION=${AWS_REGION} is not an AWS region"; exit 2; }
 [[ "${deadline}" =~ ^[0-9]+$ ]] || { log "LOGIN_DEADLINE_SECONDS=${deadline} is not a whole number"; exit 2; }
 [[ "${retry_seconds}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { log "LOGIN_RETRY_SECONDS=${retry_seconds} is not a number"; exit 2; }
 
@@ -84,8 +115,11 @@ token=""
 while :; do
   attempt=$((attempt + 1))
   : >"${sink}"
-  if output="$("${consul}" login -type=aws-iam "-method=${LOGIN_METHOD}" -aws-auto-bearer-token \
-    -aws-include-entity "-aws-server-id-header-value=${LOGIN_SERVER_ID}" "-token-sink-file=${sink}" 2>&1)"; then
+  rc=0
+  output="$(bounded "${consul}" login -type=aws-iam "-method=${LOGIN_METHOD}" -aws-auto-bearer-token \
+    -aws-include-entity "-aws-region=${AWS_REGION}" "-aws-server-id-header-value=${LOGIN_SERVER_ID}" \
+    "-token-sink-file=${sink}")" || rc=$?
+  if ((rc == 0)); then
     token="$(tr -d '[:space:]' <"${sink}")"
     if [[ "${token}" =~ ${uuid_re} ]]; then
       break
@@ -93,7 +127,7 @@ while :; do
     token=""
     log "login with ${LOGIN_METHOD} (attempt ${attempt}): the SecretID written is not a UUID; retrying"
   else
-    log "login with ${LOGIN_METHOD} (attempt ${attempt}): $(tail -n 1 <<<"${output}"); retrying"
+    log "login with ${LOGIN_METHOD} (attempt ${attempt}): $(why "${rc}" "${output}"); retrying"
   fi
   if ((SECONDS - start >= deadline)); then
     log "no token from ${LOGIN_METHOD} after ${deadline}s; the agent keeps running without one"
@@ -115,8 +149,11 @@ mv -f -- "${sink}" "${token_file}"
 unset token
 
 read -ra reload <<<"${reload_command}"
-if ! "${reload[@]}"; then
-  log "logged in with ${LOGIN_METHOD}, but '${reload_command}' failed: the agent uses the token from its next start"
+rc=0
+output="$(bounded "${reload[@]}")" || rc=$?
+if ((rc != 0)); then
+  log "logged in with ${LOGIN_METHOD}, but '${reload_command}' failed ($(why "${rc}" "${output}")):" \
+    "the agent uses the token from its next start"
   exit 1
 fi
 log "logged in with ${LOGIN_METHOD} (attempt ${attempt}); agent token written to ${tokens_hcl} and reloaded"

@@ -9,12 +9,15 @@ both 0640 root:$CONSUL_GROUP, each written atomically, and nothing at all unless
 are valid. Installed as /usr/local/sbin/consul-server-secrets and run by consul-server-secrets.service.
 
 The user data holds only the parameter names. Right after launch the instance role may not be usable
-yet (IMDS credentials not served, IAM still propagating: AccessDeniedException), so every failure to
-read is retried, one stderr line each, until the deadline. The values are never printed.
+yet (IMDS credentials not served, IAM still propagating: AccessDeniedException), and an answer may be
+malformed (an HTML error page from a proxy, an empty body, `{}`, a Value that is not a string), so
+every failure to read is retried, one stderr line each, until the deadline; then the script exits 1
+and systemd starts it again after a growing delay (consul-server-secrets.service: Restart=on-failure),
+while consul.service waits. The values are never printed.
 
 Read from the environment (EnvironmentFile=/etc/consul.d/secrets.env):
   AWS_REGION, GOSSIP_KEY_PARAMETER, TLS_KEY_PARAMETER
-  SECRETS_DEADLINE_SECONDS (600), SECRETS_RETRY_SECONDS (5)
+  SECRETS_DEADLINE_SECONDS (600: finite, >= 0), SECRETS_RETRY_SECONDS (5: finite, > 0)
 Read by tests: CONSUL_CONFIG_DIR (/etc/consul.d), CONSUL_GROUP (consul), and botocore's own
 AWS_ENDPOINT_URL_SSM and static credentials.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import grp
+import math
 import os
 import re
 import sys
@@ -34,7 +38,7 @@ import time
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 PROG = "consul-server-secrets"
 GOSSIP_KEY_SIZES = (16, 24, 32)
@@ -50,11 +54,17 @@ class Invalid(Exception):
     """A parameter's value is not what the agent needs (the message never holds the value)."""
 
 
+class Malformed(Exception):
+    """An answer that is not what SSM's GetParameter returns (the message never holds the answer)."""
+
+
 def log(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def env_seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: float, positive: bool = False) -> float:
+    """A number of seconds from the environment: finite (float() also reads "nan" and "inf", with which
+    the retry loop would never end or never wait), not negative, and above 0 where asked."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -62,8 +72,10 @@ def env_seconds(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SystemExit(f"{PROG}: {name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise SystemExit(f"{PROG}: {name}={raw!r} is negative")
+    if not math.isfinite(value):
+        raise SystemExit(f"{PROG}: {name}={raw!r} is not a finite number of seconds")
+    if value < 0 or (positive and value == 0):
+        raise SystemExit(f"{PROG}: {name}={raw!r} must be {'above' if positive else 'at least'} 0 seconds")
     return value
 
 
@@ -82,6 +94,37 @@ def ssm_client(region: str):  # noqa: ANN201 (boto3 clients have no importable t
     return boto3.session.Session().client("ssm", region_name=region, config=config)
 
 
+def parameter_value(answer: object, name: str) -> str:
+    """Parameter.Value of a GetParameter answer, as botocore's SSM model describes it (GetParameterResult:
+    Parameter, a structure whose Name is the one asked for and whose Value is a string of at least one
+    character), or Malformed."""
+    parameter = answer.get("Parameter") if isinstance(answer, dict) else None
+    if not isinstance(parameter, dict):
+        raise Malformed("no Parameter in the answer")
+    if parameter.get("Name") != name:
+        raise Malformed("the answer names another parameter")
+    value = parameter.get("Value")
+    if not isinstance(value, str) or not value:
+        raise Malformed("Parameter.Value is not a non-empty string")
+    return value
+
+
+def read(client, name: str) -> str:  # noqa: ANN001 (boto3 clients have no importable type)
+    """One GetParameter call: the decrypted value, or an exception whose class or code says why."""
+    return parameter_value(client.get_parameter(Name=name, WithDecryption=True), name)
+
+
+def failure(e: Exception) -> str:
+    """Why a read failed, in words that never hold the answer or the value."""
+    if isinstance(e, ClientError):
+        return e.response.get("Error", {}).get("Code") or "UnknownError"
+    if isinstance(e, Malformed):
+        return f"malformed answer ({e})"
+    # BotoCoreError (connection errors, timeouts, no credentials yet) and whatever else botocore
+    # raises on a body it cannot parse (a JSON list or string: AttributeError): the class name.
+    return type(e).__name__
+
+
 def fetch(region: str, names: list[str], deadline_seconds: float, retry_seconds: float) -> dict[str, str] | None:
     """Each parameter's decrypted value, or None if the deadline passed first."""
     deadline = time.monotonic() + deadline_seconds
@@ -91,22 +134,17 @@ def fetch(region: str, names: list[str], deadline_seconds: float, retry_seconds:
         attempt += 1
         try:
             client = ssm_client(region)
+        except Exception as e:  # the client itself (e.g. no region): retried like a read
+            log(f"creating the SSM client: {failure(e)} (attempt {attempt}); retrying")
+        else:
             for name in names:
                 if name in values:
                     continue
                 try:
-                    answer = client.get_parameter(Name=name, WithDecryption=True)
-                except ClientError as e:
-                    code = e.response.get("Error", {}).get("Code") or "UnknownError"
-                    log(f"reading {name}: {code} (attempt {attempt}); retrying")
+                    values[name] = read(client, name)
+                except Exception as e:  # every failure is logged by its name and retried
+                    log(f"reading {name}: {failure(e)} (attempt {attempt}); retrying")
                     break
-                except BotoCoreError as e:
-                    # Connection errors, timeouts, no credentials yet: the class name is the code.
-                    log(f"reading {name}: {type(e).__name__} (attempt {attempt}); retrying")
-                    break
-                values[name] = answer["Parameter"]["Value"]
-        except BotoCoreError as e:  # the client itself (e.g. no region)
-            log(f"creating the SSM client: {type(e).__name__} (attempt {attempt}); retrying")
         if len(values) == len(names):
             return values
         remaining = deadline - time.monotonic()
@@ -162,7 +200,7 @@ def main() -> int:
     gossip_name = required("GOSSIP_KEY_PARAMETER")
     tls_name = required("TLS_KEY_PARAMETER")
     deadline_seconds = env_seconds("SECRETS_DEADLINE_SECONDS", 600)
-    retry_seconds = env_seconds("SECRETS_RETRY_SECONDS", 5)
+    retry_seconds = env_seconds("SECRETS_RETRY_SECONDS", 5, positive=True)
     config_dir = os.environ.get("CONSUL_CONFIG_DIR") or "/etc/consul.d"
     group = os.environ.get("CONSUL_GROUP") or "consul"
     try:

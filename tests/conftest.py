@@ -39,7 +39,8 @@ def tool(name: str) -> str:
 # any other warning still fails. The target's own systemd version is the bound: a key newer than
 # it is never excused.
 TARGET_SYSTEMD = 255
-NEWER_UNIT_KEYS = {"RestartSteps": 254, "RestartMaxDelaySec": 254}
+# systemd.service(5): RestartMode=, RestartSteps=, RestartMaxDelaySec= "Added in version 254".
+NEWER_UNIT_KEYS = {"RestartMode": 254, "RestartSteps": 254, "RestartMaxDelaySec": 254}
 
 
 def installed_systemd() -> int:

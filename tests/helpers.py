@@ -40,6 +40,8 @@ SERVER = ServerRecipe(
     tls_key_parameter="/consul-tproxy-vms/consul-tproxy-vms-test/consul-server-1/tls-key",
     login_method="consul-tproxy-vms-test-server",
     server_id="consul-tproxy-vms-test",
+    data_volume_id="vol-0123456789abcdef0",
+    data_device="/dev/sdf",
 )
 
 

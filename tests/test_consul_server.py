@@ -13,7 +13,7 @@ import pulumi_aws as aws
 from components import identity, lifecycle
 from components.consul_server import JOIN_TAG_KEY, ConsulServer, ConsulServerArgs
 from components.ec2 import AUTO_JOIN_POLICY
-from components.render import SECRET_MARKER, stand_in_host, unwrap, user_data_by_vm
+from components.render import SECRET_MARKER, stand_in_host, stand_in_volume_id, unwrap, user_data_by_vm
 from components.spec import PROJECT
 from components.userdata import decode_user_data, unpack_cloud_config
 from tests.mocks import STACK, MeshMocks, MockedTestCase, generated_of, is_secret, value
@@ -119,6 +119,13 @@ class ConsulServerTest(MockedTestCase):
             }
             login = env_of(files["/etc/consul.d/login.env"])
             assert login["LOGIN_METHOD"] == f"{PREFIX}-server" and login["LOGIN_SERVER_ID"] == PREFIX
+            # The login needs the region (command/login/aws.go: "AWS region not found").
+            assert login["AWS_REGION"] == "us-east-1"
+            # Its data volume is found at boot by the id of the volume declared for it.
+            assert env_of(files["/etc/consul.d/data-volume.env"]) == {
+                "DATA_VOLUME_ID": stand_in_volume_id(f"{node}-data"),
+                "DATA_DEVICE": "/dev/sdf",
+            }
             assert "/etc/systemd/system/consul-server-secrets.service" in files
             assert "/etc/systemd/system/consul-server-login.service" in files
 
@@ -299,7 +306,7 @@ class ConsulServerTest(MockedTestCase):
             attachment = self.mocks.named(f"{node}-data-attachment").inputs
             assert attachment == {
                 "deviceName": "/dev/sdf",
-                "volumeId": f"{node}-data-id",
+                "volumeId": stand_in_volume_id(f"{node}-data"),
                 "instanceId": f"{node}-instance-id",
                 "stopInstanceBeforeDetaching": True,
             }

@@ -110,6 +110,14 @@ def test_systemd_verify_is_real(tmp_path: Path) -> None:
     assert "Unknown key" in result.stderr
 
 
+def test_verify_lets_through_only_the_newer_keys(tmp_path: Path) -> None:
+    """systemd_verify hides nothing else: a misspelt restart key is still reported, the 254 keys are not."""
+    unit = "[Service]\nExecStart=/usr/bin/consul\nRestart=on-failure\nRestartSteps=5\nRestartSecs=5\n"
+    root = fake_root(tmp_path, {"/etc/systemd/system/typo.service": unit})
+    (complaint,) = systemd_verify(root, ["typo.service"])
+    assert "Unknown key 'RestartSecs'" in complaint
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_consul_config_files_are_valid_hcl(case: str) -> None:
     """Every .hcl the agent reads parses (python-hcl2), multi-line PEM strings and all."""
