@@ -887,7 +887,13 @@ def test_unit_wiring() -> None:
         "RestartMaxDelaySec=5min",
         "StartLimitIntervalSec=0",
     } <= keys(TEMPLATES / "consul-server-login.service")
-    assert "EnvironmentFile=/etc/consul.d/data-volume.env" in keys(TEMPLATES / "consul-data.service")
+    # The data volume is waited for again and again too, with Consul's start job pending meanwhile.
+    assert {
+        "EnvironmentFile=/etc/consul.d/data-volume.env",
+        "Restart=on-failure",
+        "RestartMode=direct",
+        "StartLimitIntervalSec=0",
+    } <= keys(TEMPLATES / "consul-data.service")
 
 
 def test_secrets_script_uses_only_the_standard_library_and_boto3() -> None:
