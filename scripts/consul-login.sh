@@ -132,6 +132,7 @@ login_checked() {
   # The SecretID goes into HCL and files: a sink holding anything else is a broken answer.
   [[ "$(cat "${sink}" 2>/dev/null)" =~ ${uuid_re} ]] || {
     call_error="the login succeeded but left no token SecretID in its sink file"
+    rm -f "${sink}"
     return 1
   }
   consul_call "${addr}" "acl token read" -self -format=json "-token-file=${sink}" || return 1
@@ -170,17 +171,26 @@ logout_file() {
     consul_call "${addr}" logout "-token-file=${file}" && return 0
   done
   echo "consul-login: could not log out the ${what} token (${addrs[*]}): ${call_error}" >&2
+  return 1
 }
 
 logout() {
-  local file
+  local file kept=""
   shopt -s nullglob
+  # At shutdown each call gets less time: the unit's stop must end within TimeoutStopSec.
+  call_timeout=$((call_timeout < 10 ? call_timeout : 10))
   for file in "${token_dir}"/*.token; do
-    logout_file "${file}" "$(basename "${file}" .token)"
+    logout_file "${file}" "$(basename "${file}" .token)" || kept=yes
   done
-  # Without its tokens.hcl, an agent started by hand cannot use tokens that no longer exist.
-  rm -f "${token_dir}"/*.token "${config_dir}/tokens.hcl"
-  echo "consul-login: logged out"
+  rm -f "${token_dir}"/*.token
+  if [[ -n "${kept}" ]]; then
+    # tokens.hcl stays: the next boot's login destroys what it lists once it has new tokens.
+    echo "consul-login: logged out, but kept ${config_dir}/tokens.hcl for the next boot to retry"
+  else
+    # Without its tokens.hcl, an agent started by hand cannot use tokens that no longer exist.
+    rm -f "${config_dir}/tokens.hcl"
+    echo "consul-login: logged out"
+  fi
 }
 
 # One run at a time: a login and a logout (or two logins) that overlapped could destroy each other's
@@ -194,8 +204,17 @@ flock -w "${deadline_seconds}" 9 || die "another consul-login held ${lock_file} 
 mkdir -p "${token_dir%/*}"
 work="$(mktemp -d "${token_dir%/*}/.consul-login.XXXXXX")"
 staged=()
+committed=""
 # Whatever way this ends, no token copy and no half-written file stays behind.
+# A run that fails after some logins destroys the tokens it made: they are in no file any later run
+# reads, and tokens from a login never expire (the methods set no MaxTokenTTL).
 cleanup() {
+  local status=$? file
+  if ((status != 0)) && [[ -z "${committed}" ]]; then
+    for file in "${work}"/*.token; do
+      if [[ -s "${file}" ]]; then logout_file "${file}" "unused $(basename "${file}" .token)"; fi
+    done
+  fi
   rm -rf "${work}"
   if ((${#staged[@]} > 0)); then rm -f "${staged[@]}"; fi
 }
@@ -304,10 +323,6 @@ stage() {
   printf '%s\n' "${content}" >"${tmp}"
   final["${tmp}"]="${dest}"
 }
-# The agent reads its own token through CONSUL_HTTP_TOKEN_FILE too, for the calls it makes with an
-# api.DefaultConfig() client (netutil.IsDualStack: hashicorp/consul agent/xds listeners), which
-# never see acl.tokens.agent.
-stage "${token_dir}/agent.token" 0640 "${consul_group}" "${tokens[agent]}"
 stage "${token_dir}/dns.token" 0600 root "${tokens[dns]}"
 # Envoy reads its token through CONSUL_HTTP_TOKEN_FILE, as the envoy group.
 stage "${token_dir}/service.token" 0640 "${envoy_group}" "${tokens[service]}"
@@ -324,17 +339,24 @@ acl {
   }
 }"
 
-# tokens.hcl is staged last and so renamed last: the agent's config is complete once it exists.
+# The agent reads its own token through CONSUL_HTTP_TOKEN_FILE too, for the calls it makes with an
+# api.DefaultConfig() client (netutil.IsDualStack: hashicorp/consul agent/xds listeners), which
+# never see acl.tokens.agent. It is staged last and so renamed last: this boot's login is complete
+# once it exists, and consul.service waits for it (tokens.hcl alone may be a previous boot's, whose
+# tokens this run destroys below).
+stage "${token_dir}/agent.token" 0640 "${consul_group}" "${tokens[agent]}"
+
 for tmp in "${staged[@]}"; do
   mv -f "${tmp}" "${final[${tmp}]}"
 done
 staged=()
+committed=yes
 echo "consul-login: node ${node} logged in (agent, service, dns tokens written)"
 
 # 5. The previous boot's tokens, now replaced: destroyed, best effort.
 for old in "${old_tokens[@]}"; do
   if [[ " ${tokens[*]} " != *" ${old} "* ]]; then
     printf '%s\n' "${old}" >"${work}/old.token"
-    logout_file "${work}/old.token" "previous boot's"
+    logout_file "${work}/old.token" "previous boot's" || true
   fi
 done

@@ -324,6 +324,8 @@ def test_login_refused_until_the_deadline_writes_nothing(vm: Vm) -> None:
     ), last
     assert "(attempt 1)" in result.stderr and "retrying in 1s" in result.stderr
     assert set(vm.issued()) == {METHODS["agent"], METHODS["service"]}
+    # The tokens this failed run made are destroyed: no later run would know of them.
+    assert sorted(vm.logged_out()) == sorted(vm.issued().values())
     assert vm.written() == []
     assert_no_secret(vm, result)
 
@@ -443,7 +445,9 @@ def test_logout_is_best_effort_and_tries_the_next_server(vm: Vm) -> None:
         " Error destroying token: Unexpected response code: 403 (Permission denied)"
     )
     assert sorted(vm.logged_out()) == sorted(t for t in issued.values() if t != stuck)
-    assert not (vm.config / "tokens.hcl").exists() and list(vm.tokens.iterdir()) == []
+    # The token files go; tokens.hcl stays, so that the next boot destroys the stuck token.
+    assert list(vm.tokens.iterdir()) == []
+    assert stuck in (vm.config / "tokens.hcl").read_text()
     assert_no_secret(vm, result)
 
 
@@ -488,6 +492,7 @@ def test_units_order_the_login_before_the_agent() -> None:
         "ExecStart=/usr/local/sbin/consul-login",
         "ExecStop=/usr/local/sbin/consul-login logout",
         "TimeoutStartSec=16min",
+        "TimeoutStopSec=3min",
         # Never given up for good: restarted ever later, without a start limit.
         "Restart=on-failure",
         "RestartSteps=5",
@@ -507,7 +512,9 @@ def test_units_order_the_login_before_the_agent() -> None:
     # A failed login must not fail the agent for good (a Requires= dependency failure is never retried):
     # the agent waits for its tokens by failing its ExecStartPre, which its Restart=on-failure retries.
     assert not any(line.startswith("Requires=") for line in dropin)
-    assert any(line.startswith("ExecStartPre=+") and "test -s /etc/consul.d/tokens.hcl" in line for line in dropin)
+    # It waits for this boot's login (agent.token on tmpfs, renamed last), not for a tokens.hcl that a
+    # previous boot may have left.
+    assert any(line.startswith("ExecStartPre=+") and "test -s /run/consul-login/agent.token" in line for line in dropin)
     assert "Restart=on-failure" in (TEMPLATES / "consul.service").read_text().splitlines()
 
 
@@ -667,3 +674,23 @@ def test_a_server_that_accepts_and_stalls_is_timed_out(vm: Vm) -> None:
     )
     assert result.returncode == 1
     assert "failed (attempt 1): no answer within 1s" in result.stderr
+
+
+def test_agent_token_is_renamed_last_so_the_agent_never_starts_on_old_tokens(vm: Vm) -> None:
+    """consul.service waits for agent.token: it appears only once every other file of this boot's
+    login is in place (the renames follow the staging order)."""
+    script = LOGIN.read_text()
+    stages = re.findall(r'^stage "\$\{(?:token_dir|config_dir)\}/([a-z.]+)"', script, re.M)
+    assert stages[-1] == "agent.token" and "tokens.hcl" in stages
+
+
+def test_a_logout_that_fails_keeps_tokens_hcl_for_the_next_boot(vm: Vm) -> None:
+    assert vm.run().returncode == 0
+    old = sorted(vm.issued().values())
+    result = vm.run("logout", FAKE_CONSUL_DOWN_ADDRS=" ".join(ADDRS))
+    assert result.returncode == 0
+    assert "kept" in result.stdout and (vm.config / "tokens.hcl").exists()
+    assert list(vm.tokens.iterdir()) == []
+    # The next boot logs them out once it has its own.
+    assert vm.run().returncode == 0
+    assert sorted(vm.logged_out()) == old
