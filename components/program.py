@@ -307,7 +307,7 @@ def build(
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
     )
     # Splitters wait for the service-defaults too: Consul splits only HTTP-like services.
-    TrafficSplits(
+    splits = TrafficSplits(
         "splits",
         TrafficSplitsArgs(splits=spec.splits),
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
@@ -326,7 +326,7 @@ def build(
             probes=probed_services(spec.services, spec.intentions, spec.splits),
             intentions=intention_keys(spec.intentions),
             timeout_seconds=spec.mesh_ready_timeout_seconds,
-            opts=pulumi.ResourceOptions(depends_on=[*vms.values(), intentions, defaults]),
+            opts=pulumi.ResourceOptions(depends_on=[*vms.values(), intentions, defaults, splits]),
         )
 
     outputs.update(

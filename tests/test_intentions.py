@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from components import program
+from components import lifecycle, program
 from components.intentions import ServiceIntentions, ServiceIntentionsArgs
 from components.mesh_defaults import PROMETHEUS_BIND_ADDR, MeshDefaults, MeshDefaultsArgs, proxy_defaults_config
 from components.mesh_ready import intention_keys, probed_services
@@ -33,6 +33,7 @@ from components.spec import (
 from components.splits import TrafficSplits, TrafficSplitsArgs
 from components.userdata import redirect_exclusions, render_cloud_config
 from tests.helpers import recipe
+from tests.lifecycle import first_up
 from tests.mocks import MockedTestCase, demo_config, value
 from tests.test_iptables import REDIRECT, Netns, netns  # noqa: F401 (netns is a fixture)
 from tests.test_userdata import files_of
@@ -492,3 +493,15 @@ class StackEntries(MockedTestCase):
         assert gate["probes"] == ["web"]
         assert gate["intentions"] == ["web->api:l7[allow GET =/health]", "web->canary:l7[allow GET =/health]"]
         assert outputs["intentions"][0] == {"source": "web", "destination": "api", "permissions": HEALTH_ONLY}
+
+
+def test_splitters_follow_the_protocols_and_the_gate_follows_the_splitters() -> None:
+    """Consul refuses a splitter before its services are HTTP-like (service-defaults), and the gate's
+    probe goes through the split: so defaults, then splitters, then the gate."""
+    services = {**DEMO["services"], "canary": {"port": 9092}}
+    services["api"] = {**services["api"], "splits": CANARY}
+    split = {**DEMO, "services": services, "intentions": [*DEMO["intentions"], l7("canary", HEALTH_ONLY)]}
+    record = first_up(split).record
+    splitter = lifecycle.urn_named(record, "splits-api")
+    assert lifecycle.depends_transitively(record, splitter, lifecycle.urn_named(record, "defaults-api-defaults"))
+    assert lifecycle.depends_transitively(record, lifecycle.urn_named(record, "mesh-ready"), splitter)
