@@ -202,6 +202,8 @@ FORCE_NEW: dict[str, tuple[str, ...]] = {
     "consul:index/configEntry:ConfigEntry": ("kind", "name", "namespace", "partition"),
     # consul/resource_consul_config_entry_service_intentions.go: name, namespace, partition ForceNew.
     "consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions": ("name", "namespace", "partition"),
+    # consul/resource_consul_config_entry_service_splitter.go: name, partition, namespace ForceNew.
+    "consul:index/configEntryServiceSplitter:ConfigEntryServiceSplitter": ("name", "namespace", "partition"),
     # consul/resource_consul_acl_auth_method.go: name, type, namespace, partition ForceNew;
     # config_json, description, display_name, max_token_ttl, token_locality, namespace_rule update
     # (AuthMethodUpdate). One older version had `type` without ForceNew: kept as replacing.

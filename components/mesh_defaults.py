@@ -10,7 +10,31 @@ import pulumi
 import pulumi_consul as consul
 
 from .acl import dns_rules
-from .spec import PROJECT
+from .spec import ENVOY_METRICS_PORT, PROJECT
+
+# Where each Envoy serves its Prometheus metrics: a static listener of Envoy's bootstrap, made by
+# `consul connect envoy` (command/connect/envoy/bootstrap_config.go generatePrometheusConfig: path
+# /metrics, rewritten to the admin API's /stats/prometheus).
+PROMETHEUS_BIND_ADDR = f"0.0.0.0:{ENVOY_METRICS_PORT}"
+
+
+def proxy_defaults_config(access_logs: bool, envoy_metrics: bool) -> dict[str, object]:
+    """The mesh-wide `proxy-defaults` entry (named "global") for these settings, PascalCase as
+    Consul reads it. The agent merges its Config and AccessLogs into every sidecar's registration
+    (agent/configentry/merge_service_config.go MergeServiceConfig).
+
+    AccessLogs: Type unset is stdout (agent/xds/accesslogs), which systemd puts in the journal of
+    envoy@<service>; delivered over xDS, so a running Envoy starts logging without a restart.
+    envoy_prometheus_bind_addr: read when Envoy starts (bootstrap), so a running Envoy opens the
+    port at its next restart; `consul connect redirect-traffic` also excludes that port when it
+    sees it then (command/connect/redirecttraffic/redirect_traffic.go), and the VMs exclude it
+    always (userdata.redirect_exclusions)."""
+    entry: dict[str, object] = {}
+    if access_logs:
+        entry["AccessLogs"] = {"Enabled": True}
+    if envoy_metrics:
+        entry["Config"] = {"envoy_prometheus_bind_addr": PROMETHEUS_BIND_ADDR}
+    return entry
 
 
 def service_defaults(
@@ -36,10 +60,15 @@ class MeshDefaultsArgs:
     """Name of the ACL policy of the agents' DNS tokens (read-only); unique within the Consul cluster."""
     datacenter: str
     """Datacenter the DNS policy applies in."""
+    access_logs: bool = False
+    """Envoy access logs of every sidecar (proxy-defaults AccessLogs), into its journal."""
+    envoy_metrics: bool = False
+    """Envoy's Prometheus endpoint on every sidecar (proxy-defaults envoy_prometheus_bind_addr)."""
 
 
 class MeshDefaults(pulumi.ComponentResource):
-    """The `mesh` config entry, one `service-defaults` per service, and the DNS tokens' read-only policy."""
+    """The `mesh` config entry, one `service-defaults` per service, the `proxy-defaults` entry when
+    access logs or Envoy metrics are on, and the DNS tokens' read-only policy."""
 
     dns_policy_name: pulumi.Output[str]
 
@@ -54,6 +83,17 @@ class MeshDefaults(pulumi.ComponentResource):
             config_json=json.dumps({"TransparentProxy": {"MeshDestinationsOnly": args.mesh_destinations_only}}),
             opts=child,
         )
+        proxy_defaults = proxy_defaults_config(args.access_logs, args.envoy_metrics)
+        if proxy_defaults:
+            # Declared only when something is on: a stack on an existing cluster leaves that
+            # cluster's own global proxy-defaults alone unless it asks for these settings.
+            consul.ConfigEntry(
+                f"{name}-proxy-defaults",
+                kind="proxy-defaults",
+                name="global",
+                config_json=json.dumps(proxy_defaults, sort_keys=True),
+                opts=child,
+            )
         for service in sorted(args.protocols):
             service_defaults(f"{name}-{service}-defaults", service, args.protocols[service], child)
         policy = consul.AclPolicy(

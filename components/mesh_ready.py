@@ -8,7 +8,8 @@ token and CA) until, for every service, each expected instance is in Consul and 
     2. the service registered on it, its application's check passing;
     3. its sidecar <service>-sidecar-proxy registered, Envoy listening ("Connect Sidecar Listening");
     4. for the demo app, its probe `<service>-upstreams` passing: a call to each upstream through
-       the mesh (scripts/mesh-demo-app.py), awaited where an allow intention admits every upstream.
+       the mesh (scripts/mesh-demo-app.py), awaited where the intentions admit it (GET /health) to
+       every upstream and to the services their splits send calls to.
 
 On timeout it fails naming, per service, the first of those steps an instance has not reached,
 with what Consul recorded (the check's Output) and, for an instance that never joined, the tail of
@@ -44,7 +45,7 @@ from .readiness import (
     tls_context,
     wait_until,
 )
-from .spec import IntentionSpec, ServiceSpec
+from .spec import IntentionSpec, ServiceSpec, SplitSpec, probe_admitted, split_targets
 from .userdata import has_upstream_probe, probe_check_id
 
 DEFAULT_TIMEOUT_SECONDS = 900
@@ -120,21 +121,32 @@ class Missing:
 # --- pure: what the spec expects ------------------------------------------------------------------
 
 
-def probed_services(services: Mapping[str, ServiceSpec], intentions: Iterable[IntentionSpec]) -> list[str]:
-    """Services whose upstream probe the gate waits for: a demo app whose every upstream an allow
-    intention admits. The probe of a service with an upstream no intention allows stays warning
-    (spec.footguns warns about it), so waiting for it would only fail the deploy."""
-    allowed = {(i.source, i.destination) for i in intentions if i.action == "allow"}
+def probed_services(
+    services: Mapping[str, ServiceSpec],
+    intentions: Iterable[IntentionSpec],
+    splits: Mapping[str, Sequence[SplitSpec]] | None = None,
+) -> list[str]:
+    """Services whose upstream probe the gate waits for: a demo app whose probe (GET /health) the
+    intentions certainly admit to every service its calls can land on (each upstream, or the
+    services its splits send calls to). An L7 intention counts when its first rule matching the
+    probe allows it. Any other probe stays warning (spec.footguns warns about it), so waiting for
+    it would only fail the deploy."""
+    intentions = list(intentions)
     return sorted(
         name
         for name, svc in services.items()
-        if has_upstream_probe(svc) and all((name, up) in allowed for up in svc.upstreams)
+        if has_upstream_probe(svc)
+        and all(
+            probe_admitted(intentions, name, target)
+            for up in svc.upstreams
+            for target in split_targets(up, splits or {})
+        )
     )
 
 
 def intention_keys(intentions: Iterable[IntentionSpec]) -> list[str]:
     """The intentions as the gate's diff sees them: a changed one makes the next `up` wait again."""
-    return sorted(f"{i.source}->{i.destination}:{i.action}" for i in intentions)
+    return sorted(i.key() for i in intentions)
 
 
 def expectations(props: Mapping[str, Any]) -> list[Expectation]:

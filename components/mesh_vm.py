@@ -80,6 +80,21 @@ class MeshVmArgs:
     (the Python SDK registers a component only once each provider in its `providers` has an id:
     pulumi/runtime/resource.py prepare_resource, `_create_provider_ref`; and a child waits for its
     parent's URN). The stack's provider waits for the cluster's readiness gate, the VMs need not."""
+    metrics_port: int | None = None
+    """Envoy's Prometheus port (config envoyMetrics), opened to mesh members and admin_cidrs; None:
+    closed. Security group rules only: turning it on or off never replaces the instance."""
+
+
+def metrics_ingress(port: int | None, members: pulumi.Input[str], admin_cidrs: Sequence[str]) -> list[ec2.Ingress]:
+    """Envoy's Prometheus port from the mesh's members (a Prometheus in the mesh) and the admin
+    networks; nothing when metrics are off."""
+    if port is None:
+        return []
+    what = "Envoy Prometheus metrics"
+    return [
+        ec2.Ingress("metrics", "tcp", port, f"{what} from mesh members", members),
+        *ec2.admin_ingress("metrics-admin", port, what, admin_cidrs),
+    ]
 
 
 def _cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
@@ -216,6 +231,7 @@ class MeshVm(pulumi.ComponentResource):
                 ),
                 *ec2.gossip_ingress(args.mesh_security_group_id),
                 *ec2.admin_ingress("ssh", SSH_PORT, "SSH", args.admin_cidrs),
+                *metrics_ingress(args.metrics_port, args.mesh_security_group_id, args.admin_cidrs),
             ],
             tags,
             self,

@@ -30,6 +30,7 @@ from .network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs, offering_zones, o
 from .readiness import ConsulReady
 from .spec import (
     DEPLOYER,
+    ENVOY_METRICS_PORT,
     PROJECT,
     SECRET_KEYS,
     TOP_LEVEL_KEYS,
@@ -38,6 +39,7 @@ from .spec import (
     load_spec,
     split_http_addr,
 )
+from .splits import TrafficSplits, TrafficSplitsArgs
 from .userdata import Login, user_data_problems
 
 # Answers with the caller's public IPv4 address; used only when adminCidrs names "deployer".
@@ -246,6 +248,8 @@ def build(
             protocols={name: svc.protocol for name, svc in spec.services.items()},
             dns_policy_name=dns_policy_name(stack),
             datacenter=spec.datacenter,
+            access_logs=spec.access_logs,
+            envoy_metrics=spec.envoy_metrics,
         ),
         opts=with_consul,
     )
@@ -291,6 +295,7 @@ def build(
                 instance_after=vms_after,
                 # To its Consul resources alone: the instance does not wait for the gate.
                 consul_provider=provider,
+                metrics_port=ENVOY_METRICS_PORT if spec.envoy_metrics else None,
             ),
         )
         for name, svc in sorted(spec.services.items())
@@ -299,6 +304,12 @@ def build(
     intentions = ServiceIntentions(
         "intentions",
         ServiceIntentionsArgs(intentions=spec.intentions),
+        opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
+    )
+    # Splitters wait for the service-defaults too: Consul splits only HTTP-like services.
+    splits = TrafficSplits(
+        "splits",
+        TrafficSplitsArgs(splits=spec.splits),
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
     )
     if spec.mesh_ready_timeout_seconds:
@@ -312,10 +323,10 @@ def build(
             region=aws.get_region_output().region,
             instances={name: [vm.instance_id] for name, vm in vms.items()},
             expected=dict.fromkeys(vms, 1),
-            probes=probed_services(spec.services, spec.intentions),
+            probes=probed_services(spec.services, spec.intentions, spec.splits),
             intentions=intention_keys(spec.intentions),
             timeout_seconds=spec.mesh_ready_timeout_seconds,
-            opts=pulumi.ResourceOptions(depends_on=[*vms.values(), intentions, defaults]),
+            opts=pulumi.ResourceOptions(depends_on=[*vms.values(), intentions, defaults, splits]),
         )
 
     outputs.update(

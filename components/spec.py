@@ -55,6 +55,16 @@ RETRY_JOIN = re.compile(r"[^\s\"'\\]+( [^\s\"'\\]+)*")
 
 ACTIONS = ("allow", "deny")
 PROTOCOLS = ("http", "http2", "grpc", "tcp")
+# Protocols whose discovery chain may split traffic and whose intentions may carry L7 permissions
+# (hashicorp/consul agent/structs IsProtocolHTTPLike; agent/consul/discoverychain/compile.go
+# enableAdvancedRoutingForProtocol).
+HTTP_LIKE = ("http", "http2", "grpc")
+# What Consul accepts in an intention permission's HTTP.Methods (agent/structs/
+# config_entry_discoverychain.go isValidHTTPMethod: Go's net/http method constants).
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE")
+# Consul's limit on an intention's Description (agent/structs/config_entry_intentions.go validate:
+# metaValueMaxLength, agent/structs/config_entry.go).
+MAX_DESCRIPTION = 512
 
 # Ports the VM recipe itself uses. An application on one of them would collide with SSH, the
 # Consul agent or Envoy (see components/templates and scripts/).
@@ -62,6 +72,9 @@ SSH_PORT = 22
 ENVOY_PUBLIC_PORT = 21000
 ENVOY_OUTBOUND_PORT = 15001
 ENVOY_ADMIN_PORT = 19000
+# Envoy's Prometheus listener (proxy-defaults envoy_prometheus_bind_addr, config envoyMetrics): kept
+# out of the inbound redirect on every VM, whether metrics are on or not (userdata.redirect_exclusions).
+ENVOY_METRICS_PORT = 20200
 RESERVED_PORTS = {
     SSH_PORT: "SSH",
     8300: "Consul server RPC",
@@ -74,6 +87,7 @@ RESERVED_PORTS = {
     ENVOY_OUTBOUND_PORT: "Envoy outbound listener",
     ENVOY_ADMIN_PORT: "Envoy admin",
     ENVOY_PUBLIC_PORT: "Envoy public listener",
+    ENVOY_METRICS_PORT: "Envoy Prometheus metrics",
 }
 
 
@@ -151,8 +165,8 @@ MESH_PACKAGES = ("consul", "hashicorp-envoy", "iptables")
 MAX_COMMAND = 1024
 # Names the stack gives its own parts. A service (or node) named like one would share its Consul
 # name ("consul" is the servers' own service), its server node names (consul-server-N) or its
-# component names (network, defaults, intentions, consul-ready, mesh-ready).
-RESERVED_NAMES = frozenset({"consul", "consul-ready", "mesh-ready", "network", "defaults", "intentions"})
+# component names (network, defaults, intentions, splits, consul-ready, mesh-ready).
+RESERVED_NAMES = frozenset({"consul", "consul-ready", "mesh-ready", "network", "defaults", "intentions", "splits"})
 RESERVED_PREFIX = "consul-server"
 # Key names that look like secrets: their values are never echoed in a message.
 SECRET_WORDS = ("token", "secret", "password", "gossip", "key", "pem")
@@ -180,6 +194,8 @@ DEFAULTS: dict[str, Any] = {
     "consulRetryJoin": [],
     "consulCaPem": "",
     "intentions": [],
+    "accessLogs": False,
+    "envoyMetrics": False,
 }
 REQUIRED = ("services",)
 # Keys that point the stack at an existing Consul cluster instead of creating servers. Empty (their
@@ -202,9 +218,13 @@ SERVICE_KEYS = frozenset(
         "excludeOutboundPorts",
         "excludeOutboundCidrs",
         "excludeUids",
+        "splits",  # the mesh's own: MeshSpec.splits, never in a VM's user data
     }
 )
-INTENTION_KEYS = frozenset({"source", "destination", "action", "description"})
+INTENTION_KEYS = frozenset({"source", "destination", "action", "permissions", "description"})
+PERMISSION_KEYS = frozenset({"action", "http"})
+PERMISSION_HTTP_KEYS = frozenset({"pathExact", "pathPrefix", "pathRegex", "methods", "header"})
+SPLIT_KEYS = frozenset({"weight", "service"})
 DEMO_HEALTH_PATH = "/health"
 
 
@@ -263,13 +283,98 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class PermissionSpec:
+    """One L7 rule of an intention: `action` for the HTTP requests it matches (Consul's
+    IntentionPermission). No path and no methods match nothing; Consul refuses that, and so does
+    the spec. Header and regex matches are refused (see _permission)."""
+
+    action: str
+    path_exact: str | None = None
+    path_prefix: str | None = None
+    methods: tuple[str, ...] = ()
+    """Upper-case HTTP methods; empty: any method."""
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether a request `method path` (no query) is one this permission matches. Envoy's RBAC
+        compares the path without its query: exactly, or as a plain string prefix."""
+        if self.methods and method not in self.methods:
+            return False
+        if self.path_exact is not None:
+            return path == self.path_exact
+        if self.path_prefix is not None:
+            return path.startswith(self.path_prefix)
+        return True
+
+    def as_config(self) -> dict[str, Any]:
+        """The permission as the stack config spells it (camelCase), for the `intentions` output."""
+        http: dict[str, Any] = {}
+        if self.path_exact is not None:
+            http["pathExact"] = self.path_exact
+        if self.path_prefix is not None:
+            http["pathPrefix"] = self.path_prefix
+        if self.methods:
+            http["methods"] = list(self.methods)
+        return {"action": self.action, "http": http}
+
+
+@dataclass(frozen=True)
 class IntentionSpec:
-    """Whether `source` may open connections to `destination`."""
+    """Whether `source` may open connections to `destination`: `action` for every request, or
+    (L7, `action` None) the first of `permissions` that matches a request decides."""
 
     source: str
     destination: str
-    action: str
+    action: str | None
     description: str = ""
+    permissions: tuple[PermissionSpec, ...] = ()
+
+    @property
+    def is_l7(self) -> bool:
+        return bool(self.permissions)
+
+    def admits(self, method: str, path: str) -> bool:
+        """Whether the source's request `method path` certainly gets through (default deny).
+
+        Consul reads permissions in order: a deny is subtracted from every allow after it, allows
+        are ORed (agent/structs/config_entry_intentions.go, SourceIntention.Permissions), so the
+        first permission matching a request decides, and with none matching the default (deny) does.
+        """
+        if not self.is_l7:
+            return self.action == "allow"
+        for permission in self.permissions:
+            if permission.matches(method, path):
+                return permission.action == "allow"
+        return False
+
+    def allows_any(self) -> bool:
+        """Whether some request gets through: an allow, or an L7 intention with an allow permission."""
+        return self.action == "allow" or any(p.action == "allow" for p in self.permissions)
+
+    def key(self) -> str:
+        """One line naming what the intention decides (the mesh gate's diff, the render)."""
+        if not self.is_l7:
+            return f"{self.source}->{self.destination}:{self.action}"
+        rules = ",".join(
+            f"{p.action} {'|'.join(p.methods) or '*'} "
+            + (f"={p.path_exact}" if p.path_exact is not None else f"{p.path_prefix or '/'}*")
+            for p in self.permissions
+        )
+        return f"{self.source}->{self.destination}:l7[{rules}]"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A share of the calls to a service that its service-splitter sends to `service`."""
+
+    weight: float
+    """Percent, with at most two decimals (Consul keeps 0.01 % steps)."""
+    service: str
+
+
+def split_targets(service: str, splits: Mapping[str, Sequence[SplitSpec]]) -> tuple[str, ...]:
+    """The services a call to `service` may land on: its splits with a weight, or itself."""
+    targets = tuple(s.service for s in splits.get(service, ()) if s.weight > 0)
+    return targets or (service,)
 
 
 def split_http_addr(http_addr: str) -> tuple[str, str]:
@@ -352,6 +457,12 @@ class MeshSpec:
     """Raised deliberately to move every VM to the then-newest image (components/image.py)."""
     protect_server_data: bool = False
     """Also `protect` the servers' data volumes (they are always retained on delete)."""
+    splits: Mapping[str, tuple[SplitSpec, ...]] = field(default_factory=dict)
+    """Service -> its service-splitter's splits (config services.<name>.splits); Consul config only."""
+    access_logs: bool = False
+    """proxy-defaults AccessLogs: every Envoy logs each request and connection to its journal."""
+    envoy_metrics: bool = False
+    """proxy-defaults envoy_prometheus_bind_addr: Envoy's Prometheus endpoint on ENVOY_METRICS_PORT."""
     warnings: tuple[str, ...] = ()
     """Valid but probably not meant (see spec.footguns): `pulumi up` and the render print them."""
 
@@ -517,13 +628,91 @@ def load_service(name: str, raw: Any, default_instance_type: str = DEFAULTS["ins
     For projects that add a VM to an existing mesh: the same rules as the mesh's own services.
     """
     problems = Problems()
-    service = _service(name, decode(raw, f"services.{name}", problems), default_instance_type, problems)
+    decoded = decode(raw, f"services.{name}", problems)
+    if isinstance(decoded, Mapping) and "splits" in decoded:
+        problems.add(f"services.{name}.splits", decoded["splits"], "is the mesh stack's to declare, not a VM's")
+    service = _service(name, decoded, default_instance_type, problems)
     if problems.items or service is None:
         raise MeshSpecError(problems.items)
     return service
 
 
-def _intentions(raw: Any, services: Mapping[str, Any], problems: Problems) -> tuple[IntentionSpec, ...]:
+def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None:
+    """One L7 permission, checked as Consul checks it (agent/structs/config_entry_intentions.go
+    ServiceIntentionsConfigEntry.validate): action allow|deny, an HTTP match that is not empty, at
+    most one path match, PathExact/PathPrefix starting with "/", known methods, none twice."""
+    if not isinstance(raw, Mapping):
+        problems.add(key, raw, "must be an object such as {action: allow, http: {pathPrefix: /, methods: [GET]}}")
+        return None
+    before = len(problems.items)
+    _unknown_keys(raw, PERMISSION_KEYS, key, problems)
+    action = raw.get("action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        problems.add(f"{key}.action", action, "must be allow or deny")
+    http = raw.get("http")
+    if not isinstance(http, Mapping):
+        problems.add(f"{key}.http", http, "must be an object such as {pathPrefix: /api, methods: [GET]}")
+        return None
+    _unknown_keys(http, PERMISSION_HTTP_KEYS, f"{key}.http", problems)
+    for unsupported in ("pathRegex", "header"):
+        if unsupported in http:
+            # pulumi-consul 3.15 (terraform-provider-consul 86cfc3a, consul/resource_consul_config_entry_
+            # service_intentions.go Decode) writes path_regex into PathPrefix and never copies the headers
+            # it reads into HTTP.Header: a header-restricted allow would reach Consul as an allow for all.
+            problems.add(
+                f"{key}.http.{unsupported}",
+                http[unsupported],
+                "is not supported: the consul provider would pass it to Consul wrongly (a regex as a path "
+                "prefix, headers dropped); use pathExact, pathPrefix and methods",
+            )
+    paths = {}
+    for name in ("pathExact", "pathPrefix"):
+        if name in http:
+            value = http[name]
+            if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
+                problems.add(f"{key}.http.{name}", value, "must be a path starting with / (printable characters)")
+            else:
+                paths[name] = value
+    if "pathExact" in http and "pathPrefix" in http:
+        problems.add(f"{key}.http", dict(http), "has both pathExact and pathPrefix: give at most one")
+    methods = []
+    for i, method in enumerate(json_list(http.get("methods", []), f"{key}.http.methods", problems)):
+        if method not in HTTP_METHODS:
+            # Upper case only: Consul upper-cases what it stores, and a lower-case method in the
+            # config would differ from the provider's read-back on every refresh.
+            problems.add(f"{key}.http.methods[{i}]", method, f"is not one of {', '.join(HTTP_METHODS)}")
+        elif method in methods:
+            problems.add(f"{key}.http.methods[{i}]", method, "is listed twice (Consul refuses repeats)")
+        else:
+            methods.append(method)
+    if not paths and not methods and len(problems.items) == before:
+        problems.add(f"{key}.http", dict(http), "matches nothing: give pathExact, pathPrefix or methods")
+    if len(problems.items) != before:
+        return None
+    return PermissionSpec(
+        action=action,
+        path_exact=paths.get("pathExact"),
+        path_prefix=paths.get("pathPrefix"),
+        methods=tuple(methods),
+    )
+
+
+def _permissions(raw: Any, key: str, problems: Problems) -> tuple[PermissionSpec, ...] | None:
+    before = len(problems.items)
+    items = json_list(raw, key, problems)
+    if not items and len(problems.items) == before:
+        problems.add(key, raw, "is empty: give at least one {action, http} rule, or use action instead")
+    found = [_permission(item, f"{key}[{i}]", problems) for i, item in enumerate(items)]
+    if len(problems.items) != before:
+        return None
+    return tuple(p for p in found if p is not None)
+
+
+def _intentions(
+    raw: Any, services: Mapping[str, Any], problems: Problems, protocols: Mapping[str, str] | None = None
+) -> tuple[IntentionSpec, ...]:
+    """The intentions; `protocols` (service -> protocol) refuses L7 rules for a tcp destination."""
+    protocols = protocols or {}
     result: list[IntentionSpec] = []
     seen: dict[tuple[str, str], int] = {}
     for i, item in enumerate(json_list(raw, "intentions", problems)):
@@ -545,12 +734,37 @@ def _intentions(raw: Any, services: Mapping[str, Any], problems: Problems) -> tu
                 problems.add(f"{key}.{end}", name, f"is not a service of this stack (services: {_names(services)})")
                 ok = False
         action = item.get("action")
-        if not isinstance(action, str) or action not in ACTIONS:
+        permissions: tuple[PermissionSpec, ...] | None = ()
+        if ("action" in item) == ("permissions" in item):
+            # Consul: "Action must be omitted if Permissions are specified", and one of them is required.
+            problems.add(key, dict(item), "needs exactly one of action (allow|deny) and permissions (L7 rules)")
+            ok = False
+        elif "permissions" in item:
+            action = None
+            permissions = _permissions(item["permissions"], f"{key}.permissions", problems)
+            destination = item.get("destination")
+            protocol = protocols.get(destination) if isinstance(destination, str) else None
+            if permissions is None:
+                ok = False
+            elif protocol is not None and protocol not in HTTP_LIKE:
+                # agent/consul/state/config_entry.go validateProposedConfigEntryInServiceGraph: "service
+                # %q has protocol %q, which is incompatible with L7 intentions permissions".
+                problems.add(
+                    f"{key}.permissions",
+                    destination,
+                    f"needs an HTTP destination, but services.{destination}.protocol is {protocol} "
+                    f"(L7 rules need {', '.join(HTTP_LIKE)}): use action, or change the protocol",
+                )
+                ok = False
+        elif not isinstance(action, str) or action not in ACTIONS:
             problems.add(f"{key}.action", action, "must be allow or deny")
             ok = False
         description = item.get("description", "")
         if not isinstance(description, str):
             problems.add(f"{key}.description", description, "must be a string")
+            ok = False
+        elif len(description) > MAX_DESCRIPTION:
+            problems.add(f"{key}.description", description[:40] + "...", f"is longer than {MAX_DESCRIPTION} characters")
             ok = False
         if not ok:
             continue
@@ -564,8 +778,109 @@ def _intentions(raw: Any, services: Mapping[str, Any], problems: Problems) -> tu
             problems.add(key, dict(item), f"repeats the source/destination pair of intentions[{seen[pair]}]")
             continue
         seen[pair] = i
-        result.append(IntentionSpec(source=pair[0], destination=pair[1], action=action, description=description))
+        result.append(
+            IntentionSpec(
+                source=pair[0],
+                destination=pair[1],
+                action=action,
+                description=description,
+                permissions=permissions or (),
+            )
+        )
     return tuple(result)
+
+
+def _weight(raw: Any, key: str, problems: Problems) -> float | None:
+    """A split's weight: a percentage 0-100 with at most two decimals. Consul scales weights to
+    0.01 % steps and rounds (agent/structs/config_entry_discoverychain.go scaleWeight), so a third
+    decimal would be changed silently, and the provider's read-back would differ on every refresh."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= 100:
+        problems.add(key, raw, "must be a number from 0 to 100 (percent)")
+        return None
+    if abs(raw * 100 - round(raw * 100)) > 1e-6:
+        problems.add(key, raw, "has more than two decimals (Consul keeps steps of 0.01 %)")
+        return None
+    return float(raw)
+
+
+def _service_splits(name: str, raw: Any, problems: Problems) -> tuple[SplitSpec, ...] | None:
+    """The shape of services.<name>.splits; the services they name are checked by _splits."""
+    key = f"services.{name}.splits"
+    before = len(problems.items)
+    items = json_list(raw, key, problems)
+    if not items and len(problems.items) == before:
+        # Consul: "no splits configured".
+        problems.add(key, raw, "is empty: give at least one {weight, service}, or remove the key")
+    result = []
+    for i, item in enumerate(items):
+        item_key = f"{key}[{i}]"
+        if not isinstance(item, Mapping):
+            problems.add(item_key, item, "must be an object such as {weight: 90, service: api}")
+            continue
+        _unknown_keys(item, SPLIT_KEYS, item_key, problems)
+        weight = _weight(item.get("weight"), f"{item_key}.weight", problems)
+        service = string(item.get("service"), f"{item_key}.service", problems, DNS_LABEL, "a service name")
+        if weight is not None and service is not None:
+            result.append(SplitSpec(weight=weight, service=service))
+    if len(problems.items) != before:
+        return None
+    seen: set[str] = set()
+    for i, split in enumerate(result):
+        if split.service in seen:
+            # Consul: "split destination occurs more than once".
+            problems.add(f"{key}[{i}].service", split.service, "is split to twice")
+        seen.add(split.service)
+    total = sum(round(s.weight * 100) for s in result)
+    if total != 100 * 100:
+        # Consul: "the sum of all split weights must be 100".
+        problems.add(key, [s.weight for s in result], f"has weights adding up to {total / 100:g}, not 100")
+    if len(problems.items) != before:
+        return None
+    return tuple(result)
+
+
+def _splits(
+    raw_services: Mapping[Any, Any], services: Mapping[str, ServiceSpec], problems: Problems
+) -> dict[str, tuple[SplitSpec, ...]]:
+    """Every services.<name>.splits, each a service-splitter. Consul refuses a splitter unless its
+    service's discovery chain is HTTP-like ("does not permit advanced routing or splitting
+    behavior") and every service of the chain has the same protocol ("uses inconsistent
+    protocols"), agent/consul/discoverychain/compile.go."""
+    parsed: dict[str, tuple[SplitSpec, ...]] = {}
+    for name in sorted(raw_services, key=str):
+        raw = raw_services[name]
+        if isinstance(name, str) and isinstance(raw, Mapping) and "splits" in raw:
+            splits = _service_splits(name, raw["splits"], problems)
+            if splits is not None:
+                parsed[name] = splits
+    for name, splits in parsed.items():
+        key = f"services.{name}.splits"
+        own = services.get(name)
+        if own is not None and own.protocol not in HTTP_LIKE:
+            problems.add(
+                f"services.{name}.protocol",
+                own.protocol,
+                f"cannot be split (services.{name}.splits): splitting needs {', '.join(HTTP_LIKE)}",
+            )
+        for i, split in enumerate(splits):
+            target = services.get(split.service)
+            if split.service not in raw_services:
+                problems.add(f"{key}[{i}].service", split.service, "is not a service of this stack")
+            elif target is not None and own is not None and target.protocol != own.protocol:
+                problems.add(
+                    f"{key}[{i}].service",
+                    split.service,
+                    f"has protocol {target.protocol}, not {own.protocol} like {name}: a split's services "
+                    "share one protocol",
+                )
+            elif split.service != name and split.service in parsed:
+                # Consul flattens a splitter into a splitter; kept to one level here, so no cycles.
+                problems.add(
+                    f"{key}[{i}].service",
+                    split.service,
+                    f"has splits of its own: split to services without splits (or to {name} itself)",
+                )
+    return parsed
 
 
 def check_versions(consul: str | None, envoy: str | None, problems: Problems) -> None:
@@ -667,7 +982,9 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
             elif up == svc.name:
                 problems.add(f"services.{svc.name}.upstreams", up, "is the service itself")
 
-    intentions = _intentions(get("intentions"), known, problems)
+    splits = _splits(raw_services or {}, services, problems)
+    protocols = {name: svc.protocol for name, svc in services.items()}
+    intentions = _intentions(get("intentions"), known, problems, protocols)
     datacenter = string(
         get("datacenter"),
         "datacenter",
@@ -710,6 +1027,8 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         get("imageGeneration"), "imageGeneration", problems, 0, 1000, "an image generation"
     )
     protect_server_data = boolean(get("protectServerData"), "protectServerData", problems)
+    access_logs = boolean(get("accessLogs"), "accessLogs", problems)
+    envoy_metrics = boolean(get("envoyMetrics"), "envoyMetrics", problems)
     if protect_server_data and consul is not None:
         problems.add(
             "protectServerData", True, "only applies when the stack creates its servers (consulHttpAddr is set)"
@@ -717,7 +1036,7 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
 
     if problems.items:
         raise MeshSpecError(problems.items)
-    warnings = footguns(services, intentions, admin_cidrs)
+    warnings = footguns(services, intentions, admin_cidrs, splits)
     assert datacenter and consul_version and envoy_version and ready_timeout is not None
     assert mesh_ready_timeout is not None
     assert mesh_destinations_only is not None and network is not None
@@ -738,6 +1057,9 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         ami_id=optional["amiId"],
         image_generation=image_generation or 0,
         protect_server_data=bool(protect_server_data),
+        splits=splits,
+        access_logs=bool(access_logs),
+        envoy_metrics=bool(envoy_metrics),
         warnings=warnings,
     )
 
@@ -765,13 +1087,18 @@ EVERYWHERE = "0.0.0.0/0"
 
 
 def footguns(
-    services: Mapping[str, ServiceSpec], intentions: Sequence[IntentionSpec], admin_cidrs: Sequence[str]
+    services: Mapping[str, ServiceSpec],
+    intentions: Sequence[IntentionSpec],
+    admin_cidrs: Sequence[str],
+    splits: Mapping[str, Sequence[SplitSpec]] | None = None,
 ) -> tuple[str, ...]:
     """Settings that are valid but rarely meant, each as a message naming its key."""
     found = []
     if EVERYWHERE in admin_cidrs:
         found.append(f"adminCidrs: {EVERYWHERE} opens SSH and the Consul API and UI to the whole internet")
-    allowed = {(i.source, i.destination) for i in intentions if i.action == "allow"}
+    splits = splits or {}
+    # An L7 intention with an allow rule lets some calls through: deliberate, not a forgotten allow.
+    allowed = {(i.source, i.destination) for i in intentions if i.allows_any()}
     for name, svc in sorted(services.items()):
         for cidr in svc.exclusions.outbound_cidrs:
             key = f"services.{name}.excludeOutboundCidrs"
@@ -783,12 +1110,31 @@ def footguns(
                     "calls to those services bypass Envoy and fail"
                 )
         for up in svc.upstreams:
-            if (name, up) not in allowed:
-                found.append(
-                    f"services.{name}.upstreams: {up} is listed but no allow intention lets {name} reach it "
-                    "(default deny refuses the calls)"
-                )
+            # A call to a split service lands on one of its splits' services, which each check
+            # their own intentions: the caller needs an allow to each (Consul's RBAC is at the callee).
+            for target in split_targets(up, splits):
+                via = "" if target == up else f" (services.{up}.splits sends calls to {target})"
+                if (name, target) not in allowed:
+                    found.append(
+                        f"services.{name}.upstreams: {up} is listed but no allow intention lets {name} reach "
+                        f"{target}{via} (default deny refuses the calls)"
+                    )
+                elif svc.app.is_demo and not probe_admitted(intentions, name, target):
+                    found.append(
+                        f"services.{name}.upstreams: the L7 intention {name}->{target} does not admit the demo "
+                        f"app's probe ({' '.join(PROBE_REQUEST)}){via}: its check stays warning and the mesh "
+                        "gate does not wait for it"
+                    )
     return tuple(found)
+
+
+# What the demo app's upstream probe sends each upstream (scripts/mesh-demo-app.py: GET <uri>/health).
+PROBE_REQUEST = ("GET", DEMO_HEALTH_PATH)
+
+
+def probe_admitted(intentions: Iterable[IntentionSpec], source: str, destination: str) -> bool:
+    """Whether the intentions certainly let the demo app's probe of `source` through to `destination`."""
+    return any(i.source == source and i.destination == destination and i.admits(*PROBE_REQUEST) for i in intentions)
 
 
 def _existing_cluster(raw: Mapping[str, Any], problems: Problems) -> ConsulClusterSpec | None:

@@ -23,6 +23,7 @@ import yaml
 from . import escape
 from .identity import KINDS, login_roles, method_name
 from .spec import (
+    ENVOY_METRICS_PORT,
     ENVOY_OUTBOUND_PORT,
     ENVOY_PUBLIC_PORT,
     RedirectExclusions,
@@ -203,7 +204,10 @@ def redirect_exclusions(recipe: VmRecipe) -> RedirectExclusions:
         except ValueError:
             continue  # a DNS name or a cloud auto-join string: nothing to exclude by address
     return RedirectExclusions(
-        inbound_ports=own.inbound_ports,
+        # Envoy's Prometheus listener (config envoyMetrics) always: turning metrics on or off then
+        # changes a config entry only, never this user data (which would replace the VM). Redirected,
+        # a scrape would land in Envoy's public (mTLS) listener instead.
+        inbound_ports=tuple(sorted({ENVOY_METRICS_PORT, *own.inbound_ports})),
         outbound_ports=own.outbound_ports,
         outbound_cidrs=tuple(sorted({IMDS_CIDR, *servers, *own.outbound_cidrs})),
         uids=own.uids,

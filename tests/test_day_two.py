@@ -415,6 +415,56 @@ def test_the_force_new_table_knows_every_resource_type_of_the_stack() -> None:
         assert dynamic <= set(lifecycle.DYNAMIC_PROVIDERS)
 
 
+# --- traffic: L7 intentions, splits, access logs and Envoy metrics (issue 19) -----------------------
+
+LOGS_AND_METRICS = {**DEMO, "accessLogs": True, "envoyMetrics": True}
+METRICS_RULES = ["api-metrics", "api-metrics-admin-0", "web-metrics", "web-metrics-admin-0"]
+WITH_CANARY = {
+    **DEMO,
+    "services": {**DEMO["services"], "canary": {"port": 9092}},
+    "intentions": [*DEMO["intentions"], {"source": "web", "destination": "canary", "action": "allow"}],
+}
+CANARY_SPLIT = {
+    **WITH_CANARY,
+    "services": {
+        **WITH_CANARY["services"],
+        "api": {
+            **WITH_CANARY["services"]["api"],
+            "splits": [{"weight": 90, "service": "api"}, {"weight": 10, "service": "canary"}],
+        },
+    },
+}
+
+
+def test_turning_access_logs_and_metrics_on_and_off_replaces_nothing() -> None:
+    """A config entry and security group rules: the metrics port is kept out of the redirect on every
+    VM whether metrics are on or not (userdata.redirect_exclusions), so no user data changes."""
+    on = plan(DEMO, LOGS_AND_METRICS)
+    assert on.changed() == {**NOTHING, "created": sorted(["defaults-proxy-defaults", *METRICS_RULES])}
+    off = plan(LOGS_AND_METRICS, DEMO)
+    assert off.changed() == {**NOTHING, "deleted": sorted(["defaults-proxy-defaults", *METRICS_RULES])}
+    logs_then_metrics = plan({**DEMO, "accessLogs": True}, LOGS_AND_METRICS)
+    assert logs_then_metrics.changed() == {**NOTHING, "updated": ["defaults-proxy-defaults"], "created": METRICS_RULES}
+
+
+def test_adding_and_removing_a_split_touches_its_splitter_only() -> None:
+    added = plan(WITH_CANARY, CANARY_SPLIT)
+    assert added.changed() == {**NOTHING, "created": ["splits-api"]}
+    reweighted = {**CANARY_SPLIT, "services": {**CANARY_SPLIT["services"]}}
+    reweighted["services"]["api"] = {
+        **CANARY_SPLIT["services"]["api"],
+        "splits": [{"weight": 50, "service": "api"}, {"weight": 50, "service": "canary"}],
+    }
+    assert plan(CANARY_SPLIT, reweighted).changed() == {**NOTHING, "updated": ["splits-api"]}
+    assert plan(CANARY_SPLIT, WITH_CANARY).changed() == {**NOTHING, "deleted": ["splits-api"]}
+
+
+def test_an_intention_turned_l7_updates_its_entry_and_the_gate_only() -> None:
+    health = [{"action": "allow", "http": {"pathExact": "/health", "methods": ["GET"]}}]
+    l7 = {**DEMO, "intentions": [{"source": "web", "destination": "api", "permissions": health}]}
+    assert plan(DEMO, l7).changed() == {**NOTHING, "updated": ["intentions-api", MESH_GATE]}
+
+
 # --- each protection, swapped out ----------------------------------------------------------------
 
 

@@ -160,7 +160,7 @@ def test_custom_app_gets_its_packages_command_and_a_tcp_check() -> None:
     assert 'tcp      = "127.0.0.1:8080"' in files["/etc/consul.d/service-billing.hcl"]
     assert "/usr/local/bin/mesh-demo-app" not in files
     env = files["/etc/envoy/billing.env"]
-    assert 'REDIRECT_EXCLUDE_INBOUND_PORTS="9100"' in env
+    assert 'REDIRECT_EXCLUDE_INBOUND_PORTS="9100 20200"' in env
     assert 'REDIRECT_EXCLUDE_OUTBOUND_PORTS="5432"' in env
     assert 'REDIRECT_EXCLUDE_OUTBOUND_CIDRS="10.0.1.10/32 10.20.0.0/16 169.254.169.254/32"' in env
     assert 'REDIRECT_EXCLUDE_UIDS="1001"' in env
