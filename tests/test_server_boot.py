@@ -14,19 +14,17 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import hcl2
 import pytest
 
 from tests.conftest import systemd_verify, tool
-from tests.helpers import CA_PEM
+from tests.helpers import CA_PEM, serving
 
 pytest.importorskip("boto3", reason="consul-server-secrets needs boto3 (python3-boto3 on the VMs)")
 
@@ -208,29 +206,17 @@ def _imds_handler(state: FakeImds) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@contextmanager
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture
 def ssm() -> Iterator[tuple[FakeSsm, str]]:
     state = FakeSsm(parameters={GOSSIP_PARAM: base64.b64encode(secrets.token_bytes(32)).decode(), TLS_PARAM: pem_key()})
-    with _serve(_ssm_handler(state)) as endpoint:
+    with serving(_ssm_handler(state)) as endpoint:
         yield state, endpoint
 
 
 @pytest.fixture
 def imds() -> Iterator[tuple[FakeImds, str]]:
     state = FakeImds()
-    with _serve(_imds_handler(state)) as endpoint:
+    with serving(_imds_handler(state)) as endpoint:
         yield state, endpoint
 
 
