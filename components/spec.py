@@ -53,6 +53,9 @@ VPC_ID = re.compile(r"vpc-[0-9a-f]{8,17}")
 SUBNET_ID = re.compile(r"subnet-[0-9a-f]{8,17}")
 RETRY_JOIN = re.compile(r"[^\s\"'\\]+( [^\s\"'\\]+)*")
 
+# Pulumi's rule for a stack name (pulumi/pulumi sdk/go/common/tokens/stack_name.go ParseStackName):
+# ASCII letters, digits, '-', '_' and '.', 1 to 100 characters. Resource names and tags carry it.
+STACK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 ACTIONS = ("allow", "deny")
 PROTOCOLS = ("http", "http2", "grpc", "tcp")
 
@@ -362,6 +365,16 @@ class MeshSpec:
     @property
     def creates_servers(self) -> bool:
         return self.servers is not None
+
+
+def stack_name_problem(stack: Any) -> str | None:
+    """Why `stack` cannot be a Pulumi stack's name, or None when it can (STACK_NAME)."""
+    if isinstance(stack, str) and STACK_NAME.fullmatch(stack):
+        return None
+    return (
+        f"stack {stack!r}: is not a Pulumi stack name: ASCII letters, digits, '-', '_' and '.', "
+        "1 to 100 characters (the stack's own name, without <organization>/<project>/)"
+    )
 
 
 def _names(names: Iterable[Any]) -> str:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pulumi
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from components import render
 from components.spec import PROJECT
@@ -221,18 +226,170 @@ def test_the_diagram_has_a_title_a_legend_and_the_url_a_caller_uses(
     assert 'label="Mesh of stack dev' in (out / "mesh.dot").read_text()
 
 
-def test_a_second_render_replaces_the_first_and_a_foreign_directory_is_refused(tmp_path: Path) -> None:
+def test_a_second_render_replaces_the_first_and_removes_a_vm_no_longer_in_it(tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = render.load_stack_config(ROOT / "Pulumi.dev.yaml")
+    bigger = {**config, "services": {**config["services"], "extra": {"port": 7000}}}
+    render.render(bigger, out, "dev", echo=lambda _: None)
+    assert (out / "extra" / "user-data.yaml").is_file()
     render.render(config, out, "dev", echo=lambda _: None)
-    (out / "stale-vm").mkdir()
-    render.render(config, out, "dev", echo=lambda _: None)
-    assert not (out / "stale-vm").exists() and (out / "plan.json").is_file()
-    foreign = tmp_path / "home"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    assert run_cli("render", "--stack", "dev", "--out", foreign).returncode == 1
-    assert (foreign / "notes.txt").read_text() == "mine"
+    assert not (out / "extra").exists() and (out / "plan.json").is_file()
+    # On disk: exactly the files the render lists as its own, and the list.
+    listed = json.loads((out / render.MANIFEST).read_text())["files"]
+    assert set(tree(out)) == {*listed, render.MANIFEST} | folders_of(listed)
+
+
+def tree(root: Path) -> dict[str, tuple[str, bytes | str]]:
+    """Every entry under `root`: its kind and content (a link's target), to compare before and after."""
+    found: dict[str, tuple[str, bytes | str]] = {}
+    for base, dirs, names in os.walk(root):
+        for name in dirs + names:
+            entry = Path(base) / name
+            rel = entry.relative_to(root).as_posix()
+            if entry.is_symlink():
+                found[rel] = ("link", os.readlink(entry))
+            elif entry.is_dir():
+                found[rel] = ("dir", b"")
+            else:
+                found[rel] = ("file", entry.read_bytes())
+    return found
+
+
+def folders_of(paths: Iterable[str]) -> set[str]:
+    return {parent.as_posix() for p in paths for parent in Path(p).parents if str(parent) != "."}
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A render of the demo, to copy: an earlier render's directory."""
+    out = tmp_path_factory.mktemp("earlier") / "out"
+    render.render(render.load_stack_config(ROOT / "Pulumi.dev.yaml"), out, "dev", echo=lambda _: None)
+    return out
+
+
+def test_a_folder_holding_a_plan_json_is_refused_and_keeps_every_file(tmp_path: Path) -> None:
+    # The worst of the second round: such a folder (here a project holding its stack file) was
+    # removed whole, because it held a plan.json.
+    home = tmp_path / "my-project"
+    home.mkdir()
+    (home / "plan.json").write_text("[]\n")
+    (home / "Pulumi.mine.yaml").write_text((ROOT / "Pulumi.dev.yaml").read_text())
+    before = tree(home)
+    result = run_cli("render", "--config", home / "Pulumi.mine.yaml", "--out", home)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: --out {home}: holds Pulumi.mine.yaml and is no render's directory")
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert tree(home) == before
+
+
+@pytest.mark.parametrize(
+    ("where", "refused"),
+    [
+        ("notes.txt", "notes.txt is not the earlier render's"),
+        ("web/etc/notes.txt", "web/etc/notes.txt is not the earlier render's"),
+        ("web/my-folder/", "web/my-folder/ is not the earlier render's"),
+        ("plan.md", "plan.md was changed since the render wrote it"),
+        ("web/user-data.yaml", "web/user-data.yaml was changed since the render wrote it"),
+        ("mesh.mmd@", "mesh.mmd is a symbolic link"),
+        ("web/link@", "web/link is a symbolic link"),
+    ],
+)
+def test_an_earlier_render_with_anything_of_the_users_is_refused_naming_it(
+    earlier: Path, tmp_path: Path, where: str, refused: str
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(earlier, out)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    entry = out / where.rstrip("/@")
+    if where.endswith("/"):
+        entry.mkdir()
+        (entry / "keep.txt").write_text("mine")
+    elif where.endswith("@"):
+        entry.unlink(missing_ok=True)
+        entry.symlink_to(victim)
+    else:
+        with entry.open("a") as f:
+            f.write("mine\n")
+    before = tree(out)
+    with pytest.raises(render.OutRefused, match=re.escape(refused)):
+        render.write_render(out, {"plan.json": render.OutFile("[]")})
+    assert tree(out) == before and victim.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [{"../victim.txt": "0" * 64}, {"/tmp/victim.txt": "0" * 64}, {"a/./b": "0"}, {"render-files.json": "0"}, []],
+)
+def test_a_list_of_files_naming_anything_outside_out_is_refused(earlier: Path, tmp_path: Path, listed: object) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(earlier, out)
+    (tmp_path / "victim.txt").write_text("mine")
+    (out / render.MANIFEST).write_text(json.dumps({"files": listed}))
+    before = tree(tmp_path)
+    with pytest.raises(render.OutRefused, match="is not a render's list of files"):
+        render.write_render(out, {"plan.json": render.OutFile("[]")})
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "link to an earlier render", "dangling link"])
+def test_out_must_be_a_directory_not_a_file_or_a_link(earlier: Path, tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("mine")
+    elif kind == "dangling link":
+        out.symlink_to(tmp_path / "nowhere")
+    else:
+        out.symlink_to(earlier, target_is_directory=True)
+    before, rendered = tree(tmp_path), tree(earlier)
+    result = run_cli("render", "--stack", "dev", "--out", out)
+    assert result.returncode == 2
+    why = "is not a directory" if kind == "file" else "is a symbolic link"
+    assert result.stderr == f"error: --out {out}: {why}" + (
+        ": give a new path, or an earlier render's directory\n"
+        if kind == "file"
+        else ": give the directory itself, or a new path\n"
+    )
+    assert tree(tmp_path) == before and tree(earlier) == rendered
+
+
+def test_out_under_a_file_is_an_error_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("mine")
+    assert render.main(["render", "--stack", "dev", "--out", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / 'file' / 'out'}: Not a directory") and len(err.splitlines()) == 1
+
+
+ENTRY_NAMES = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=20).filter(
+    lambda n: n not in (".", "..")
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    folder=st.sampled_from(["", "web", "web/etc", "api/etc/consul.d", "consul-server-0/usr"]),
+    name=ENTRY_NAMES,
+    kind=st.sampled_from(["file", "dir", "link"]),
+)
+def test_anything_added_to_an_earlier_render_is_refused_and_nothing_is_deleted(
+    earlier: Path, tmp_path_factory: pytest.TempPathFactory, folder: str, name: str, kind: str
+) -> None:
+    out = tmp_path_factory.mktemp("added") / "out"
+    shutil.copytree(earlier, out, symlinks=True)
+    entry = out / folder / name
+    if entry.exists() or entry.is_symlink():
+        return  # one of the render's own names: covered by the changed-file cases above
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "file":
+        entry.write_text("mine")
+    elif kind == "dir":
+        entry.mkdir()
+    else:
+        entry.symlink_to("/etc/passwd")
+    before = tree(out)
+    with pytest.raises(render.OutRefused, match=re.escape(entry.relative_to(out).as_posix())):
+        render.write_render(out, {"plan.json": render.OutFile("[]")})
+    assert tree(out) == before
 
 
 def test_config_and_stack_together_name_the_stack(tmp_path: Path) -> None:
