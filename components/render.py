@@ -250,6 +250,9 @@ class _Refused(Exception):
 # Deeper than this, a stack file is not a hand-written config (Pulumi.yaml's own are 3-4 levels
 # deep), and PyYAML's composer recurses once per level.
 MAX_YAML_DEPTH = 50
+# Larger than this, a stack file is refused unread: PyYAML's scanner takes about 2 µs a byte on
+# the worst input (a run of "["), so this bounds the time to refuse any file at about 2 seconds.
+MAX_STACK_FILE_BYTES = 1 << 20
 
 
 class _StackFileLoader(yaml.SafeLoader):
@@ -317,6 +320,8 @@ def _holds_ciphertext(value: Any) -> bool:
 def read_stack_file(path: Path) -> Any:
     """The YAML document of a stack file, or StackFileError naming what is wrong with it."""
     try:
+        if path.stat().st_size > MAX_STACK_FILE_BYTES:
+            raise StackFileError(path, f"is larger than {MAX_STACK_FILE_BYTES} bytes: no stack file is that large")
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         byte = err.object[err.start]
@@ -330,7 +335,8 @@ def read_stack_file(path: Path) -> Any:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise StackFileError(path, f"is not YAML: {where}{err.problem or err.context}") from None
+        what = ", ".join(part for part in (err.context, err.problem) if part)
+        raise StackFileError(path, f"is not YAML: {where}{what}") from None
     except yaml.YAMLError as err:
         raise StackFileError(path, f"is not YAML: {' '.join(str(err).split())}") from None
 
@@ -699,13 +705,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "which is replaced; any other is refused",
     )
     args = parser.parse_args(argv)
-    if not args.stack and not args.config:
+    if args.stack is None and args.config is None:
         parser.error("give --stack, --config or both")
 
-    stack = args.stack or (args.config.name.removeprefix("Pulumi.").removesuffix(".yaml") if args.config else "")
+    named = args.stack is not None
+    stack = args.stack if named else args.config.name.removeprefix("Pulumi.").removesuffix(".yaml")
     problem = stack_name_problem(stack)
     if problem:
-        print(f"error: {problem}" + ("" if args.stack else " (from the file's name: give --stack)"), file=sys.stderr)
+        print(f"error: {problem}" + ("" if named else " (from the file's name: give --stack)"), file=sys.stderr)
         return USAGE_ERROR
     # The stack file in the working directory (a project using the package), else this checkout's.
     path = args.config or next(

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+import string
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components import render
-from components.spec import PROJECT
+from components.spec import PROJECT, stack_name_problem
 from components.userdata import decode_user_data, unpack_cloud_config
 from tests.conftest import tool
 from tests.mocks import CONSUL_TOKEN, GOSSIP_KEY, ROOT
@@ -396,3 +397,180 @@ def test_config_and_stack_together_name_the_stack(tmp_path: Path) -> None:
     result = run_cli("render", "--config", ROOT / "Pulumi.dev.yaml", "--stack", "prod", "--out", tmp_path / "o")
     assert result.returncode == 0, result.stderr
     assert "# Plan of stack prod" in (tmp_path / "o" / "plan.md").read_text()
+
+
+BILLION_LAUGHS = "\n".join(
+    [
+        'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+        *(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)),
+        "config:",
+        "  consul-tproxy-vms:services: *i",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("- config\n- services\n", "is not a stack file: it holds a list, not a map with config:"),
+        ("just words\n", "is not a stack file: it holds a str, not a map with config:"),
+        ("config: [a, b]\n", "config: is a list, not a map of key: value"),
+        (
+            "config: {consul-tproxy-vms:services: [\n",
+            "is not YAML: line 2, column 1: while parsing a flow node, expected the node content",
+        ),
+        (
+            "config:\n  a: 1\n b: 2\n",
+            "is not YAML: line 3, column 2: while parsing a block mapping, expected <block end>",
+        ),
+        (
+            "a: 1\n---\nb: 2\n",
+            "is not YAML: line 2, column 1: expected a single document in the stream, but found another document",
+        ),
+        (b"config:\n  consul-tproxy-vms:datacenter: dc\xff\n", "is not UTF-8 text (byte 0xff at offset 42)"),
+        (b"\xff\xfec\x00o\x00", "is not UTF-8 text (byte 0xff at offset 0)"),
+        ("config:\n  consul-tproxy-vms:datacenter: !!python/name:os.system x\n", "line 2: has the YAML tag"),
+        ("config:\n  consul-tproxy-vms:datacenter: !mine dc1\n", "line 2: has the YAML tag !mine"),
+        ("config:\n  consul-tproxy-vms:imageGeneration: !!int 3\n", "line 2: has the YAML tag tag:yaml.org,2002:int"),
+        ("a: &a [*a]\nconfig:\n  consul-tproxy-vms:services: *a\n", "line 1: uses the YAML alias *a"),
+        (BILLION_LAUGHS, "line 2: uses the YAML alias *a: write the value out in full"),
+        ("base: &b {x: 1}\nconfig:\n  <<: *b\n", "line 3: uses the YAML alias *b"),
+        ("config:\n  <<: {consul-tproxy-vms:datacenter: dc1}\n", "line 2: uses a YAML merge key (<<)"),
+        ("config:\n  ? [a, b]\n  : 1\n", "line 2: has a list or a map as a key"),
+        ("config: " + "[" * 5000 + "\n", "line 1: is nested more than 50 levels deep"),
+        ("config:\n  x: " + "a" * (1 << 20) + "\n", "is larger than 1048576 bytes"),
+        (
+            "config:\n  consul-tproxy-vms:consulCaPem:\n    secure: v1:AAAA\n",
+            "consul-tproxy-vms:consulCaPem: is encrypted (secure:), which the render cannot decrypt offline",
+        ),
+        (
+            "config:\n  consul-tproxy-vms:services:\n    web: {port: 80, command: {secure: v1:AAAA}}\n",
+            "consul-tproxy-vms:services: is encrypted (secure:)",
+        ),
+    ],
+    ids=lambda v: v[:40] if isinstance(v, str) else repr(v[:20]),
+)
+def test_a_stack_file_the_render_cannot_read_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | bytes, why: str
+) -> None:
+    # Through main(): an exception would fail the test, as a traceback would reach the user.
+    stack = tmp_path / "Pulumi.mine.yaml"
+    stack.write_bytes(content.encode() if isinstance(content, str) else content)
+    assert render.main(["render", "--config", str(stack), "--out", str(tmp_path / "out")]) == render.USAGE_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {stack}: {why}"), err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_secret_keys_only_count_as_set_and_a_secure_lookalike_is_a_plain_object(tmp_path: Path) -> None:
+    # Pulumi reads {secure: <string>} alone as a ciphertext; {secure: 1}, or with another key, is a
+    # plain object (pulumi/pulumi sdk/go/common/resource/config/object.go isSecureValue).
+    stack = tmp_path / "Pulumi.mine.yaml"
+    stack.write_text(
+        "config:\n"
+        "  consul-tproxy-vms:consulToken: {secure: v1:AAAA}\n"
+        "  consul-tproxy-vms:consulGossipKey: plain-but-never-kept\n"
+        "  consul-tproxy-vms:services: {web: {port: 80}, api: {secure: 1}, db: {secure: x, port: 5432}}\n"
+        "  123: not a key of this project\n"
+    )
+    config = render.load_stack_config(stack)
+    assert config["consulToken"] == config["consulGossipKey"] == {"secure": True}
+    assert config["services"] == {"web": {"port": 80}, "api": {"secure": 1}, "db": {"secure": "x", "port": 5432}}
+    with pytest.raises(render.MeshSpecError, match=r"services\.api\.secure: 1 is not a known key"):
+        render.plan_spec(config)
+
+
+@pytest.mark.parametrize("stack", ["dév", "two\nlines", "my stack", "org/project/dev", "", "x" * 101, "tab\t"])
+def test_a_stack_name_pulumi_cannot_have_is_refused_before_anything_is_rendered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stack: str
+) -> None:
+    out = tmp_path / "out"
+    assert render.main(["render", "--config", str(ROOT / "Pulumi.dev.yaml"), "--stack", stack, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: stack {stack!r}: is not a Pulumi stack name: " + (
+        "ASCII letters, digits, '-', '_' and '.', 1 to 100 characters (the stack's own name, without "
+        "<organization>/<project>/)\n"
+    )
+    assert not out.exists()
+    with pytest.raises(render.MeshSpecError, match="is not a Pulumi stack name"):
+        render.render(render.load_stack_config(ROOT / "Pulumi.dev.yaml"), out, stack, echo=lambda _: None)
+
+
+def test_a_stack_name_from_the_files_name_is_checked_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = tmp_path / "Pulumi.my stack.yaml"
+    stack.write_text((ROOT / "Pulumi.dev.yaml").read_text())
+    assert render.main(["render", "--config", str(stack), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.endswith("(from the file's name: give --stack)\n")
+
+
+PULUMI_STACK_CHARACTERS = set(string.ascii_letters + string.digits + "-_.")
+
+
+@given(st.text(max_size=110))
+def test_stack_names_are_checked_by_pulumis_rule(name: str) -> None:
+    # pulumi/pulumi sdk/go/common/tokens/stack_name.go ParseStackName: not empty, at most 100
+    # characters, each an ASCII letter or digit, '-', '_' or '.'.
+    allowed = 0 < len(name) <= 100 and set(name) <= PULUMI_STACK_CHARACTERS
+    assert (stack_name_problem(name) is None) == allowed
+
+
+@given(st.from_regex(r"[A-Za-z0-9_.-]{1,100}", fullmatch=True))
+def test_every_stack_name_pulumi_allows_is_accepted(name: str) -> None:
+    assert stack_name_problem(name) is None
+
+
+YAML_TEXT = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+    st.lists(
+        st.sampled_from(
+            [
+                "config:",
+                "  ",
+                "consul-tproxy-vms:services:",
+                "&a",
+                "*a",
+                "<<:",
+                "!!str",
+                "!x",
+                "? ",
+                "[",
+                "]",
+                "{",
+                "}",
+                "- ",
+                ": ",
+                "secure: v1",
+                "web",
+                "port: 80",
+                "\n",
+                "\t",
+                "'",
+                '"',
+                "#",
+                "---",
+                "...",
+                "|",
+                ">",
+            ]
+        ),
+        max_size=30,
+    ).map("".join),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=YAML_TEXT)
+def test_any_stack_file_is_read_or_refused_naming_it(tmp_path: Path, text: str) -> None:
+    stack = tmp_path / "Pulumi.fuzz.yaml"
+    stack.write_bytes(text.encode("utf-8", "surrogatepass"))
+    try:
+        config = render.load_stack_config(stack)
+    except render.StackFileError as err:
+        assert str(err).startswith(f"{stack}: ") and "\n" not in str(err)
+        return
+    assert isinstance(config, dict)
+    try:
+        render.plan_spec(config, "fuzz")
+    except render.MeshSpecError as err:
+        assert err.problems
