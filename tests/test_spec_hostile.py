@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import random
+import re
+import textwrap
 from typing import Any
 
 import pytest
 
+from components.program import preflight
 from components.spec import MeshSpecError, envoy_supported, load_spec
 from components.userdata import user_data_problems
 from tests.helpers import LOGIN
@@ -152,3 +157,57 @@ def test_user_data_over_the_limit_is_named_before_anything_is_declared() -> None
     assert problem.startswith("services.web: its user data would be")
     good = load_spec(GOOD).services.values()
     assert user_data_problems(good, "dc1", "1.22.1", "1.35.3", ("10.0.0.1",), None, LOGIN) == []
+
+
+def _random_text(count: int, seed: int) -> str:
+    """Text that does not compress (gzip gains little on random base64)."""
+    return base64.b64encode(random.Random(seed).randbytes(count)).decode()
+
+
+def _existing_cluster(**overrides: Any) -> dict[str, Any]:
+    return {
+        **GOOD,
+        "consulHttpAddr": "https://10.0.1.10:8501",
+        "consulRetryJoin": ["10.0.1.10"],
+        "consulToken": "token",
+        **overrides,
+    }
+
+
+BIG_CA = "-----BEGIN CERTIFICATE-----\n" + "\n".join(textwrap.wrap(_random_text(30_000, 1), 64))
+BIG_CA += "\n-----END CERTIFICATE-----\n"
+MANY_SERVERS = [f"h{_random_text(12, i).lower().replace('+', '').replace('/', '')[:14]}.example" for i in range(2500)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [({"consulCaPem": BIG_CA}, "consulCaPem"), ({"consulRetryJoin": MANY_SERVERS}, "consulRetryJoin")],
+)
+def test_user_data_over_the_limit_is_blamed_on_the_cluster_key_that_made_it_big(
+    overrides: dict[str, Any], key: str
+) -> None:
+    spec = load_spec(_existing_cluster(**overrides))
+    advice = {
+        "consulCaPem": "give the CA certificate alone, not a bundle or a chain",
+        "consulRetryJoin": "list fewer servers, or join by one cloud auto-join string",
+    }[key]
+    (found,) = preflight(spec, "dev", zones=None)
+    sizes = re.fullmatch(
+        rf"{key}: makes the user data of api \((\d+) bytes\), web \((\d+) bytes\) gzipped, over EC2's limit of "
+        rf"16384: {advice} \(every VM's user data carries it\)",
+        found,
+    )
+    assert sizes, found
+    assert all(int(size) > 16384 for size in sizes.groups())
+
+
+def test_user_data_over_the_limit_by_a_service_and_a_cluster_key_names_each() -> None:
+    spec = load_spec(
+        _existing_cluster(
+            consulCaPem=BIG_CA,
+            services={"web": {"port": 9090, "excludeOutboundPorts": list(range(1, 6000))}, "api": {"port": 9091}},
+        )
+    )
+    found = preflight(spec, "dev", zones=None)
+    assert [p.split(":")[0] for p in found] == ["services.web", "consulCaPem"]
+    assert found[1].startswith("consulCaPem: makes the user data of api (")
