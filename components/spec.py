@@ -388,7 +388,9 @@ def looks_secret(name: Any) -> bool:
     return folded in {k.lower() for k in SECRET_KEYS} or any(word in folded for word in SECRET_WORDS)
 
 
-def _unknown_keys(obj: Mapping[Any, Any], allowed: frozenset[str], key: str, problems: Problems) -> None:
+def unknown_keys(obj: Mapping[Any, Any], allowed: frozenset[str], key: str, problems: Problems) -> None:
+    """A problem for each key of `obj` not in `allowed`, with the closest known key (a typo's fix).
+    Public for projects that check their own keys the mesh's way (examples/consumer)."""
     for name in sorted(set(obj) - allowed, key=str):
         shown = "<secret>" if looks_secret(name) else obj[name]
         close = difflib.get_close_matches(str(name), sorted(allowed), n=1)
@@ -417,7 +419,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
     if not isinstance(raw, Mapping):
         problems.add(key, raw, "must be an object such as {port: 8080}")
         return None
-    _unknown_keys(raw, SERVICE_KEYS, key, problems)
+    unknown_keys(raw, SERVICE_KEYS, key, problems)
     before = len(problems.items)
 
     port = None
@@ -544,7 +546,7 @@ def _intentions(raw: Any, services: Mapping[str, Any], problems: Problems) -> tu
         if not isinstance(item, Mapping):
             problems.add(key, item, "must be an object such as {source: web, destination: api, action: allow}")
             continue
-        _unknown_keys(item, INTENTION_KEYS, key, problems)
+        unknown_keys(item, INTENTION_KEYS, key, problems)
         ok = True
         for end in ("source", "destination"):
             name = item.get(end)
@@ -632,13 +634,26 @@ def _optional(raw: Mapping[str, Any], key: str) -> str | None:
     return value or None
 
 
+def node_prefix_clash(name: str, others: Iterable[str]) -> str | None:
+    """Why service `name` may not sit beside `others`, or None. A VM's agent may write the nodes
+    named <service>-... (acl.agent_rules): no service's nodes may fall under another's prefix.
+    Public for projects that add a service to a mesh (examples/consumer)."""
+    for other in sorted(others):
+        if other != name and name.startswith(f"{other}-"):
+            return (
+                f"starts with the name of service {other} and '-': its nodes ({name}-<instance id>) "
+                f"would fall under {other}'s node prefix ({other}-), which {other}'s VMs may write"
+            )
+    return None
+
+
 def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     """Build the mesh spec from the project's config values (keys without the project prefix).
 
     Raises MeshSpecError listing every problem; the caller declares nothing in that case.
     """
     problems = Problems()
-    _unknown_keys(raw, TOP_LEVEL_KEYS, "", problems)
+    unknown_keys(raw, TOP_LEVEL_KEYS, "", problems)
     for name in REQUIRED:
         if raw.get(name) in (None, ""):
             problems.add(name, None, "is missing (see README: Configuration)")
@@ -664,16 +679,9 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     known = set(raw_services or {})
 
     for svc in services.values():
-        # A VM's agent may write the nodes named <service>-... (acl.agent_rules): no service's
-        # nodes may fall under another service's prefix.
-        for other in services:
-            if other != svc.name and svc.name.startswith(f"{other}-"):
-                problems.add(
-                    f"services.{svc.name}",
-                    svc.name,
-                    f"starts with the name of service {other} and '-': its nodes ({svc.name}-<instance id>) "
-                    f"would fall under {other}'s node prefix ({other}-), which {other}'s VMs may write",
-                )
+        clash = node_prefix_clash(svc.name, services)
+        if clash:
+            problems.add(f"services.{svc.name}", svc.name, clash)
         for up in svc.upstreams:
             if up not in known:
                 problems.add(f"services.{svc.name}.upstreams", up, "is not a service of this stack")
