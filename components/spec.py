@@ -602,22 +602,22 @@ def check_versions(consul: str | None, envoy: str | None, problems: Problems) ->
 
 
 def _http_addr(raw: Any, problems: Problems) -> str | None:
-    value = string(
-        raw,
-        "consulHttpAddr",
-        problems,
-        HTTP_ADDR,
-        "an address such as https://10.0.1.10:8501",
-    )
+    return https_addr(raw, "consulHttpAddr", problems)
+
+
+def https_addr(raw: Any, key: str, problems: Problems) -> str | None:
+    """An https://host[:port] address of Consul's API (without a trailing /); else a problem naming
+    `key` and None. Public for the component package's login.httpAddrs."""
+    value = string(raw, key, problems, HTTP_ADDR, "an address such as https://10.0.1.10:8501")
     if not value:
         return None
     if not value.startswith("https://"):
         # VMs log in over this address and receive their tokens in the answer (consul-login).
-        problems.add("consulHttpAddr", value, "must be https://: the VMs log in over it and receive their tokens")
+        problems.add(key, value, "must be https://: the VMs log in over it and receive their tokens")
         return None
     port = HTTP_ADDR.fullmatch(value)["port"]  # type: ignore[index]
     if port is not None and not 1 <= int(port) <= 65535:
-        problems.add("consulHttpAddr", value, "has a port outside 1-65535")
+        problems.add(key, value, "has a port outside 1-65535")
         return None
     return value.rstrip("/")
 
@@ -833,38 +833,13 @@ def _existing_cluster(raw: Mapping[str, Any], problems: Problems) -> ConsulClust
                 key, None, "is missing: an existing cluster (consulHttpAddr) needs it (see README: Configuration)"
             )
     http_addr = _http_addr(raw["consulHttpAddr"], problems)
-    retry_join = []
-    for i, target in enumerate(json_list(raw.get("consulRetryJoin"), "consulRetryJoin", problems)):
-        if (
-            string(
-                target,
-                f"consulRetryJoin[{i}]",
-                problems,
-                RETRY_JOIN,
-                "an address or a cloud auto-join string",
-            )
-            is not None
-        ):
-            if not target.startswith("provider=") and (target.startswith("[") or target.count(":") >= 2):
-                # The redirect excludes servers given by address, and redirect-traffic is IPv4 only.
-                problems.add(f"consulRetryJoin[{i}]", target, "is an IPv6 address: the mesh is IPv4 only")
-            else:
-                retry_join.append(target)
+    retry_join = retry_join_targets(raw.get("consulRetryJoin"), "consulRetryJoin", problems)
     ca_pem = _optional(raw, "consulCaPem")
     if ca_pem is not None:
-        text = str(ca_pem)
-        # Never echoed: it might be a key pasted by mistake.
-        if "PRIVATE KEY" in text:
-            problems.add(
-                "consulCaPem",
-                "<text>",
-                "contains a private key: give the CA certificate only (it is written world-readable on every VM)",
-            )
+        why = ca_pem_problem(ca_pem)
+        if why:
+            problems.add("consulCaPem", "<text>", why)  # never echoed: it might be a key pasted by mistake
             ca_pem = None
-        elif "-----BEGIN CERTIFICATE-----" not in text:
-            problems.add("consulCaPem", "<text>", "is not a PEM certificate (no BEGIN CERTIFICATE line)")
-        elif not all(line.isprintable() for line in text.split("\n")):
-            problems.add("consulCaPem", "<text>", "has control characters (\\r, tabs...) outside its lines")
     gossip_key = raw.get("consulGossipKey")
     if gossip_key and not _is_gossip_key(gossip_key):
         # Never echo a secret, even a malformed one.
@@ -874,6 +849,34 @@ def _existing_cluster(raw: Mapping[str, Any], problems: Problems) -> ConsulClust
     if http_addr is None or not retry_join:
         return None
     return ConsulClusterSpec(http_addr=http_addr, retry_join=tuple(retry_join), ca_pem=ca_pem)
+
+
+def retry_join_targets(raw: Any, key: str, problems: Problems) -> list[str]:
+    """Consul retry_join targets (a list, or its JSON text): IPv4 addresses, host names or cloud
+    auto-join strings; a problem naming `key`[i] for each bad one. Public for the component package."""
+    targets = []
+    for i, target in enumerate(json_list(raw, key, problems)):
+        if string(target, f"{key}[{i}]", problems, RETRY_JOIN, "an address or a cloud auto-join string") is None:
+            continue
+        if not target.startswith("provider=") and (target.startswith("[") or target.count(":") >= 2):
+            # The redirect excludes servers given by address, and redirect-traffic is IPv4 only.
+            problems.add(f"{key}[{i}]", target, "is an IPv6 address: the mesh is IPv4 only")
+        else:
+            targets.append(target)
+    return targets
+
+
+def ca_pem_problem(value: Any) -> str | None:
+    """Why `value` cannot be the servers' CA certificate written on every VM, or None. The value is
+    never to be echoed: it might be a private key pasted by mistake. Public for the component package."""
+    text = str(value)
+    if "PRIVATE KEY" in text:
+        return "contains a private key: give the CA certificate only (it is written world-readable on every VM)"
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return "is not a PEM certificate (no BEGIN CERTIFICATE line)"
+    if not all(line.isprintable() for line in text.split("\n")):
+        return "has control characters (\\r, tabs...) outside its lines"
+    return None
 
 
 def _servers(get: Callable[[str], Any], problems: Problems) -> ServersSpec | None:
