@@ -211,3 +211,36 @@ def test_user_data_over_the_limit_by_a_service_and_a_cluster_key_names_each() ->
     found = preflight(spec, "dev", zones=None)
     assert [p.split(":")[0] for p in found] == ["services.web", "consulCaPem"]
     assert found[1].startswith("consulCaPem: makes the user data of api (")
+
+
+def _services(count: int) -> dict[str, Any]:
+    return {f"svc{i}": {"port": 9000 + i} for i in range(count)}
+
+
+def test_a_vpc_too_small_for_its_vms_is_refused_before_anything_is_declared() -> None:
+    # A /24 VPC in one zone: one /28 subnet, 16 addresses of which AWS keeps 5.
+    small = {**GOOD, "vpcCidr": "10.42.0.0/24", "zoneCount": 1}
+    assert preflight(load_spec({**small, "services": _services(5)}), "dev", zones=None) == []  # 1 + 2 * 5 = 11
+    found = preflight(load_spec({**small, "services": _services(6)}), "dev", zones=None)
+    assert found == [
+        "vpcCidr: subnet 0 (10.42.0.0/28, a sixteenth of vpcCidr) has 11 usable addresses (AWS keeps 5 of its 16), "
+        "but 13 are needed: 1 for Consul servers and 2 for each of its 6 mesh VMs (svc0, svc1, svc2, svc3, svc4, "
+        "svc5), one to spare while `pulumi up` replaces it: a larger vpcCidr (a lower /prefix) or more zones"
+    ]
+    # Servers count where ConsulServer puts them (in turn); an existing cluster's are not in the VPC.
+    three = load_spec({**small, "services": _services(5), "serverCount": 3})
+    assert [p.split(" are needed")[0][-2:] for p in preflight(three, "dev", zones=None)] == ["13"]
+    existing = {
+        **small,
+        "services": _services(5),
+        "adminCidrs": [],
+        "consulHttpAddr": "https://10.0.1.10:8501",
+        "consulRetryJoin": ["10.0.1.10"],
+        "consulToken": "token",
+    }
+    assert preflight(load_spec({**existing, "services": _services(5)}), "dev", zones=None) == []
+
+
+def test_existing_subnets_are_not_counted_offline() -> None:
+    given = {**GOOD, "services": _services(30), "subnetIds": ["subnet-0aaaaaaaaaaaaaaaa"]}
+    assert not [p for p in preflight(load_spec(given), "dev", zones=None) if p.startswith("vpcCidr")]
