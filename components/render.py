@@ -548,8 +548,11 @@ def render_files(
     files["mesh.mmd"] = OutFile(mermaid(spec, stack))
     files["mesh.dot"] = OutFile(graphviz(spec, stack))
     if dot:
-        svg = subprocess.run([dot, "-Tsvg"], input=files["mesh.dot"].data, capture_output=True, check=True)
-        files["mesh.svg"] = OutFile(svg.stdout)
+        svg = subprocess.run([dot, "-Tsvg"], input=files["mesh.dot"].data, capture_output=True, check=False)
+        if svg.returncode == 0:
+            files["mesh.svg"] = OutFile(svg.stdout)
+        else:
+            warn(f"Graphviz `dot` failed ({' '.join(svg.stderr.decode(errors='replace').split())}): mesh.svg not drawn")
     for path in files:
         if not _safe_relative(path):
             raise ValueError(f"render: {path!r} is not a plain path under --out")

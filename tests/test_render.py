@@ -574,3 +574,12 @@ def test_any_stack_file_is_read_or_refused_naming_it(tmp_path: Path, text: str) 
         render.plan_spec(config, "fuzz")
     except render.MeshSpecError as err:
         assert err.problems
+
+
+def test_a_failing_graphviz_is_a_warning_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(render.shutil, "which", lambda name: "/bin/false" if name == "dot" else None)
+    assert render.main(["render", "--stack", "dev", "--out", str(tmp_path / "out")]) == 0
+    assert "warning: Graphviz `dot` failed" in capsys.readouterr().err
+    assert (tmp_path / "out" / "mesh.dot").is_file() and not (tmp_path / "out" / "mesh.svg").exists()
