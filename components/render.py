@@ -14,6 +14,9 @@ clear placeholders, so nothing secret can land in the output. It writes:
     outputs.json                the stack outputs, secrets masked
     mesh.mmd, mesh.dot          services as nodes, intentions as edges (deny dashed and red)
     mesh.svg                    when Graphviz's `dot` is installed
+    render-files.json           the list of these files with their SHA-256: a later render into the
+                                same --out deletes exactly these (while unchanged), and refuses a
+                                directory holding anything else
 
 and prints a summary: resources by type, user data bytes per VM against EC2's limit.
 """
