@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,35 @@ def placement_index(key: str, count: int) -> int:
     if count < 1:
         raise ValueError("placement_index: there is no subnet to place a VM in")
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % count
+
+
+# AWS reserves the first four and the last IPv4 address of every subnet (EC2 API Reference,
+# CreateSubnet: "They're not available for your use").
+AWS_RESERVED_ADDRESSES = 5
+
+
+def address_problems(subnet_cidrs: Sequence[str], vms: Iterable[str], servers: int) -> list[str]:
+    """Each subnet to create with fewer usable addresses than what is placed in it: a Consul
+    server's own network interface (servers spread over the subnets in turn, as ConsulServer places
+    them), and two for each mesh VM (placement_index): its instance is replaced create-before-delete,
+    so the new one needs an address while the old one still holds its own."""
+    placed: list[list[str]] = [[] for _ in subnet_cidrs]
+    for vm in sorted(vms):
+        placed[placement_index(vm, len(subnet_cidrs))].append(vm)
+    problems = []
+    for index, cidr in enumerate(subnet_cidrs):
+        network = ipaddress.ip_network(cidr)
+        usable = network.num_addresses - AWS_RESERVED_ADDRESSES
+        here = len(range(index, servers, len(subnet_cidrs)))
+        needed = here + 2 * len(placed[index])
+        if needed > usable:
+            problems.append(
+                f"vpcCidr: subnet {index} ({cidr}, a sixteenth of vpcCidr) has {usable} usable addresses (AWS keeps "
+                f"{AWS_RESERVED_ADDRESSES} of its {network.num_addresses}), but {needed} are needed: {here} for Consul "
+                f"servers and 2 for each of its {len(placed[index])} mesh VMs ({', '.join(placed[index]) or 'none'}), "
+                "one to spare while `pulumi up` replaces it: a larger vpcCidr (a lower /prefix) or more zones"
+            )
+    return problems
 
 
 def _zone(names: list[str], index: int) -> str:

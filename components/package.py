@@ -24,12 +24,13 @@ it. The AWS provider is passed the same way, or the default one (aws:region) is 
 """
 
 import inspect
+import re
 from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict
 
 import pulumi
 
-from . import checks, spec
+from . import checks, identity, spec
 from .intentions import ServiceIntentions, ServiceIntentionsArgs
 from .mesh_defaults import service_defaults
 from .mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
@@ -228,36 +229,120 @@ def _check_inputs(args: Mapping[str, Any], problems: list[str]) -> tuple[tuple[s
     ):
         problems.append("tags: must be a map of plain strings")
 
-    cluster = args.get("cluster")
-    auto_join: bool | None = None
-    if not isinstance(cluster, Mapping):
-        problems.append("cluster: is missing (datacenter, retryJoin, caPem, cloudAutoJoin)")
-    else:
-        auto_join = _plain(cluster.get("cloud_auto_join"), "cluster.cloudAutoJoin", problems)
-        if auto_join is not None and not isinstance(auto_join, bool):
-            problems.append(f"cluster.cloudAutoJoin: {auto_join!r} must be true or false")
-        retry_join = cluster.get("retry_join")
-        if auto_join is None and _is_output(retry_join):
-            problems.append(
-                "cluster.cloudAutoJoin: must be set when cluster.retryJoin is an Output (its value is not known "
-                "when the VM's IAM role is declared): true when agents join by cloud auto-join (provider=aws ...), "
-                "as with a mesh stack that created its own servers"
-            )
-        elif isinstance(retry_join, list | tuple) and not retry_join:
-            problems.append("cluster.retryJoin: [] is empty: the agent would join no server")
-        _match(cluster.get("datacenter"), "cluster.datacenter", spec.DATACENTER, "a Consul datacenter name", problems)
-
-    login = args.get("login")
-    if not isinstance(login, Mapping):
-        problems.append("login: is missing (the mesh stack's consulLogin output fields)")
-    else:
-        prefix = _plain(login.get("prefix"), "login.prefix", problems)
-        if prefix is not None and not (isinstance(prefix, str) and spec.DNS_LABEL.fullmatch(prefix)):
-            problems.append(f"login.prefix: {prefix!r} is not the mesh stack's consulLogin.prefix (a DNS label)")
-        path = _plain(login.get("iam_path"), "login.iamPath", problems)
-        if path is not None and not (isinstance(path, str) and path.startswith("/") and path.endswith("/")):
-            problems.append(f"login.iamPath: {path!r} is not an IAM path (/.../), the mesh stack's consulLogin.iamPath")
+    auto_join = _check_cluster(args.get("cluster"), problems)
+    _check_login(args.get("login"), problems)
     return tuple(admin_cidrs), auto_join
+
+
+def _whole(value: Any, key: str, fields: str, problems: list[str]) -> Mapping[str, Any] | None:
+    """An object input given field by field; None (and a problem) when missing or one whole Output."""
+    if _is_output(value):
+        problems.append(
+            f"{key}: is one Output: give its fields ({fields}) each, as a plain value or an Output of its own "
+            "(e.g. each field of the mesh stack's output, read with StackReference.getOutput(...).apply)"
+        )
+        return None
+    if not isinstance(value, Mapping):
+        problems.append(f"{key}: is missing ({fields})")
+        return None
+    return value
+
+
+def _check_cluster(cluster: Any, problems: list[str]) -> bool | None:
+    """cluster's known values checked as the mesh checks its own keys; returns cloudAutoJoin."""
+    cluster = _whole(cluster, "cluster", "datacenter, retryJoin, caPem, cloudAutoJoin", problems)
+    if cluster is None:
+        return None
+    auto_join = _plain(cluster.get("cloud_auto_join"), "cluster.cloudAutoJoin", problems)
+    if auto_join is not None and not isinstance(auto_join, bool):
+        problems.append(f"cluster.cloudAutoJoin: {auto_join!r} must be true or false")
+    retry_join = cluster.get("retry_join")
+    if auto_join is None and _is_output(retry_join):
+        problems.append(
+            "cluster.cloudAutoJoin: must be set when cluster.retryJoin is an Output (its value is not known "
+            "when the VM's IAM role is declared): true when agents join by cloud auto-join (provider=aws ...), "
+            "as with a mesh stack that created its own servers"
+        )
+    elif isinstance(retry_join, list | tuple) and not retry_join:
+        problems.append("cluster.retryJoin: [] is empty: the agent would join no server")
+    elif isinstance(retry_join, list | tuple) and not any(_is_output(t) for t in retry_join):
+        _collect(spec.retry_join_targets, list(retry_join), "cluster.retryJoin", problems)
+    _match(cluster.get("datacenter"), "cluster.datacenter", spec.DATACENTER, "a Consul datacenter name", problems)
+    ca_pem = cluster.get("ca_pem")
+    if ca_pem is not None and not _is_output(ca_pem):
+        why = spec.ca_pem_problem(ca_pem)
+        if why:
+            problems.append(f"cluster.caPem: {why}")  # never echoed: it might be a private key
+    return auto_join
+
+
+# What the mesh stack's consulLogin holds for a stack named S (identity.login_prefix, iam_path):
+# prefix consul-tproxy-vms-<label>, iamPath /consul-tproxy-vms/<label>/, where the label is S with
+# '.' made '-' (and a short hash added): ASCII letters, digits, '-' and '_', up to 107 characters.
+LOGIN_LABEL = re.compile(r"[A-Za-z0-9_-]{1,107}")
+IAM_PATH = re.compile(f"/{PROJECT}/{LOGIN_LABEL.pattern}/")
+# consulLogin.serverId (the prefix) and gossipKeyPath (a Consul KV path): one line of safe characters,
+# no path segment starting with '.'.
+SERVER_ID = re.compile(r"[A-Za-z0-9_.-]{1,256}")
+KV_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
+
+
+def _check_login(login: Any, problems: list[str]) -> None:
+    """login's known values checked against what a mesh stack's consulLogin output holds."""
+    fields = "prefix, iamPath, serverId, httpAddrs, gossipKeyPath: the mesh stack's consulLogin output"
+    login = _whole(login, "login", fields, problems)
+    if login is None:
+        return
+    prefix = _plain(login.get("prefix"), "login.prefix", problems)
+    path = _plain(login.get("iam_path"), "login.iamPath", problems)
+    label = prefix.removeprefix(f"{PROJECT}-") if isinstance(prefix, str) else None
+    if prefix is not None and not (
+        isinstance(prefix, str) and prefix.startswith(f"{PROJECT}-") and LOGIN_LABEL.fullmatch(label or "")
+    ):
+        problems.append(f"login.prefix: {prefix!r} is not a mesh stack's consulLogin.prefix ({PROJECT}-<stack name>)")
+        label = None
+    # Against the prefix's label when the prefix is good; else against the form alone (one problem per mistake).
+    expected = identity.iam_path(label) if label is not None else None
+    if path is not None and not (
+        isinstance(path, str) and (path == expected if expected else bool(IAM_PATH.fullmatch(path)))
+    ):
+        shown = f"{expected!r}, as for login.prefix" if expected else f"/{PROJECT}/<stack name>/"
+        problems.append(f"login.iamPath: {path!r} is not the mesh stack's consulLogin.iamPath ({shown})")
+    _match(login.get("server_id"), "login.serverId", SERVER_ID, "the mesh stack's consulLogin.serverId", problems)
+    gossip_key_path = login.get("gossip_key_path")
+    if gossip_key_path:
+        _match(gossip_key_path, "login.gossipKeyPath", KV_PATH, "a Consul KV path", problems)
+    addrs = login.get("http_addrs")
+    if isinstance(addrs, list | tuple) and not any(_is_output(a) for a in addrs):
+        if not addrs:
+            problems.append("login.httpAddrs: [] is empty: the VM would have no server to log in to")
+        for i, addr in enumerate(addrs):
+            _collect(spec.https_addr, addr, f"login.httpAddrs[{i}]", problems)
+    elif addrs is not None and not _is_output(addrs) and not isinstance(addrs, list | tuple):
+        problems.append(f"login.httpAddrs: {addrs!r} must be a list of https:// addresses")
+
+
+def _collect(check: Any, value: Any, key: str, problems: list[str]) -> Any:
+    """Run one of spec's checkers (which collect into checks.Problems) into `problems`."""
+    collected = checks.Problems()
+    result = check(value, key, collected)
+    problems += collected.items
+    return result
+
+
+def _checked_ca_pem(ca_pem: Any) -> Any:
+    """cluster.caPem as the VM gets it: an Output is checked when it resolves (a private key fails
+    the update before the VM's user data, which is readable on the instance, is made)."""
+    if not _is_output(ca_pem):
+        return ca_pem
+
+    def check(value: Any) -> Any:
+        why = spec.ca_pem_problem(value) if value else None
+        if why:
+            raise MeshSpecError([f"cluster.caPem: {why}"])
+        return value
+
+    return ca_pem.apply(check)
 
 
 class MeshService(pulumi.ComponentResource):
@@ -303,7 +388,7 @@ class MeshService(pulumi.ComponentResource):
                 cluster=ConsulJoinArgs(
                     datacenter=cluster["datacenter"],
                     retry_join=cluster["retry_join"],
-                    ca_pem=cluster.get("ca_pem"),
+                    ca_pem=_checked_ca_pem(cluster.get("ca_pem")),
                     cloud_auto_join=auto_join,
                 ),
                 login=LoginArgs(

@@ -26,7 +26,7 @@ from .intentions import ServiceIntentions, ServiceIntentionsArgs
 from .mesh_defaults import MeshDefaults, MeshDefaultsArgs
 from .mesh_ready import MeshReady, intention_keys, probed_services
 from .mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
-from .network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs, offering_zones, offerings_query
+from .network import ZONE_QUERY, MeshNetwork, MeshNetworkArgs, address_problems, offering_zones, offerings_query
 from .readiness import ConsulReady
 from .spec import (
     DEPLOYER,
@@ -429,8 +429,8 @@ def preflight(
     """What the spec cannot tell alone but must be refused before any resource is declared: more
     zones than the region has offering the stack's instance types (`zones` asks AWS), an instance
     type the image cannot boot on (`architectures` asks AWS; either None skips its check, for the
-    offline render), and user data over EC2's limit (rendered with stand-ins of the real values'
-    length)."""
+    offline render), subnets to create with too few addresses for what is placed in them, and user
+    data over EC2's limit (rendered with stand-ins of the real values' length)."""
     problems = []
     types = instance_type_keys(spec)
     if spec.network.creates_vpc and zones is not None:
@@ -452,6 +452,9 @@ def preflight(
                     f"{', '.join(reported) or 'no architecture'}): the VMs boot Ubuntu's amd64 image and "
                     "install Consul and Envoy for it; choose an x86_64 type (such as t3.small)"
                 )
+    if spec.network.creates_vpc:
+        server_count = spec.servers.count if spec.servers is not None else 0
+        problems += address_problems(spec.network.subnet_cidrs(), spec.services, server_count)
     if spec.servers is not None:
         retry_join: tuple[str, ...] = (auto_join(join_tag_value(stack)),)
         ca_pem = None

@@ -14,6 +14,9 @@ clear placeholders, so nothing secret can land in the output. It writes:
     outputs.json                the stack outputs, secrets masked
     mesh.mmd, mesh.dot          services as nodes, intentions as edges (deny dashed and red)
     mesh.svg                    when Graphviz's `dot` is installed
+    render-files.json           the list of these files with their SHA-256: a later render into the
+                                same --out deletes exactly these (while unchanged), and refuses a
+                                directory holding anything else
 
 and prints a summary: resources by type, user data bytes per VM against EC2's limit.
 """
@@ -25,12 +28,14 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 
 from .program import build, preflight, resolve_admin_cidrs
-from .spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
+from .spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec, stack_name_problem
 from .userdata import EC2_USER_DATA_LIMIT, decode_user_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +83,13 @@ class PlanMocks(pulumi.runtime.Mocks):
         """Resource name -> URN of its parent (MockResourceArgs does not carry it)."""
         self.parent_of: dict[tuple[str, str], str] = {}
         """(type, name) -> URN of its parent: names alone repeat across types."""
+
+    def forget(self) -> None:
+        """Drop the record of an earlier run: the mocks then record the next run alone."""
+        self.resources.clear()
+        self.calls.clear()
+        self.parents.clear()
+        self.parent_of.clear()
 
     def secret_id(self, accessor_id: str) -> str:
         return placeholder(f"SecretID of {accessor_id.removeprefix('accessor-')}")
@@ -220,15 +232,77 @@ def _integers(value: Any) -> Any:
     return value
 
 
-class _NoDuplicatesLoader(yaml.SafeLoader):
-    """YAML keeps the last of two equal keys without a word; a stack file with one is a mistake."""
+class OneLineError(MeshSpecError):
+    """A problem with what the command names (a file, a stack name), told in one line."""
+
+    def __init__(self, message: str) -> None:
+        self.problems = [message]
+        ValueError.__init__(self, message)
+
+
+class StackFileError(OneLineError):
+    """A stack file the render cannot read: not UTF-8, not YAML, or not shaped like a stack file."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+
+
+def check_stack_name(stack: Any) -> None:
+    """OneLineError unless `stack` is a name Pulumi gives a stack (spec.stack_name_problem)."""
+    problem = stack_name_problem(stack)
+    if problem:
+        raise OneLineError(problem)
+
+
+class _Refused(Exception):
+    """A YAML construct a stack file may not use; StackFileError names the file."""
+
+
+# Deeper than this, a stack file is not a hand-written config (Pulumi.yaml's own are 3-4 levels
+# deep), and PyYAML's composer recurses once per level.
+MAX_YAML_DEPTH = 50
+# Larger than this, a stack file is refused unread: PyYAML's scanner takes about 2 µs a byte on
+# the worst input (a run of "["), so this bounds the time to refuse any file at about 2 seconds.
+MAX_STACK_FILE_BYTES = 1 << 20
+
+
+class _StackFileLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: no aliases (a recursive alias, or an "alias bomb" of a few
+    lines that expands to billions of nodes, cannot be expressed, so the work is linear in the
+    file's size), no explicit tags and no merge keys (whose meaning in Pulumi's own YAML reader
+    the render cannot vouch for), at most MAX_YAML_DEPTH levels; and a warning for a repeated key,
+    which YAML resolves silently (the last one wins)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"line {line}: uses the YAML alias *{event.anchor}: write the value out in full")
+        if getattr(event, "tag", None) not in (None, "!"):
+            raise _Refused(f"line {line}: has the YAML tag {event.tag}: write the value without a tag")
+        if self.depth >= MAX_YAML_DEPTH:
+            raise _Refused(f"line {line}: is nested more than {MAX_YAML_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _Refused(f"line {line}: uses a YAML merge key (<<): write the keys out in full")
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Refused(f"line {line}: has a list or a map as a key")
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                warn(f"{key}: appears twice in the stack file (line {key_node.start_mark.line + 1}); the last one wins")
+                warn(f"{key}: appears twice in the stack file (line {line}); the last one wins")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -237,21 +311,79 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def load_stack_config(path: Path) -> dict[str, Any]:
-    """This project's keys from a Pulumi stack file, without the namespace.
+def is_ciphertext(value: Any) -> bool:
+    """Whether Pulumi reads `value` as an encrypted one: a map of the single key `secure` holding a
+    string, anywhere in a config value (pulumi/pulumi sdk/go/common/resource/config/object.go
+    isSecureValue). `{secure: 1}` or `{secure: x, other: y}` are plain objects."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("secure"), str)
 
-    `secure:` ciphertexts are never kept, only the fact that the key is set; plan_spec then drops
-    every secret key's value, plain or not: the render never needs them and must never write them.
+
+def _holds_ciphertext(value: Any) -> bool:
+    if is_ciphertext(value):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_ciphertext(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_ciphertext(v) for v in value)
+    return False
+
+
+def read_stack_file(path: Path) -> Any:
+    """The YAML document of a stack file, or StackFileError naming what is wrong with it."""
+    try:
+        if path.stat().st_size > MAX_STACK_FILE_BYTES:
+            raise StackFileError(path, f"is larger than {MAX_STACK_FILE_BYTES} bytes: no stack file is that large")
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise StackFileError(path, f"is not UTF-8 text (byte {byte:#04x} at offset {err.start})") from None
+    except OSError as err:
+        raise StackFileError(path, f"cannot be read: {err.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_StackFileLoader)
+    except _Refused as err:
+        raise StackFileError(path, str(err)) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = ", ".join(part for part in (err.context, err.problem) if part)
+        raise StackFileError(path, f"is not YAML: {where}{what}") from None
+    except yaml.YAMLError as err:
+        raise StackFileError(path, f"is not YAML: {' '.join(str(err).split())}") from None
+
+
+def load_stack_config(path: Path) -> dict[str, Any]:
+    """This project's keys from a Pulumi stack file, without the namespace. Raises StackFileError.
+
+    A secret key's value is never kept: `secure:` ciphertexts and plain values alike only count as
+    set (plan_spec gives them placeholders): the render never needs them and must never write
+    them. Another key holding a ciphertext is refused, naming it: the render cannot decrypt it,
+    and `pulumi up` would run with the decrypted value, not the ciphertext.
     """
-    doc = yaml.load(path.read_text(), Loader=_NoDuplicatesLoader) or {}
+    doc = read_stack_file(path)
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise StackFileError(path, f"is not a stack file: it holds a {type(doc).__name__}, not a map with config:")
+    raw = doc.get("config")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise StackFileError(path, f"config: is a {type(raw).__name__}, not a map of key: value")
     prefix = f"{PROJECT}:"
-    config = {}
-    for key, val in (doc.get("config") or {}).items():
-        if not key.startswith(prefix):
-            continue
+    config: dict[str, Any] = {}
+    for key, val in raw.items():
+        if not isinstance(key, str) or not key.startswith(prefix):
+            continue  # another namespace's key (aws:region), or not a key Pulumi could have set
         name = key[len(prefix) :]
-        if isinstance(val, dict) and set(val) == {"secure"}:
+        if name in SECRET_KEYS:
             config[name] = {"secure": True}
+        elif _holds_ciphertext(val):
+            raise StackFileError(
+                path,
+                f"{key}: is encrypted (secure:), which the render cannot decrypt offline: "
+                "write its value in plain text in a copy of the stack file for the render",
+            )
         else:
             config[name] = val
     return config
@@ -376,20 +508,32 @@ def graphviz(spec: MeshSpec, stack: str = "") -> str:
     return "\n".join([*lines, "}"]) + "\n"
 
 
-def write_vm(out: Path, vm: str, user_data_b64: str) -> tuple[int, int]:
-    """Write one VM's user data and its files; return (plain bytes, gzip bytes)."""
-    base = out / vm
+@dataclass(frozen=True)
+class OutFile:
+    """One file the render writes: its content and mode."""
+
+    content: str | bytes
+    mode: int = 0o644
+
+    @property
+    def data(self) -> bytes:
+        return self.content.encode() if isinstance(self.content, str) else self.content
+
+
+def vm_files(vm: str, user_data_b64: str) -> dict[str, OutFile]:
+    """One VM's user data, and every file it writes on the VM, by path under `out`."""
     text = decode_user_data(user_data_b64)
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "user-data.yaml").write_text(text)
-    (base / "user-data.gz.b64").write_text(user_data_b64 + "\n")
+    files = {f"{vm}/user-data.yaml": OutFile(text), f"{vm}/user-data.gz.b64": OutFile(user_data_b64 + "\n")}
     for file in yaml.safe_load(text)["write_files"]:
-        target = base / file["path"].lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(file["content"])
         # Keep the VM's mode, but let the reader read it.
-        target.chmod(int(str(file.get("permissions", "0644")), 8) | 0o600)
-    return len(text.encode()), len(base64.b64decode(user_data_b64))
+        mode = int(str(file.get("permissions", "0644")), 8) | 0o600
+        files[f"{vm}/{file['path'].lstrip('/')}"] = OutFile(file["content"], mode)
+    return files
+
+
+def user_data_sizes(user_data_b64: str) -> tuple[int, int]:
+    """(plain bytes, gzip bytes) of a VM's user data."""
+    return len(decode_user_data(user_data_b64).encode()), len(base64.b64decode(user_data_b64))
 
 
 SECRET_OUTPUTS = ("consulManagementToken", "consulGossipKey")
@@ -400,42 +544,152 @@ def masked_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: "[secret]" if k in SECRET_OUTPUTS else _integers(v) for k, v in outputs.items()}
 
 
-class OutNotEmpty(Exception):
-    """--out names a directory that holds something other than an earlier render."""
+def render_files(
+    spec: MeshSpec, stack: str, mocks: PlanMocks, outputs: Mapping[str, Any], dot: str | None
+) -> dict[str, OutFile]:
+    """Every file of a render, by path under `out`: what write_render writes, and all it may ever
+    delete again (the one list of the render's files)."""
+    files: dict[str, OutFile] = {}
+    for vm, data in sorted(user_data_by_vm(mocks).items()):
+        files.update(vm_files(vm, data))
+    rows = plan_rows(mocks)
+    files["plan.json"] = OutFile(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    files["plan.md"] = OutFile(plan_markdown(rows, stack))
+    files["outputs.json"] = OutFile(json.dumps(masked_outputs(outputs), indent=2, sort_keys=True) + "\n")
+    files["mesh.mmd"] = OutFile(mermaid(spec, stack))
+    files["mesh.dot"] = OutFile(graphviz(spec, stack))
+    if dot:
+        svg = subprocess.run([dot, "-Tsvg"], input=files["mesh.dot"].data, capture_output=True, check=False)
+        if svg.returncode == 0:
+            files["mesh.svg"] = OutFile(svg.stdout)
+        else:
+            warn(f"Graphviz `dot` failed ({' '.join(svg.stderr.decode(errors='replace').split())}): mesh.svg not drawn")
+    for path in files:
+        if not _safe_relative(path):
+            raise ValueError(f"render: {path!r} is not a plain path under --out")
+    return files
 
 
-def fresh_out(out: Path) -> None:
-    """Start from an empty `out`: an earlier render there is removed (no stale VM folders), and
-    anything else is refused rather than mixed with the render."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / "plan.json").is_file():
-            raise OutNotEmpty(f"{out} is not empty and holds no earlier render (no plan.json): choose another --out")
-        shutil.rmtree(out)
+# The render's list of what it wrote in --out, with each file's SHA-256: a later render deletes
+# exactly these files, and only while they are as written; anything else in --out is refused.
+MANIFEST = "render-files.json"
+
+
+class OutRefused(Exception):
+    """--out is not a directory the render made (or a new one): nothing was written or deleted."""
+
+
+def _safe_relative(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and "\\" not in path and all(part not in ("", ".", "..") for part in parts)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def earlier_render(out: Path) -> dict[str, str]:
+    """The files an earlier render wrote in `out` (path -> SHA-256), after checking that `out`
+    holds nothing else: {} for a new or empty directory; OutRefused naming what does not belong."""
+    if out.is_symlink():
+        raise OutRefused(f"--out {out}: is a symbolic link: give the directory itself, or a new path")
+    if not out.exists():
+        return {}
+    if not out.is_dir():
+        raise OutRefused(f"--out {out}: is not a directory: give a new path, or an earlier render's directory")
+    entries = sorted(out.iterdir())
+    if not entries:
+        return {}
+    written = _read_manifest(out)
+    if written is None:
+        raise OutRefused(
+            f"--out {out}: holds {entries[0].name} and is no render's directory (no {MANIFEST}): "
+            "the render writes only into a new or empty directory, or over its own earlier render"
+        )
+    folders = {str(Path(p).parent) for p in written} - {"."}
+    folders |= {str(parent) for f in folders for parent in Path(f).parents if str(parent) != "."}
+    for base, dirs, names in os.walk(out):
+        for name in sorted(dirs) + sorted(names):
+            entry = Path(base) / name
+            rel = entry.relative_to(out).as_posix()
+            if rel == MANIFEST:
+                continue
+            if entry.is_symlink():
+                raise OutRefused(f"--out {out}: {rel} is a symbolic link, which no render writes: remove it first")
+            if entry.is_dir():
+                if rel not in folders:
+                    raise OutRefused(f"--out {out}: {rel}/ is not the earlier render's: move it out first")
+            elif rel not in written or not entry.is_file():
+                raise OutRefused(f"--out {out}: {rel} is not the earlier render's: move it out first")
+            elif _digest(entry.read_bytes()) != written[rel]:
+                raise OutRefused(f"--out {out}: {rel} was changed since the render wrote it: move it out first")
+    return written
+
+
+def _read_manifest(out: Path) -> dict[str, str] | None:
+    manifest = out / MANIFEST
+    if manifest.is_symlink() or not manifest.is_file():
+        return None
+    try:
+        written = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise OutRefused(f"--out {out}: {MANIFEST} is not a render's list of files: remove it first") from None
+    if not isinstance(written, dict) or not all(
+        isinstance(p, str) and _safe_relative(p) and p != MANIFEST and isinstance(d, str) for p, d in written.items()
+    ):
+        raise OutRefused(f"--out {out}: {MANIFEST} is not a render's list of files: remove it first")
+    return written
+
+
+def remove_earlier_render(out: Path, written: Mapping[str, str]) -> None:
+    """Delete the files of an earlier render (checked by earlier_render), then the folders they
+    leave empty, then the list itself: nothing else."""
+    for rel in sorted(written):
+        (out / rel).unlink(missing_ok=True)
+    folders = {parent for rel in written for parent in Path(rel).parents if str(parent) != "."}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        if (out / folder).is_dir() and not any((out / folder).iterdir()):
+            (out / folder).rmdir()
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+def write_render(out: Path, files: Mapping[str, OutFile]) -> None:
+    """Write `files` into `out`, replacing an earlier render there; the list of them first, so
+    that even a render cut short can be replaced by the next one."""
+    remove_earlier_render(out, earlier_render(out))
     out.mkdir(parents=True, exist_ok=True)
+    listed = {"files": {rel: _digest(f.data) for rel, f in sorted(files.items())}}
+    _create(out / MANIFEST, OutFile(json.dumps(listed, indent=2) + "\n"))
+    for rel, file in sorted(files.items()):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        _create(out / rel, file)
+
+
+def _create(path: Path, file: OutFile) -> None:
+    # A new file, never through a symbolic link, never over an existing file.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(file.data)
+    path.chmod(file.mode)
 
 
 def render(config: Mapping[str, Any], out: Path, stack: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Render a stack's config into `out`. Raises MeshSpecError on bad config, before writing."""
+    """Render a stack's config into `out`. Raises MeshSpecError on bad config and OutRefused on an
+    `out` it may not write into, both before writing or deleting anything."""
+    check_stack_name(stack)
     spec, with_gossip = plan_spec(config, stack)
+    earlier_render(out)  # refused before the program runs; checked again before deleting
     mocks, outputs = plan(spec, with_gossip, stack)
-    fresh_out(out)
-
-    sizes = {vm: write_vm(out, vm, data) for vm, data in sorted(user_data_by_vm(mocks).items())}
-    rows = plan_rows(mocks)
-    (out / "plan.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-    (out / "plan.md").write_text(plan_markdown(rows, stack))
-    (out / "outputs.json").write_text(json.dumps(masked_outputs(outputs), indent=2, sort_keys=True) + "\n")
-    (out / "mesh.mmd").write_text(mermaid(spec, stack))
-    (out / "mesh.dot").write_text(graphviz(spec, stack))
     dot = shutil.which("dot")
-    if dot:
-        subprocess.run([dot, "-Tsvg", "-o", str(out / "mesh.svg"), str(out / "mesh.dot")], check=True)
+    files = render_files(spec, stack, mocks, outputs, dot)
+    write_render(out, files)
 
     by_type = Counter(r.typ for r in mocks.resources)
     echo(f"stack {stack}: {len(mocks.resources)} resources")
     for typ, count in sorted(by_type.items()):
         echo(f"  {count:4d}  {typ}")
     echo(f"user data per VM (EC2 limit {EC2_USER_DATA_LIMIT} bytes, counted as sent: gzip):")
+    sizes = {vm: user_data_sizes(data) for vm, data in sorted(user_data_by_vm(mocks).items())}
     for vm, (plain, packed) in sizes.items():
         echo(
             f"  {vm:24s} {plain:6d} bytes plain  {packed:6d} bytes gzip  ({packed / EC2_USER_DATA_LIMIT:.0%} of limit)"
@@ -444,30 +698,56 @@ def render(config: Mapping[str, Any], out: Path, stack: str, echo: Callable[[str
     return {"resources": len(mocks.resources), "byType": dict(by_type), "userData": sizes}
 
 
+# Exit statuses: argparse's own for a command line it cannot use, kept for every file or name the
+# command line gives that the render cannot use (--out, the stack file, the stack name); 1 for a
+# stack config the mesh refuses (the problems listed, as `pulumi up` lists them).
+USAGE_ERROR = 2
+CONFIG_ERROR = 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.render", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("render", help="write every VM's files, the plan and a mesh diagram")
     cmd.add_argument("--stack", help="stack name (names resources and tags): reads Pulumi.<stack>.yaml by default")
     cmd.add_argument("--config", type=Path, help="a stack config file to read instead (stack name from --stack)")
-    cmd.add_argument("--out", type=Path, required=True, help="directory to write into (an earlier render is replaced)")
+    cmd.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help=f"a new or empty directory to write into, or an earlier render's (listed in its {MANIFEST}), "
+        "which is replaced; any other is refused",
+    )
     args = parser.parse_args(argv)
-    if not args.stack and not args.config:
+    if args.stack is None and args.config is None:
         parser.error("give --stack, --config or both")
 
+    named = args.stack is not None
+    stack = args.stack if named else args.config.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    problem = stack_name_problem(stack)
+    if problem:
+        print(f"error: {problem}" + ("" if named else " (from the file's name: give --stack)"), file=sys.stderr)
+        return USAGE_ERROR
     # The stack file in the working directory (a project using the package), else this checkout's.
     path = args.config or next(
-        (p for p in (Path.cwd() / f"Pulumi.{args.stack}.yaml", ROOT / f"Pulumi.{args.stack}.yaml") if p.is_file()),
-        Path.cwd() / f"Pulumi.{args.stack}.yaml",
+        (p for p in (Path.cwd() / f"Pulumi.{stack}.yaml", ROOT / f"Pulumi.{stack}.yaml") if p.is_file()),
+        Path.cwd() / f"Pulumi.{stack}.yaml",
     )
     if not path.is_file():
         print(f"error: no stack config at {path}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     try:
-        render(load_stack_config(path), args.out, args.stack or path.stem.removeprefix("Pulumi."))
-    except (MeshSpecError, OutNotEmpty) as err:
+        render(load_stack_config(path), args.out, stack)
+    except (OneLineError, OutRefused) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return USAGE_ERROR
+    except MeshSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return CONFIG_ERROR
+    except OSError as err:
+        # Writing --out failed (a parent that is a file, no permission, a full disk).
+        print(f"error: --out {args.out}: {err.strerror}: {err.filename}", file=sys.stderr)
+        return USAGE_ERROR
     return 0
 
 

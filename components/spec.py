@@ -53,6 +53,9 @@ VPC_ID = re.compile(r"vpc-[0-9a-f]{8,17}")
 SUBNET_ID = re.compile(r"subnet-[0-9a-f]{8,17}")
 RETRY_JOIN = re.compile(r"[^\s\"'\\]+( [^\s\"'\\]+)*")
 
+# Pulumi's rule for a stack name (pulumi/pulumi sdk/go/common/tokens/stack_name.go ParseStackName):
+# ASCII letters, digits, '-', '_' and '.', 1 to 100 characters. Resource names and tags carry it.
+STACK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 ACTIONS = ("allow", "deny")
 PROTOCOLS = ("http", "http2", "grpc", "tcp")
 # Protocols whose discovery chain may split traffic and whose intentions may carry L7 permissions
@@ -475,6 +478,16 @@ class MeshSpec:
         return self.servers is not None
 
 
+def stack_name_problem(stack: Any) -> str | None:
+    """Why `stack` cannot be a Pulumi stack's name, or None when it can (STACK_NAME)."""
+    if isinstance(stack, str) and STACK_NAME.fullmatch(stack):
+        return None
+    return (
+        f"stack {stack!r}: is not a Pulumi stack name: ASCII letters, digits, '-', '_' and '.', "
+        "1 to 100 characters (the stack's own name, without <organization>/<project>/)"
+    )
+
+
 def _names(names: Iterable[Any]) -> str:
     """Names for a message, whatever their types (YAML keys need not be strings)."""
     return ", ".join(sorted(str(n) for n in names))
@@ -486,7 +499,9 @@ def looks_secret(name: Any) -> bool:
     return folded in {k.lower() for k in SECRET_KEYS} or any(word in folded for word in SECRET_WORDS)
 
 
-def _unknown_keys(obj: Mapping[Any, Any], allowed: frozenset[str], key: str, problems: Problems) -> None:
+def unknown_keys(obj: Mapping[Any, Any], allowed: frozenset[str], key: str, problems: Problems) -> None:
+    """A problem for each key of `obj` not in `allowed`, with the closest known key (a typo's fix).
+    Public for projects that check their own keys the mesh's way (examples/consumer)."""
     for name in sorted(set(obj) - allowed, key=str):
         shown = "<secret>" if looks_secret(name) else obj[name]
         close = difflib.get_close_matches(str(name), sorted(allowed), n=1)
@@ -515,7 +530,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
     if not isinstance(raw, Mapping):
         problems.add(key, raw, "must be an object such as {port: 8080}")
         return None
-    _unknown_keys(raw, SERVICE_KEYS, key, problems)
+    unknown_keys(raw, SERVICE_KEYS, key, problems)
     before = len(problems.items)
 
     port = None
@@ -720,7 +735,7 @@ def _intentions(
         if not isinstance(item, Mapping):
             problems.add(key, item, "must be an object such as {source: web, destination: api, action: allow}")
             continue
-        _unknown_keys(item, INTENTION_KEYS, key, problems)
+        unknown_keys(item, INTENTION_KEYS, key, problems)
         ok = True
         for end in ("source", "destination"):
             name = item.get(end)
@@ -902,22 +917,22 @@ def check_versions(consul: str | None, envoy: str | None, problems: Problems) ->
 
 
 def _http_addr(raw: Any, problems: Problems) -> str | None:
-    value = string(
-        raw,
-        "consulHttpAddr",
-        problems,
-        HTTP_ADDR,
-        "an address such as https://10.0.1.10:8501",
-    )
+    return https_addr(raw, "consulHttpAddr", problems)
+
+
+def https_addr(raw: Any, key: str, problems: Problems) -> str | None:
+    """An https://host[:port] address of Consul's API (without a trailing /); else a problem naming
+    `key` and None. Public for the component package's login.httpAddrs."""
+    value = string(raw, key, problems, HTTP_ADDR, "an address such as https://10.0.1.10:8501")
     if not value:
         return None
     if not value.startswith("https://"):
         # VMs log in over this address and receive their tokens in the answer (consul-login).
-        problems.add("consulHttpAddr", value, "must be https://: the VMs log in over it and receive their tokens")
+        problems.add(key, value, "must be https://: the VMs log in over it and receive their tokens")
         return None
     port = HTTP_ADDR.fullmatch(value)["port"]  # type: ignore[index]
     if port is not None and not 1 <= int(port) <= 65535:
-        problems.add("consulHttpAddr", value, "has a port outside 1-65535")
+        problems.add(key, value, "has a port outside 1-65535")
         return None
     return value.rstrip("/")
 
@@ -934,13 +949,26 @@ def _optional(raw: Mapping[str, Any], key: str) -> str | None:
     return value or None
 
 
+def node_prefix_clash(name: str, others: Iterable[str]) -> str | None:
+    """Why service `name` may not sit beside `others`, or None. A VM's agent may write the nodes
+    named <service>-... (acl.agent_rules): no service's nodes may fall under another's prefix.
+    Public for projects that add a service to a mesh (examples/consumer)."""
+    for other in sorted(others):
+        if other != name and name.startswith(f"{other}-"):
+            return (
+                f"starts with the name of service {other} and '-': its nodes ({name}-<instance id>) "
+                f"would fall under {other}'s node prefix ({other}-), which {other}'s VMs may write"
+            )
+    return None
+
+
 def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     """Build the mesh spec from the project's config values (keys without the project prefix).
 
     Raises MeshSpecError listing every problem; the caller declares nothing in that case.
     """
     problems = Problems()
-    _unknown_keys(raw, TOP_LEVEL_KEYS, "", problems)
+    unknown_keys(raw, TOP_LEVEL_KEYS, "", problems)
     for name in REQUIRED:
         if raw.get(name) in (None, ""):
             problems.add(name, None, "is missing (see README: Configuration)")
@@ -966,16 +994,9 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
     known = set(raw_services or {})
 
     for svc in services.values():
-        # A VM's agent may write the nodes named <service>-... (acl.agent_rules): no service's
-        # nodes may fall under another service's prefix.
-        for other in services:
-            if other != svc.name and svc.name.startswith(f"{other}-"):
-                problems.add(
-                    f"services.{svc.name}",
-                    svc.name,
-                    f"starts with the name of service {other} and '-': its nodes ({svc.name}-<instance id>) "
-                    f"would fall under {other}'s node prefix ({other}-), which {other}'s VMs may write",
-                )
+        clash = node_prefix_clash(svc.name, services)
+        if clash:
+            problems.add(f"services.{svc.name}", svc.name, clash)
         for up in svc.upstreams:
             if up not in known:
                 problems.add(f"services.{svc.name}.upstreams", up, "is not a service of this stack")
@@ -1158,38 +1179,13 @@ def _existing_cluster(raw: Mapping[str, Any], problems: Problems) -> ConsulClust
                 key, None, "is missing: an existing cluster (consulHttpAddr) needs it (see README: Configuration)"
             )
     http_addr = _http_addr(raw["consulHttpAddr"], problems)
-    retry_join = []
-    for i, target in enumerate(json_list(raw.get("consulRetryJoin"), "consulRetryJoin", problems)):
-        if (
-            string(
-                target,
-                f"consulRetryJoin[{i}]",
-                problems,
-                RETRY_JOIN,
-                "an address or a cloud auto-join string",
-            )
-            is not None
-        ):
-            if not target.startswith("provider=") and (target.startswith("[") or target.count(":") >= 2):
-                # The redirect excludes servers given by address, and redirect-traffic is IPv4 only.
-                problems.add(f"consulRetryJoin[{i}]", target, "is an IPv6 address: the mesh is IPv4 only")
-            else:
-                retry_join.append(target)
+    retry_join = retry_join_targets(raw.get("consulRetryJoin"), "consulRetryJoin", problems)
     ca_pem = _optional(raw, "consulCaPem")
     if ca_pem is not None:
-        text = str(ca_pem)
-        # Never echoed: it might be a key pasted by mistake.
-        if "PRIVATE KEY" in text:
-            problems.add(
-                "consulCaPem",
-                "<text>",
-                "contains a private key: give the CA certificate only (it is written world-readable on every VM)",
-            )
+        why = ca_pem_problem(ca_pem)
+        if why:
+            problems.add("consulCaPem", "<text>", why)  # never echoed: it might be a key pasted by mistake
             ca_pem = None
-        elif "-----BEGIN CERTIFICATE-----" not in text:
-            problems.add("consulCaPem", "<text>", "is not a PEM certificate (no BEGIN CERTIFICATE line)")
-        elif not all(line.isprintable() for line in text.split("\n")):
-            problems.add("consulCaPem", "<text>", "has control characters (\\r, tabs...) outside its lines")
     gossip_key = raw.get("consulGossipKey")
     if gossip_key and not _is_gossip_key(gossip_key):
         # Never echo a secret, even a malformed one.
@@ -1199,6 +1195,34 @@ def _existing_cluster(raw: Mapping[str, Any], problems: Problems) -> ConsulClust
     if http_addr is None or not retry_join:
         return None
     return ConsulClusterSpec(http_addr=http_addr, retry_join=tuple(retry_join), ca_pem=ca_pem)
+
+
+def retry_join_targets(raw: Any, key: str, problems: Problems) -> list[str]:
+    """Consul retry_join targets (a list, or its JSON text): IPv4 addresses, host names or cloud
+    auto-join strings; a problem naming `key`[i] for each bad one. Public for the component package."""
+    targets = []
+    for i, target in enumerate(json_list(raw, key, problems)):
+        if string(target, f"{key}[{i}]", problems, RETRY_JOIN, "an address or a cloud auto-join string") is None:
+            continue
+        if not target.startswith("provider=") and (target.startswith("[") or target.count(":") >= 2):
+            # The redirect excludes servers given by address, and redirect-traffic is IPv4 only.
+            problems.add(f"{key}[{i}]", target, "is an IPv6 address: the mesh is IPv4 only")
+        else:
+            targets.append(target)
+    return targets
+
+
+def ca_pem_problem(value: Any) -> str | None:
+    """Why `value` cannot be the servers' CA certificate written on every VM, or None. The value is
+    never to be echoed: it might be a private key pasted by mistake. Public for the component package."""
+    text = str(value)
+    if "PRIVATE KEY" in text:
+        return "contains a private key: give the CA certificate only (it is written world-readable on every VM)"
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return "is not a PEM certificate (no BEGIN CERTIFICATE line)"
+    if not all(line.isprintable() for line in text.split("\n")):
+        return "has control characters (\\r, tabs...) outside its lines"
+    return None
 
 
 def _servers(get: Callable[[str], Any], problems: Problems) -> ServersSpec | None:

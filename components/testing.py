@@ -34,6 +34,7 @@ from .render import (
     INSTANCE,
     PlanMocks,
     _integers,
+    check_stack_name,
     load_stack_config,
     placeholder,
     set_plan_mocks,
@@ -216,7 +217,8 @@ class StackResult:
     spec: MeshSpec
     """The validated spec the program ran with."""
     mocks: StackMocks = field(repr=False)
-    """The mocks of the run (e.g. `mocks.calls`, the invokes made)."""
+    """The mocks of the run (e.g. `mocks.calls`, the invokes made). Mocks passed to another
+    run_stack record that run instead: `resources` here stays this run's."""
 
     def of_type(self, typ: str) -> list[Resource]:
         """The resources of a type token, sorted by name."""
@@ -316,15 +318,21 @@ def run_stack(
 
     `config` is the project's config without the `consul-tproxy-vms:` prefix (a mapping), or the
     path of a Pulumi.<stack>.yaml (its `consul-tproxy-vms:` keys are read; `secure:` values only
-    count as set). `stack` is the stack name, which resource names and tags carry. Pass `mocks`
-    (a StackMocks, e.g. with other `zones`) to change the stand-ins.
+    count as set; a file that is not YAML or not a stack file raises MeshSpecError naming it).
+    `stack` is the stack name, which resource names and tags carry (a name Pulumi refuses raises
+    MeshSpecError). Pass `mocks` (a StackMocks, e.g. with other `zones`) to change the stand-ins;
+    the same mocks may serve any number of runs, each recorded alone.
 
     Bad config raises MeshSpecError with the message `pulumi up` gives, before anything is
     declared. The event loop is run here (asyncio.run): call it from a plain, not async, test.
     """
+    check_stack_name(stack)
     if isinstance(config, (str, Path)):
         config = load_stack_config(Path(config))
+    if not isinstance(config, Mapping):
+        raise MeshSpecError([f"config: {type(config).__name__} is not a mapping of key to value, nor a stack file"])
     mocks = mocks if mocks is not None else StackMocks()
+    mocks.forget()  # a StackMocks reused from an earlier run records this one alone
     validated: list[MeshSpec] = []
 
     async def run() -> dict[str, Any]:

@@ -475,6 +475,15 @@ _STAND_IN_CA = (
 _STAND_IN_ADDR = "https://100.100.100.100:8501"
 
 
+# The shortest cluster keys a stack can have: a VM still over EC2's limit with them is made big by
+# its service's own settings; one back under it, by the key its stand-in replaced.
+_SHORTEST_RETRY_JOIN = ("10.0.0.1",)
+_CLUSTER_KEY_ADVICE = {
+    "consulCaPem": "give the CA certificate alone, not a bundle or a chain (every VM's user data carries it)",
+    "consulRetryJoin": "list fewer servers, or join by one cloud auto-join string (every VM's user data carries it)",
+}
+
+
 def user_data_problems(
     services: Iterable[ServiceSpec],
     datacenter: str,
@@ -484,21 +493,41 @@ def user_data_problems(
     ca_pem: str | None,
     login: Login,
 ) -> list[str]:
-    """Each service whose user data would exceed EC2's limit, as a message naming its key.
+    """User data that would exceed EC2's limit, as messages naming the key that made it big: the
+    cluster's consulCaPem or consulRetryJoin (which every VM carries), or else the service's own.
 
     Run before any resource is declared: the real user data is only known once the CA and the
     servers' addresses exist, so the VM is rendered here with stand-ins of the same length.
     """
-    found = []
     login = replace(login, http_addrs=tuple(_STAND_IN_ADDR for _ in login.http_addrs or ("",)))
+
+    def size(service: ServiceSpec, join: Sequence[str], ca: str | None) -> int:
+        recipe = VmRecipe(service, datacenter, consul_version, envoy_version, tuple(join), login, ca or _STAND_IN_CA)
+        return len(gzip.compress(render_cloud_config(recipe).encode(), compresslevel=9, mtime=0))
+
+    found = []
+    blamed: dict[str, list[str]] = {}
     for service in services:
-        recipe = VmRecipe(
-            service, datacenter, consul_version, envoy_version, tuple(retry_join), login, ca_pem or _STAND_IN_CA
-        )
-        size = len(gzip.compress(render_cloud_config(recipe).encode(), compresslevel=9, mtime=0))
-        if size > EC2_USER_DATA_LIMIT:
+        actual = size(service, retry_join, ca_pem)
+        if actual <= EC2_USER_DATA_LIMIT:
+            continue
+        keys = [
+            key
+            for key, join, ca in (("consulCaPem", retry_join, None), ("consulRetryJoin", _SHORTEST_RETRY_JOIN, ca_pem))
+            if size(service, join, ca) <= EC2_USER_DATA_LIMIT
+        ]
+        if not keys and size(service, _SHORTEST_RETRY_JOIN, None) <= EC2_USER_DATA_LIMIT:
+            keys = ["consulCaPem", "consulRetryJoin"]  # together, not alone
+        for key in keys:
+            blamed.setdefault(key, []).append(f"{service.name} ({actual} bytes)")
+        if not keys:
             found.append(
-                f"services.{service.name}: its user data would be {size} bytes gzipped, over EC2's limit of "
+                f"services.{service.name}: its user data would be {actual} bytes gzipped, over EC2's limit of "
                 f"{EC2_USER_DATA_LIMIT}: fewer packages or exclusions, or a shorter command"
             )
+    for key, vms in sorted(blamed.items()):
+        found.append(
+            f"{key}: makes the user data of {', '.join(vms)} gzipped, over EC2's limit of "
+            f"{EC2_USER_DATA_LIMIT}: {_CLUSTER_KEY_ADVICE[key]}"
+        )
     return found

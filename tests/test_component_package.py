@@ -14,9 +14,14 @@ from typing import Any
 
 import pulumi
 import yaml
-from consul_tproxy_vms import package
+from consul_tproxy_vms import identity, package
+from consul_tproxy_vms.consul_server import auto_join
 from consul_tproxy_vms.package import MeshIntentions, MeshService, MeshServiceError
-from consul_tproxy_vms.render import PlanMocks, set_plan_mocks, settle
+from consul_tproxy_vms.program import join_tag_value
+from consul_tproxy_vms.render import PlanMocks, plan, plan_spec, set_plan_mocks, settle
+from consul_tproxy_vms.spec import MeshSpecError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pulumi.provider.experimental.component import ComponentProvider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,3 +341,178 @@ class UnderMocks(unittest.IsolatedAsyncioTestCase):
         message = str(caught.exception)
         self.assertIn("intentions[0]: names web as source and destination", message)
         self.assertIn("intentions[1].action: 'permit'", message)
+
+
+KEY_PEM = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIPrivateKeyBytes\n-----END EC PRIVATE KEY-----\n"
+CA_PEM = mesh_outputs()["consulCaPem"]
+
+
+def plain_args(cluster: dict[str, Any] | None = None, login: dict[str, Any] | None = None) -> dict[str, Any]:
+    """MeshServiceArgs with the mesh's outputs as known (plain) values, as a TypeScript program passes
+    them once read with getOutputDetails, with `cluster` and `login` fields replaced."""
+    outputs = mesh_outputs()
+    given = outputs["consulLogin"]
+    return {
+        "service_name": "reports",
+        "port": 9400,
+        "cluster": {
+            "datacenter": "dc1",
+            "retry_join": ["10.42.0.10"],
+            "ca_pem": CA_PEM,
+            "cloud_auto_join": False,
+            **(cluster or {}),
+        },
+        "login": {
+            "prefix": given["prefix"],
+            "iam_path": given["iamPath"],
+            "server_id": given["serverId"],
+            "http_addrs": given["httpAddrs"],
+            "gossip_key_path": given["gossipKeyPath"],
+            **(login or {}),
+        },
+        "subnet_id": outputs["subnetIds"][0],
+        "vpc_id": outputs["vpcId"],
+        "mesh_security_group_id": outputs["meshSecurityGroupId"],
+        "admin_cidrs": ["203.0.113.0/24"],
+        "consul_version": outputs["consulVersion"],
+        "envoy_version": outputs["envoyVersion"],
+    }
+
+
+HOSTILE_PLAIN_INPUTS = [
+    ({"cluster": {"ca_pem": CA_PEM + KEY_PEM}}, "cluster.caPem: contains a private key"),
+    ({"cluster": {"ca_pem": "MIIB...no PEM"}}, "cluster.caPem: is not a PEM certificate"),
+    ({"cluster": {"ca_pem": CA_PEM.replace("\n", "\r\n")}}, "cluster.caPem: has control characters"),
+    ({"login": {"http_addrs": ["http://10.42.0.10:8500"]}}, 'login.httpAddrs[0]: "http://10.42.0.10:8500" must'),
+    ({"login": {"http_addrs": []}}, "login.httpAddrs: [] is empty"),
+    ({"login": {"http_addrs": ["https://10.42.0.10:8501\n"]}}, "login.httpAddrs[0]: "),
+    ({"login": {"http_addrs": ["https://10.42.0.10:99999"]}}, "has a port outside 1-65535"),
+    ({"login": {"http_addrs": "https://10.42.0.10:8501"}}, "login.httpAddrs: 'https://10.42.0.10:8501' must be a"),
+    ({"cluster": {"retry_join": ["2001:db8::1"]}}, 'cluster.retryJoin[0]: "2001:db8::1" is an IPv6 address'),
+    ({"cluster": {"retry_join": ["[2001:db8::1]:8301"]}}, "cluster.retryJoin[0]: "),
+    ({"cluster": {"retry_join": ["10.42.0.10\nbind_addr = 0.0.0.0"]}}, "cluster.retryJoin[0]: "),
+    ({"cluster": {"datacenter": "dc1\n"}}, "cluster.datacenter: "),
+    ({"login": {"iam_path": "/consul-tproxy-vms/other/"}}, "login.iamPath: '/consul-tproxy-vms/other/' is not"),
+    ({"login": {"iam_path": "consul-tproxy-vms/prod"}}, "login.iamPath: 'consul-tproxy-vms/prod' is not"),
+    ({"login": {"iam_path": "/consul-tproxy-vms/prod/\n"}}, "login.iamPath: "),
+    ({"login": {"iam_path": "/a b/"}}, "login.iamPath: "),
+    ({"login": {"prefix": "consul-tproxy-vms-prod\n"}}, "login.prefix: "),
+    ({"login": {"prefix": "someone-else-prod"}}, "login.prefix: 'someone-else-prod' is not a mesh stack's"),
+    ({"login": {"server_id": "consul-tproxy-vms-prod\nX=1"}}, "login.serverId: "),
+    ({"login": {"gossip_key_path": "a/b\nc"}}, "login.gossipKeyPath: "),
+    ({"login": {"gossip_key_path": "../../acl/token"}}, "login.gossipKeyPath: "),
+]
+
+
+class PlainInputs(unittest.IsolatedAsyncioTestCase):
+    """MeshService's known inputs are refused before anything is declared, each naming its input."""
+
+    def setUp(self) -> None:
+        self.mocks = PlanMocks()
+        set_plan_mocks(self.mocks, STACK)
+
+    def refused(self, args: dict[str, Any]) -> str:
+        with self.assertRaises(MeshServiceError) as caught:
+            MeshService("reports", args)
+        self.assertEqual([r for r in self.mocks.resources if r.custom], [])
+        self.assertEqual(self.mocks.of_type(f"{PKG}:index:MeshVm"), [])
+        return str(caught.exception)
+
+    async def test_the_plain_mesh_outputs_are_accepted(self) -> None:
+        svc = MeshService("reports", plain_args())
+        self.assertEqual(await settle(svc.virtual_hostname), "reports.virtual.consul")
+
+    async def test_each_hostile_plain_input_is_refused_naming_it(self) -> None:
+        for change, expected in HOSTILE_PLAIN_INPUTS:
+            with self.subTest(change=change):
+                self.mocks.resources.clear()
+                message = self.refused(plain_args(**change))
+                self.assertIn("MeshService reports: invalid inputs (1 problem):", message)
+                self.assertIn(expected, message)
+
+    async def test_a_private_key_given_as_ca_pem_is_never_echoed(self) -> None:
+        message = self.refused(plain_args(cluster={"ca_pem": KEY_PEM}))
+        self.assertNotIn("PrivateKeyBytes", message)
+
+    async def test_a_private_key_in_an_output_ca_pem_fails_before_the_vm_gets_its_user_data(self) -> None:
+        svc = MeshService("reports", plain_args(cluster={"ca_pem": pulumi.Output.from_input(KEY_PEM)}))
+        # Pulumi wraps what an apply raises in a ValueError naming the input (user_data_base64).
+        with self.assertRaisesRegex((MeshSpecError, ValueError), "cluster.caPem: contains a private key"):
+            await settle(svc.instance_id)
+        self.assertEqual(self.mocks.of_type("aws:ec2/instance:Instance"), [])
+
+    async def test_an_output_for_the_whole_cluster_or_login_is_named_as_such(self) -> None:
+        outputs = mesh_outputs()
+        for key, value in (
+            ("cluster", pulumi.Output.from_input({"datacenter": "dc1", "retry_join": ["10.42.0.10"]})),
+            ("login", pulumi.Output.from_input(outputs["consulLogin"])),
+        ):
+            with self.subTest(key=key):
+                self.mocks.resources.clear()
+                message = self.refused({**plain_args(), key: value})
+                self.assertIn(f"{key}: is one Output: give its fields (", message)
+                self.assertNotIn("is missing", message)
+
+
+def mesh_login(stack: str, created_servers: bool, addr: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """MeshService's cluster and login as the mesh program exports them for `stack` (program.build:
+    the consulLogin output, consulRetryJoin), from the same functions it uses."""
+    prefix = identity.login_prefix(stack)
+    login = {
+        "prefix": prefix,
+        "iam_path": identity.iam_path(stack),
+        "server_id": prefix,
+        "http_addrs": [addr],
+        "gossip_key_path": identity.gossip_key_path(prefix) if created_servers else "",
+    }
+    join = [auto_join(join_tag_value(stack))] if created_servers else [addr.removeprefix("https://").split(":")[0]]
+    return {"datacenter": "dc1", "retry_join": join, "ca_pem": CA_PEM, "cloud_auto_join": created_servers}, login
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stack=st.from_regex(r"[A-Za-z0-9_.-]{1,100}", fullmatch=True),
+    created_servers=st.booleans(),
+    address=st.ip_addresses(v=4).map(str),
+    port=st.integers(1, 65535),
+)
+def test_every_valid_mesh_stacks_consul_login_is_accepted(
+    stack: str, created_servers: bool, address: str, port: int
+) -> None:
+    cluster, login = mesh_login(stack, created_servers, f"https://{address}:{port}")
+    problems: list[str] = []
+    package._check_inputs({**plain_args(), "cluster": cluster, "login": login}, problems)
+    assert problems == []
+
+
+def test_the_mesh_programs_own_outputs_are_accepted_as_plain_inputs() -> None:
+    for config in (DEMO_MESH, {**DEMO_MESH, **EXISTING_CLUSTER}):
+        spec, with_gossip = plan_spec(config, "prod.eu")
+        _, outputs = plan(spec, with_gossip, "prod.eu")
+        given = outputs["consulLogin"]
+        login = {
+            "prefix": given["prefix"],
+            "iam_path": given["iamPath"],
+            "server_id": given["serverId"],
+            "http_addrs": given["httpAddrs"],
+            "gossip_key_path": given["gossipKeyPath"],
+        }
+        cluster = {
+            "datacenter": outputs["consulDatacenter"],
+            "retry_join": outputs["consulRetryJoin"],
+            "ca_pem": outputs["consulCaPem"],
+            "cloud_auto_join": spec.creates_servers,
+        }
+        problems: list[str] = []
+        package._check_inputs({**plain_args(), "cluster": cluster, "login": login}, problems)
+        assert problems == [], (config, problems)
+
+
+DEMO_MESH = {"services": {"web": {"port": 9090}}, "adminCidrs": ["203.0.113.0/24"]}
+EXISTING_CLUSTER = {
+    "adminCidrs": [],
+    "consulHttpAddr": "https://10.0.1.10:8501",
+    "consulRetryJoin": ["10.0.1.10"],
+    "consulCaPem": CA_PEM,
+    "consulToken": "token",
+}

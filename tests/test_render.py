@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
+import string
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pulumi
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from components import render
-from components.spec import PROJECT
+from components.spec import PROJECT, stack_name_problem
 from components.userdata import decode_user_data, unpack_cloud_config
 from tests.conftest import tool
 from tests.mocks import CONSUL_TOKEN, GOSSIP_KEY, ROOT
@@ -221,21 +227,359 @@ def test_the_diagram_has_a_title_a_legend_and_the_url_a_caller_uses(
     assert 'label="Mesh of stack dev' in (out / "mesh.dot").read_text()
 
 
-def test_a_second_render_replaces_the_first_and_a_foreign_directory_is_refused(tmp_path: Path) -> None:
+def test_a_second_render_replaces_the_first_and_removes_a_vm_no_longer_in_it(tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = render.load_stack_config(ROOT / "Pulumi.dev.yaml")
+    bigger = {**config, "services": {**config["services"], "extra": {"port": 7000}}}
+    render.render(bigger, out, "dev", echo=lambda _: None)
+    assert (out / "extra" / "user-data.yaml").is_file()
     render.render(config, out, "dev", echo=lambda _: None)
-    (out / "stale-vm").mkdir()
-    render.render(config, out, "dev", echo=lambda _: None)
-    assert not (out / "stale-vm").exists() and (out / "plan.json").is_file()
-    foreign = tmp_path / "home"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    assert run_cli("render", "--stack", "dev", "--out", foreign).returncode == 1
-    assert (foreign / "notes.txt").read_text() == "mine"
+    assert not (out / "extra").exists() and (out / "plan.json").is_file()
+    # On disk: exactly the files the render lists as its own, and the list.
+    listed = json.loads((out / render.MANIFEST).read_text())["files"]
+    assert set(tree(out)) == {*listed, render.MANIFEST} | folders_of(listed)
+
+
+def tree(root: Path) -> dict[str, tuple[str, bytes | str]]:
+    """Every entry under `root`: its kind and content (a link's target), to compare before and after."""
+    found: dict[str, tuple[str, bytes | str]] = {}
+    for base, dirs, names in os.walk(root):
+        for name in dirs + names:
+            entry = Path(base) / name
+            rel = entry.relative_to(root).as_posix()
+            if entry.is_symlink():
+                found[rel] = ("link", os.readlink(entry))
+            elif entry.is_dir():
+                found[rel] = ("dir", b"")
+            else:
+                found[rel] = ("file", entry.read_bytes())
+    return found
+
+
+def folders_of(paths: Iterable[str]) -> set[str]:
+    return {parent.as_posix() for p in paths for parent in Path(p).parents if str(parent) != "."}
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A render of the demo, to copy: an earlier render's directory."""
+    out = tmp_path_factory.mktemp("earlier") / "out"
+    render.render(render.load_stack_config(ROOT / "Pulumi.dev.yaml"), out, "dev", echo=lambda _: None)
+    return out
+
+
+def test_a_folder_holding_a_plan_json_is_refused_and_keeps_every_file(tmp_path: Path) -> None:
+    # The worst of the second round: such a folder (here a project holding its stack file) was
+    # removed whole, because it held a plan.json.
+    home = tmp_path / "my-project"
+    home.mkdir()
+    (home / "plan.json").write_text("[]\n")
+    (home / "Pulumi.mine.yaml").write_text((ROOT / "Pulumi.dev.yaml").read_text())
+    before = tree(home)
+    result = run_cli("render", "--config", home / "Pulumi.mine.yaml", "--out", home)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: --out {home}: holds Pulumi.mine.yaml and is no render's directory")
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert tree(home) == before
+
+
+@pytest.mark.parametrize(
+    ("where", "refused"),
+    [
+        ("notes.txt", "notes.txt is not the earlier render's"),
+        ("web/etc/notes.txt", "web/etc/notes.txt is not the earlier render's"),
+        ("web/my-folder/", "web/my-folder/ is not the earlier render's"),
+        ("plan.md", "plan.md was changed since the render wrote it"),
+        ("web/user-data.yaml", "web/user-data.yaml was changed since the render wrote it"),
+        ("mesh.mmd@", "mesh.mmd is a symbolic link"),
+        ("web/link@", "web/link is a symbolic link"),
+    ],
+)
+def test_an_earlier_render_with_anything_of_the_users_is_refused_naming_it(
+    earlier: Path, tmp_path: Path, where: str, refused: str
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(earlier, out)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    entry = out / where.rstrip("/@")
+    if where.endswith("/"):
+        entry.mkdir()
+        (entry / "keep.txt").write_text("mine")
+    elif where.endswith("@"):
+        entry.unlink(missing_ok=True)
+        entry.symlink_to(victim)
+    else:
+        with entry.open("a") as f:
+            f.write("mine\n")
+    before = tree(out)
+    with pytest.raises(render.OutRefused, match=re.escape(refused)):
+        render.write_render(out, {"plan.json": render.OutFile("[]")})
+    assert tree(out) == before and victim.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [{"../victim.txt": "0" * 64}, {"/tmp/victim.txt": "0" * 64}, {"a/./b": "0"}, {"render-files.json": "0"}, []],
+)
+def test_a_list_of_files_naming_anything_outside_out_is_refused(earlier: Path, tmp_path: Path, listed: object) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(earlier, out)
+    (tmp_path / "victim.txt").write_text("mine")
+    (out / render.MANIFEST).write_text(json.dumps({"files": listed}))
+    before = tree(tmp_path)
+    with pytest.raises(render.OutRefused, match="is not a render's list of files"):
+        render.write_render(out, {"plan.json": render.OutFile("[]")})
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "link to an earlier render", "dangling link"])
+def test_out_must_be_a_directory_not_a_file_or_a_link(earlier: Path, tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("mine")
+    elif kind == "dangling link":
+        out.symlink_to(tmp_path / "nowhere")
+    else:
+        out.symlink_to(earlier, target_is_directory=True)
+    before, rendered = tree(tmp_path), tree(earlier)
+    result = run_cli("render", "--stack", "dev", "--out", out)
+    assert result.returncode == 2
+    why = "is not a directory" if kind == "file" else "is a symbolic link"
+    assert result.stderr == f"error: --out {out}: {why}" + (
+        ": give a new path, or an earlier render's directory\n"
+        if kind == "file"
+        else ": give the directory itself, or a new path\n"
+    )
+    assert tree(tmp_path) == before and tree(earlier) == rendered
+
+
+def test_out_under_a_file_is_an_error_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("mine")
+    assert render.main(["render", "--stack", "dev", "--out", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / 'file' / 'out'}: Not a directory") and len(err.splitlines()) == 1
+
+
+ENTRY_NAMES = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=20).filter(
+    lambda n: n not in (".", "..")
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    folder=st.sampled_from(["", "web", "web/etc", "api/etc/consul.d", "consul-server-0/usr"]),
+    name=ENTRY_NAMES,
+    kind=st.sampled_from(["file", "dir", "link"]),
+)
+def test_anything_added_to_an_earlier_render_is_refused_and_nothing_is_deleted(
+    earlier: Path, tmp_path_factory: pytest.TempPathFactory, folder: str, name: str, kind: str
+) -> None:
+    out = tmp_path_factory.mktemp("added") / "out"
+    shutil.copytree(earlier, out, symlinks=True)
+    entry = out / folder / name
+    if entry.exists() or entry.is_symlink():
+        return  # one of the render's own names: covered by the changed-file cases above
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "file":
+        entry.write_text("mine")
+    elif kind == "dir":
+        entry.mkdir()
+    else:
+        entry.symlink_to("/etc/passwd")
+    before = tree(out)
+    with pytest.raises(render.OutRefused, match=re.escape(entry.relative_to(out).as_posix())):
+        render.write_render(out, {"plan.json": render.OutFile("[]")})
+    assert tree(out) == before
 
 
 def test_config_and_stack_together_name_the_stack(tmp_path: Path) -> None:
     result = run_cli("render", "--config", ROOT / "Pulumi.dev.yaml", "--stack", "prod", "--out", tmp_path / "o")
     assert result.returncode == 0, result.stderr
     assert "# Plan of stack prod" in (tmp_path / "o" / "plan.md").read_text()
+
+
+BILLION_LAUGHS = "\n".join(
+    [
+        'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+        *(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)),
+        "config:",
+        "  consul-tproxy-vms:services: *i",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("- config\n- services\n", "is not a stack file: it holds a list, not a map with config:"),
+        ("just words\n", "is not a stack file: it holds a str, not a map with config:"),
+        ("config: [a, b]\n", "config: is a list, not a map of key: value"),
+        (
+            "config: {consul-tproxy-vms:services: [\n",
+            "is not YAML: line 2, column 1: while parsing a flow node, expected the node content",
+        ),
+        (
+            "config:\n  a: 1\n b: 2\n",
+            "is not YAML: line 3, column 2: while parsing a block mapping, expected <block end>",
+        ),
+        (
+            "a: 1\n---\nb: 2\n",
+            "is not YAML: line 2, column 1: expected a single document in the stream, but found another document",
+        ),
+        (b"config:\n  consul-tproxy-vms:datacenter: dc\xff\n", "is not UTF-8 text (byte 0xff at offset 42)"),
+        (b"\xff\xfec\x00o\x00", "is not UTF-8 text (byte 0xff at offset 0)"),
+        ("config:\n  consul-tproxy-vms:datacenter: !!python/name:os.system x\n", "line 2: has the YAML tag"),
+        ("config:\n  consul-tproxy-vms:datacenter: !mine dc1\n", "line 2: has the YAML tag !mine"),
+        ("config:\n  consul-tproxy-vms:imageGeneration: !!int 3\n", "line 2: has the YAML tag tag:yaml.org,2002:int"),
+        ("a: &a [*a]\nconfig:\n  consul-tproxy-vms:services: *a\n", "line 1: uses the YAML alias *a"),
+        (BILLION_LAUGHS, "line 2: uses the YAML alias *a: write the value out in full"),
+        ("base: &b {x: 1}\nconfig:\n  <<: *b\n", "line 3: uses the YAML alias *b"),
+        ("config:\n  <<: {consul-tproxy-vms:datacenter: dc1}\n", "line 2: uses a YAML merge key (<<)"),
+        ("config:\n  ? [a, b]\n  : 1\n", "line 2: has a list or a map as a key"),
+        ("config: " + "[" * 5000 + "\n", "line 1: is nested more than 50 levels deep"),
+        ("config:\n  x: " + "a" * (1 << 20) + "\n", "is larger than 1048576 bytes"),
+        (
+            "config:\n  consul-tproxy-vms:consulCaPem:\n    secure: v1:AAAA\n",
+            "consul-tproxy-vms:consulCaPem: is encrypted (secure:), which the render cannot decrypt offline",
+        ),
+        (
+            "config:\n  consul-tproxy-vms:services:\n    web: {port: 80, command: {secure: v1:AAAA}}\n",
+            "consul-tproxy-vms:services: is encrypted (secure:)",
+        ),
+    ],
+    ids=lambda v: v[:40] if isinstance(v, str) else repr(v[:20]),
+)
+def test_a_stack_file_the_render_cannot_read_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | bytes, why: str
+) -> None:
+    # Through main(): an exception would fail the test, as a traceback would reach the user.
+    stack = tmp_path / "Pulumi.mine.yaml"
+    stack.write_bytes(content.encode() if isinstance(content, str) else content)
+    assert render.main(["render", "--config", str(stack), "--out", str(tmp_path / "out")]) == render.USAGE_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {stack}: {why}"), err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_secret_keys_only_count_as_set_and_a_secure_lookalike_is_a_plain_object(tmp_path: Path) -> None:
+    # Pulumi reads {secure: <string>} alone as a ciphertext; {secure: 1}, or with another key, is a
+    # plain object (pulumi/pulumi sdk/go/common/resource/config/object.go isSecureValue).
+    stack = tmp_path / "Pulumi.mine.yaml"
+    stack.write_text(
+        "config:\n"
+        "  consul-tproxy-vms:consulToken: {secure: v1:AAAA}\n"
+        "  consul-tproxy-vms:consulGossipKey: plain-but-never-kept\n"
+        "  consul-tproxy-vms:services: {web: {port: 80}, api: {secure: 1}, db: {secure: x, port: 5432}}\n"
+        "  123: not a key of this project\n"
+    )
+    config = render.load_stack_config(stack)
+    assert config["consulToken"] == config["consulGossipKey"] == {"secure": True}
+    assert config["services"] == {"web": {"port": 80}, "api": {"secure": 1}, "db": {"secure": "x", "port": 5432}}
+    with pytest.raises(render.MeshSpecError, match=r"services\.api\.secure: 1 is not a known key"):
+        render.plan_spec(config)
+
+
+@pytest.mark.parametrize("stack", ["dév", "two\nlines", "my stack", "org/project/dev", "", "x" * 101, "tab\t"])
+def test_a_stack_name_pulumi_cannot_have_is_refused_before_anything_is_rendered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stack: str
+) -> None:
+    out = tmp_path / "out"
+    assert render.main(["render", "--config", str(ROOT / "Pulumi.dev.yaml"), "--stack", stack, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: stack {stack!r}: is not a Pulumi stack name: " + (
+        "ASCII letters, digits, '-', '_' and '.', 1 to 100 characters (the stack's own name, without "
+        "<organization>/<project>/)\n"
+    )
+    assert not out.exists()
+    with pytest.raises(render.MeshSpecError, match="is not a Pulumi stack name"):
+        render.render(render.load_stack_config(ROOT / "Pulumi.dev.yaml"), out, stack, echo=lambda _: None)
+
+
+def test_a_stack_name_from_the_files_name_is_checked_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = tmp_path / "Pulumi.my stack.yaml"
+    stack.write_text((ROOT / "Pulumi.dev.yaml").read_text())
+    assert render.main(["render", "--config", str(stack), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.endswith("(from the file's name: give --stack)\n")
+
+
+PULUMI_STACK_CHARACTERS = set(string.ascii_letters + string.digits + "-_.")
+
+
+@given(st.text(max_size=110))
+def test_stack_names_are_checked_by_pulumis_rule(name: str) -> None:
+    # pulumi/pulumi sdk/go/common/tokens/stack_name.go ParseStackName: not empty, at most 100
+    # characters, each an ASCII letter or digit, '-', '_' or '.'.
+    allowed = 0 < len(name) <= 100 and set(name) <= PULUMI_STACK_CHARACTERS
+    assert (stack_name_problem(name) is None) == allowed
+
+
+@given(st.from_regex(r"[A-Za-z0-9_.-]{1,100}", fullmatch=True))
+def test_every_stack_name_pulumi_allows_is_accepted(name: str) -> None:
+    assert stack_name_problem(name) is None
+
+
+YAML_TEXT = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+    st.lists(
+        st.sampled_from(
+            [
+                "config:",
+                "  ",
+                "consul-tproxy-vms:services:",
+                "&a",
+                "*a",
+                "<<:",
+                "!!str",
+                "!x",
+                "? ",
+                "[",
+                "]",
+                "{",
+                "}",
+                "- ",
+                ": ",
+                "secure: v1",
+                "web",
+                "port: 80",
+                "\n",
+                "\t",
+                "'",
+                '"',
+                "#",
+                "---",
+                "...",
+                "|",
+                ">",
+            ]
+        ),
+        max_size=30,
+    ).map("".join),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=YAML_TEXT)
+def test_any_stack_file_is_read_or_refused_naming_it(tmp_path: Path, text: str) -> None:
+    stack = tmp_path / "Pulumi.fuzz.yaml"
+    stack.write_bytes(text.encode("utf-8", "surrogatepass"))
+    try:
+        config = render.load_stack_config(stack)
+    except render.StackFileError as err:
+        assert str(err).startswith(f"{stack}: ") and "\n" not in str(err)
+        return
+    assert isinstance(config, dict)
+    try:
+        render.plan_spec(config, "fuzz")
+    except render.MeshSpecError as err:
+        assert err.problems
+
+
+def test_a_failing_graphviz_is_a_warning_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(render.shutil, "which", lambda name: "/bin/false" if name == "dot" else None)
+    assert render.main(["render", "--stack", "dev", "--out", str(tmp_path / "out")]) == 0
+    assert "warning: Graphviz `dot` failed" in capsys.readouterr().err
+    assert (tmp_path / "out" / "mesh.dot").is_file() and not (tmp_path / "out" / "mesh.svg").exists()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import random
+import re
+import textwrap
 from typing import Any
 
 import pytest
 
+from components.program import preflight
 from components.spec import MeshSpecError, envoy_supported, load_spec
 from components.userdata import user_data_problems
 from tests.helpers import LOGIN
@@ -152,3 +157,90 @@ def test_user_data_over_the_limit_is_named_before_anything_is_declared() -> None
     assert problem.startswith("services.web: its user data would be")
     good = load_spec(GOOD).services.values()
     assert user_data_problems(good, "dc1", "1.22.1", "1.35.3", ("10.0.0.1",), None, LOGIN) == []
+
+
+def _random_text(count: int, seed: int) -> str:
+    """Text that does not compress (gzip gains little on random base64)."""
+    return base64.b64encode(random.Random(seed).randbytes(count)).decode()
+
+
+def _existing_cluster(**overrides: Any) -> dict[str, Any]:
+    return {
+        **GOOD,
+        "consulHttpAddr": "https://10.0.1.10:8501",
+        "consulRetryJoin": ["10.0.1.10"],
+        "consulToken": "token",
+        **overrides,
+    }
+
+
+BIG_CA = "-----BEGIN CERTIFICATE-----\n" + "\n".join(textwrap.wrap(_random_text(30_000, 1), 64))
+BIG_CA += "\n-----END CERTIFICATE-----\n"
+MANY_SERVERS = [f"h{_random_text(12, i).lower().replace('+', '').replace('/', '')[:14]}.example" for i in range(2500)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [({"consulCaPem": BIG_CA}, "consulCaPem"), ({"consulRetryJoin": MANY_SERVERS}, "consulRetryJoin")],
+)
+def test_user_data_over_the_limit_is_blamed_on_the_cluster_key_that_made_it_big(
+    overrides: dict[str, Any], key: str
+) -> None:
+    spec = load_spec(_existing_cluster(**overrides))
+    advice = {
+        "consulCaPem": "give the CA certificate alone, not a bundle or a chain",
+        "consulRetryJoin": "list fewer servers, or join by one cloud auto-join string",
+    }[key]
+    (found,) = preflight(spec, "dev", zones=None)
+    sizes = re.fullmatch(
+        rf"{key}: makes the user data of api \((\d+) bytes\), web \((\d+) bytes\) gzipped, over EC2's limit of "
+        rf"16384: {advice} \(every VM's user data carries it\)",
+        found,
+    )
+    assert sizes, found
+    assert all(int(size) > 16384 for size in sizes.groups())
+
+
+def test_user_data_over_the_limit_by_a_service_and_a_cluster_key_names_each() -> None:
+    spec = load_spec(
+        _existing_cluster(
+            consulCaPem=BIG_CA,
+            services={"web": {"port": 9090, "excludeOutboundPorts": list(range(1, 6000))}, "api": {"port": 9091}},
+        )
+    )
+    found = preflight(spec, "dev", zones=None)
+    assert [p.split(":")[0] for p in found] == ["services.web", "consulCaPem"]
+    assert found[1].startswith("consulCaPem: makes the user data of api (")
+
+
+def _services(count: int) -> dict[str, Any]:
+    return {f"svc{i}": {"port": 9000 + i} for i in range(count)}
+
+
+def test_a_vpc_too_small_for_its_vms_is_refused_before_anything_is_declared() -> None:
+    # A /24 VPC in one zone: one /28 subnet, 16 addresses of which AWS keeps 5.
+    small = {**GOOD, "vpcCidr": "10.42.0.0/24", "zoneCount": 1}
+    assert preflight(load_spec({**small, "services": _services(5)}), "dev", zones=None) == []  # 1 + 2 * 5 = 11
+    found = preflight(load_spec({**small, "services": _services(6)}), "dev", zones=None)
+    assert found == [
+        "vpcCidr: subnet 0 (10.42.0.0/28, a sixteenth of vpcCidr) has 11 usable addresses (AWS keeps 5 of its 16), "
+        "but 13 are needed: 1 for Consul servers and 2 for each of its 6 mesh VMs (svc0, svc1, svc2, svc3, svc4, "
+        "svc5), one to spare while `pulumi up` replaces it: a larger vpcCidr (a lower /prefix) or more zones"
+    ]
+    # Servers count where ConsulServer puts them (in turn); an existing cluster's are not in the VPC.
+    three = load_spec({**small, "services": _services(5), "serverCount": 3})
+    assert [p.split(" are needed")[0][-2:] for p in preflight(three, "dev", zones=None)] == ["13"]
+    existing = {
+        **small,
+        "services": _services(5),
+        "adminCidrs": [],
+        "consulHttpAddr": "https://10.0.1.10:8501",
+        "consulRetryJoin": ["10.0.1.10"],
+        "consulToken": "token",
+    }
+    assert preflight(load_spec({**existing, "services": _services(5)}), "dev", zones=None) == []
+
+
+def test_existing_subnets_are_not_counted_offline() -> None:
+    given = {**GOOD, "services": _services(30), "subnetIds": ["subnet-0aaaaaaaaaaaaaaaa"]}
+    assert not [p for p in preflight(load_spec(given), "dev", zones=None) if p.startswith("vpcCidr")]

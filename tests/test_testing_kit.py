@@ -182,3 +182,43 @@ def test_readme_shows_the_example_test_file():
     section = readme.split(heading, 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"^```python\n(.*?)^```$", section, flags=re.S | re.M)
     assert EXAMPLE.read_text() in blocks, f"the section's python block differs from {EXAMPLE.relative_to(ROOT)}"
+
+
+def test_one_stackmocks_serves_several_runs_each_recorded_alone():
+    mocks = StackMocks(zones=("us-east-1a", "us-east-1b"))
+    first = run_stack(demo_config(), mocks=mocks)
+    second = run_stack({**demo_config(), "services": {"solo": {"port": 8000}}, "intentions": []}, mocks=mocks)
+    third = run_stack(demo_config(), mocks=mocks)
+    # Reused mocks once recorded every run: the third run then held the demo's resources twice.
+    assert [r.name for r in third.resources] == [r.name for r in first.resources]
+    assert [vm.name for vm in second.of_type(MESH_VM)] == ["solo"]
+    assert sorted(r.name for r in mocks.resources) == sorted(r.name for r in third.resources)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("- a\n- b\n", "is not a stack file: it holds a list"),
+        ("config: 3\n", "config: is a int, not a map"),
+        ("config: [\n", "is not YAML"),
+        ("a: &a [*a]\n", "line 1: uses the YAML alias *a"),
+    ],
+)
+def test_a_stack_file_that_is_not_one_raises_meshspecerror_naming_it(tmp_path, content, why):
+    path = tmp_path / "Pulumi.mine.yaml"
+    path.write_text(content)
+    with pytest.raises(MeshSpecError, match=re.escape(f"{path}: {why}")):
+        run_stack(path, stack="mine")
+
+
+@pytest.mark.parametrize("stack", ["my stack", "dév", "org/proj/dev", ""])
+def test_a_stack_name_pulumi_refuses_raises_meshspecerror(stack):
+    mocks = StackMocks()
+    with pytest.raises(MeshSpecError, match="is not a Pulumi stack name"):
+        run_stack(demo_config(), stack=stack, mocks=mocks)
+    assert mocks.resources == []
+
+
+def test_a_config_that_is_neither_a_mapping_nor_a_path_raises_meshspecerror():
+    with pytest.raises(MeshSpecError, match="list is not a mapping of key to value"):
+        run_stack([("services", {})])

@@ -8,11 +8,13 @@ group. It declares its VM with the package's MeshVm component, whose user data h
 VM gets its tokens and the gossip key at boot by logging in to the mesh stack's aws-iam auth methods.
 
 Its config is checked in two steps, each failing with the key and value named:
-- before anything is declared (read_config): meshStack, the service (name, port, command: the same
+- before anything is declared (read_config): no key but this project's (a misspelled one is
+  named, as the mesh names its own: spec.unknown_keys), meshStack, the service (name, port, command: the same
   rules as the mesh's own services, consul_tproxy_vms.spec.load_service), allowFrom, adminCidrs
   (IPv4 CIDRs, as the mesh's adminCidrs) and meshCreatesServers;
 - against the mesh stack's outputs, once they are read (check_against_mesh): allowFrom names
-  services of the mesh, the new service is not one of them, meshCreatesServers agrees with how the
+  services of the mesh, the new service is not one of them nor shares a node prefix with one
+  (web-reports beside web: the mesh's own rule, spec.node_prefix_clash), meshCreatesServers agrees with how the
   mesh's agents join, and the login prefix derived from meshStack agrees with "consulLogin". Every
   resource of this project waits for that check, so a mismatch fails the update before any is
   created.
@@ -46,11 +48,22 @@ from consul_tproxy_vms.identity import iam_path, login_prefix
 from consul_tproxy_vms.intentions import ServiceIntentions, ServiceIntentionsArgs
 from consul_tproxy_vms.mesh_defaults import service_defaults
 from consul_tproxy_vms.mesh_vm import ConsulJoinArgs, LoginArgs, MeshVm, MeshVmArgs
-from consul_tproxy_vms.spec import DNS_LABEL, IntentionSpec, MeshSpecError, ServiceSpec, load_service, split_http_addr
+from consul_tproxy_vms.spec import (
+    DNS_LABEL,
+    IntentionSpec,
+    MeshSpecError,
+    ServiceSpec,
+    load_service,
+    node_prefix_clash,
+    split_http_addr,
+    unknown_keys,
+)
 
 PROJECT = "consul-tproxy-vms-consumer"
 MESH_STACK = re.compile(r"[^/\s]+/[^/\s]+/[^/\s]+")
 STACK_REFERENCE = "pulumi:pulumi:StackReference"
+KEYS = frozenset({"meshStack", "service", "port", "command", "allowFrom", "adminCidrs", "meshCreatesServers"})
+"""This project's config keys (Pulumi.yaml); any other key in its namespace is refused by name."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ def load_consumer_spec(raw: Mapping[str, Any]) -> ConsumerSpec:
     Raises MeshSpecError listing every problem, each naming its key and value.
     """
     problems = Problems()
+    unknown_keys(raw, KEYS, "", problems)  # the mesh's own check: a typo named, with the key it meant
     mesh_stack = raw.get("meshStack")
     if not isinstance(mesh_stack, str) or not MESH_STACK.fullmatch(mesh_stack):
         problems.add("meshStack", mesh_stack, "is not <organization>/<project>/<stack> (the mesh stack to build on)")
@@ -137,8 +151,13 @@ def load_consumer_spec(raw: Mapping[str, Any]) -> ConsumerSpec:
 
 
 def read_config(config: pulumi.Config) -> ConsumerSpec:
-    keys = ("meshStack", "service", "port", "command", "allowFrom", "adminCidrs", "meshCreatesServers")
-    return load_consumer_spec({k: v for k in keys if (v := config.get(k)) is not None})
+    """Every key set in this project's namespace, known or not (as the mesh's program.read_config),
+    so that a misspelled one (allowfrom) is named rather than ignored."""
+    prefix = f"{config.name}:"
+    keys = {k for k in pulumi.runtime.config.CONFIG.get() if k.startswith(prefix)}
+    keys |= {k for k in pulumi.runtime.config.get_config_env() if k.startswith(prefix)}
+    names = {k[len(prefix) :] for k in keys} | KEYS
+    return load_consumer_spec({k: v for k in sorted(names) if (v := config.get(k)) is not None})
 
 
 def check_against_mesh(spec: ConsumerSpec, outputs: Mapping[str, Any]) -> list[str]:
@@ -156,6 +175,16 @@ def check_against_mesh(spec: ConsumerSpec, outputs: Mapping[str, Any]) -> list[s
             f"service: {spec.service.name!r} is already a service of {where}: choose another name "
             "(one service's VMs and intentions belong to one project)"
         )
+    else:
+        # The mesh's own rule (spec.node_prefix_clash), both ways: no service's nodes may fall under
+        # another's node prefix, which that service's VMs may write.
+        clash = node_prefix_clash(spec.service.name, services)
+        if clash:
+            problems.append(f"service: {spec.service.name!r} {clash} (a service of {where})")
+        for other in services:
+            clash = node_prefix_clash(other, [spec.service.name])
+            if clash:
+                problems.append(f"service: {spec.service.name!r}: {where} has service {other!r}, which {clash}")
 
     retry_join = list(outputs.get("consulRetryJoin") or [])
     auto_join, has_servers = is_cloud_auto_join(retry_join), outputs.get("consulServers") is not None

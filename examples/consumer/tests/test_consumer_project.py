@@ -14,6 +14,7 @@ import pytest
 from consul_tproxy_vms.identity import agent_role_name, iam_path, login_prefix
 from consul_tproxy_vms.render import SECRET_MARKER, unwrap, user_data_by_vm
 from consul_tproxy_vms.userdata import decode_user_data, unpack_cloud_config
+from consumer import check_against_mesh, load_consumer_spec
 from consumer_harness import MESH_STACK, Run, dev_stack_config, run_consumer
 
 DEV = dev_stack_config()
@@ -165,3 +166,41 @@ def test_secrets_from_the_reference_stay_secret_and_out_of_the_user_data(demo_ou
         assert secret not in user_data
     assert not re.search(r"^\s*(encrypt|node_name)\s*=", files_of(run)["/etc/consul.d/consul.hcl"], re.M)
     assert "secret-not-rendered" not in json.dumps(run.outputs)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("allowfrom", 'allowfrom: "[\\"web\\"]" is not a known key (did you mean \'allowFrom\'?)'),
+        ("meshstack", "is not a known key (did you mean 'meshStack'?)"),
+        ("consulToken", 'consulToken: "<secret>" is not a known key'),
+    ],
+)
+def test_an_unknown_key_is_refused_by_name_before_any_resource(
+    key: str, expected: str, demo_outputs: dict[str, Any]
+) -> None:
+    # Read by name alone, a misspelled key was ignored: allowfrom left web's default in place.
+    message, run = fails({**DEV, key: ["web"]}, demo_outputs)
+    assert message.startswith("invalid stack config for consul-tproxy-vms-consumer:\n")
+    assert f"  - {key}: " in message and expected in message, message
+    assert run.mocks.resources == []
+
+
+def test_a_service_under_a_mesh_services_node_prefix_is_refused(demo_outputs: dict[str, Any]) -> None:
+    message, run = fails({**DEV, "service": "web-reports"}, demo_outputs)
+    assert (
+        "service: 'web-reports' starts with the name of service web and '-': its nodes "
+        "(web-reports-<instance id>) would fall under web's node prefix (web-)"
+    ) in message, message
+    assert run.mocks.declared() == []
+
+
+def test_a_mesh_service_under_the_new_services_node_prefix_is_refused() -> None:
+    spec = load_consumer_spec({**DEV, "service": "api"})
+    outputs = {"services": {"api-reports": {}, "web": {}}, "consulLogin": {}}
+    found = [p for p in check_against_mesh(spec, outputs) if p.startswith("service:")]
+    assert found == [
+        "service: 'api': mesh stack 'organization/consul-tproxy-vms/dev' has service 'api-reports', which starts "
+        "with the name of service api and '-': its nodes (api-reports-<instance id>) would fall under api's node "
+        "prefix (api-), which api's VMs may write"
+    ]
