@@ -46,7 +46,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 
 from .program import build, preflight, resolve_admin_cidrs
-from .spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec, stack_name_problem
+from .spec import PROJECT, SECRET_KEYS, IntentionSpec, MeshSpec, MeshSpecError, load_spec, stack_name_problem
 from .userdata import EC2_USER_DATA_LIMIT, decode_user_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -476,35 +476,84 @@ def _label(svc: Any) -> str:
     return f"http://{svc.virtual_hostname}"
 
 
+def intention_label(intention: IntentionSpec) -> str:
+    """What an intention decides, as a diagram edge says it: `allow`, `deny`, or an L7 intention's
+    rules in order (`L7: deny * /admin*; allow GET,HEAD /*`: the first matching rule decides)."""
+    if not intention.is_l7:
+        return str(intention.action)
+    rules = []
+    for p in intention.permissions:
+        path = f"={p.path_exact}" if p.path_exact is not None else f"{p.path_prefix or '/'}*"
+        rules.append(f"{p.action} {','.join(p.methods) or '*'} {path}")
+    return "L7: " + "; ".join(rules)
+
+
+def split_edges(spec: MeshSpec) -> list[tuple[str, str, str]]:
+    """(service, target, "split N%") for every service-splitter share, in the spec's order."""
+    return [
+        (name, split.service, f"split {split.weight:g}%")
+        for name, splits in spec.splits.items()
+        for split in splits
+        if split.service != name
+    ]
+
+
 def mermaid(spec: MeshSpec, stack: str = "") -> str:
-    lines = ["---", f"title: Mesh of stack {stack} (solid: allow, dashed red: deny, default deny)", "---"]
+    lines = [
+        "---",
+        f"title: Mesh of stack {stack} (solid: allow, dashed red: deny, dotted blue: L7 rules or a split;"
+        " default deny)",
+        "---",
+    ]
     lines.append("flowchart LR")
     for name, svc in spec.services.items():
         lines.append(f'  {name}["{name}<br/>{_label(svc)}"]')
-    deny_links = []
-    for index, i in enumerate(spec.intentions):
-        arrow = f"-- {i.action} -->" if i.action == "allow" else f"-. {i.action} .-x"
-        lines.append(f"  {i.source} {arrow} {i.destination}")
-        if i.action == "deny":
-            deny_links.append(str(index))
+    deny_links, blue_links = [], []
+    edges = [(i.source, i.destination, intention_label(i), i) for i in spec.intentions]
+    edges += [(a, b, label, None) for a, b, label in split_edges(spec)]
+    for index, (source, destination, label, intention) in enumerate(edges):
+        # Labels hold validated paths and methods only; `"` is still written as Mermaid's entity.
+        text = label.replace('"', "#quot;")
+        if intention is not None and not intention.is_l7:
+            arrow = f"-- {label} -->" if label == "allow" else f"-. {label} .-x"
+            if label == "deny":
+                deny_links.append(str(index))
+        else:
+            arrow = f'-.->|"{text}"|'
+            blue_links.append(str(index))
+        lines.append(f"  {source} {arrow} {destination}")
     if deny_links:
         lines.append(f"  linkStyle {','.join(deny_links)} stroke:#c62828,color:#c62828")
+    if blue_links:
+        lines.append(f"  linkStyle {','.join(blue_links)} stroke:#1565c0,color:#1565c0")
     return "\n".join(lines) + "\n"
+
+
+def _dot_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def graphviz(spec: MeshSpec, stack: str = "") -> str:
     lines = [
         "digraph mesh {",
         "  rankdir=LR;",
-        f'  label="Mesh of stack {stack}\\nsolid green: allow, dashed red: deny; no arrow: denied by default";',
+        f'  label="Mesh of stack {stack}\\nsolid green: allow, dashed red: deny, dotted blue: L7 rules or a split;'
+        ' no arrow: denied by default";',
         "  labelloc=t;",
         "  node [shape=box, style=rounded];",
     ]
     for name, svc in spec.services.items():
         lines.append(f'  "{name}" [label="{name}\\n{_label(svc)}"];')
     for i in spec.intentions:
-        style = 'color="#2e7d32"' if i.action == "allow" else 'color="#c62828", style=dashed, arrowhead=tee'
-        lines.append(f'  "{i.source}" -> "{i.destination}" [label="{i.action}", {style}];')
+        if i.is_l7:
+            style = 'color="#1565c0", style=dotted'
+        elif i.action == "allow":
+            style = 'color="#2e7d32"'
+        else:
+            style = 'color="#c62828", style=dashed, arrowhead=tee'
+        lines.append(f'  "{i.source}" -> "{i.destination}" [label="{_dot_string(intention_label(i))}", {style}];')
+    for source, destination, label in split_edges(spec):
+        lines.append(f'  "{source}" -> "{destination}" [label="{label}", color="#1565c0", style=dotted];')
     return "\n".join([*lines, "}"]) + "\n"
 
 

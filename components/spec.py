@@ -660,7 +660,7 @@ def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None
         problems.add(key, raw, "must be an object such as {action: allow, http: {pathPrefix: /, methods: [GET]}}")
         return None
     before = len(problems.items)
-    _unknown_keys(raw, PERMISSION_KEYS, key, problems)
+    unknown_keys(raw, PERMISSION_KEYS, key, problems)
     action = raw.get("action")
     if not isinstance(action, str) or action not in ACTIONS:
         problems.add(f"{key}.action", action, "must be allow or deny")
@@ -668,7 +668,7 @@ def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None
     if not isinstance(http, Mapping):
         problems.add(f"{key}.http", http, "must be an object such as {pathPrefix: /api, methods: [GET]}")
         return None
-    _unknown_keys(http, PERMISSION_HTTP_KEYS, f"{key}.http", problems)
+    unknown_keys(http, PERMISSION_HTTP_KEYS, f"{key}.http", problems)
     for unsupported in ("pathRegex", "header"):
         if unsupported in http:
             # pulumi-consul 3.15 (terraform-provider-consul 86cfc3a, consul/resource_consul_config_entry_
@@ -832,7 +832,7 @@ def _service_splits(name: str, raw: Any, problems: Problems) -> tuple[SplitSpec,
         if not isinstance(item, Mapping):
             problems.add(item_key, item, "must be an object such as {weight: 90, service: api}")
             continue
-        _unknown_keys(item, SPLIT_KEYS, item_key, problems)
+        unknown_keys(item, SPLIT_KEYS, item_key, problems)
         weight = _weight(item.get("weight"), f"{item_key}.weight", problems)
         service = string(item.get("service"), f"{item_key}.service", problems, DNS_LABEL, "a service name")
         if weight is not None and service is not None:

@@ -583,3 +583,42 @@ def test_a_failing_graphviz_is_a_warning_not_a_traceback(
     assert render.main(["render", "--stack", "dev", "--out", str(tmp_path / "out")]) == 0
     assert "warning: Graphviz `dot` failed" in capsys.readouterr().err
     assert (tmp_path / "out" / "mesh.dot").is_file() and not (tmp_path / "out" / "mesh.svg").exists()
+
+
+def test_the_diagrams_draw_l7_rules_and_splits() -> None:
+    from components.render import graphviz, mermaid
+    from components.spec import load_spec
+
+    spec = load_spec(
+        {
+            "adminCidrs": ["203.0.113.0/24"],
+            "services": {
+                "web": {"port": 9090, "upstreams": ["api"]},
+                "api": {
+                    "port": 9091,
+                    "splits": [{"weight": 90, "service": "api"}, {"weight": 10, "service": "canary"}],
+                },
+                "canary": {"port": 9091},
+            },
+            "intentions": [
+                {
+                    "source": "web",
+                    "destination": "api",
+                    "permissions": [
+                        {"action": "deny", "http": {"pathPrefix": "/admin"}},
+                        {"action": "allow", "http": {"pathPrefix": "/", "methods": ["GET", "HEAD"]}},
+                    ],
+                },
+                {"source": "web", "destination": "canary", "action": "allow"},
+            ],
+        }
+    )
+    rules = "L7: deny * /admin*; allow GET,HEAD /*"
+    flow = mermaid(spec, "dev").splitlines()
+    assert f'  web -.->|"{rules}"| api' in flow
+    assert "  web -- allow --> canary" in flow
+    assert '  api -.->|"split 10%"| canary' in flow
+    assert "  linkStyle 0,2 stroke:#1565c0,color:#1565c0" in flow
+    dot = graphviz(spec, "dev").splitlines()
+    assert f'  "web" -> "api" [label="{rules}", color="#1565c0", style=dotted];' in dot
+    assert '  "api" -> "canary" [label="split 10%", color="#1565c0", style=dotted];' in dot
