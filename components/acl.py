@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from .escape import hcl
 
 READ, WRITE = "read", "write"
+# Resources a rule names without a name (`mesh = "read"`: acl/policy.go PolicyRules.Mesh); a Grant
+# and a Need on one carry the name "".
+NAMELESS = ("mesh",)
 _ACCESS = {READ: 1, WRITE: 2}
 
 
@@ -44,6 +47,8 @@ class Grant:
         return self.resource == need.resource and matches and _ACCESS[self.access] >= _ACCESS[need.access]
 
     def hcl(self) -> str:
+        if self.resource in NAMELESS:
+            return f"{self.resource} = {hcl(self.access)}\n"
         kind = f"{self.resource}_prefix" if self.prefix else self.resource
         return f"{kind} {hcl(self.name)} {{\n  policy = {hcl(self.access)}\n}}\n"
 
@@ -157,6 +162,45 @@ CALLS: tuple[Call, ...] = (
     ),
 )
 
+# The API gateway's VM (components/gateway_vm.py) runs its agent like a mesh VM (AGENT, AGENT_CLIENT
+# and DNS above, for the service {service} = the gateway's name) and no application, no redirect, no
+# sidecar: Envoy runs as `consul connect envoy -gateway api -register -service <gateway>` with the
+# service token. What it needs is what Consul's own template for API gateway tokens grants
+# (hashicorp/consul agent/structs/acltemplatedpolicy/policies/ce/api-gateway.hcl, builtin/api-gateway:
+# mesh read, node_prefix "" read, service_prefix "" read, service "<name>" write), plus agent read
+# for the CLI, as for a sidecar.
+GATEWAY = "gateway-envoy"
+GATEWAY_CALLS: tuple[Call, ...] = (
+    Call(
+        GATEWAY,
+        "consul connect envoy -register: PUT /v1/agent/service/register of the api-gateway service",
+        (("service", "{service}", WRITE),),
+        "agent/agent_endpoint.go AgentRegisterService -> agent/agent.go vetServiceRegister: authz.ServiceWrite",
+    ),
+    Call(
+        GATEWAY,
+        "consul connect envoy: GET /v1/agent/self (version check and IsDualStack)",
+        (("agent", "{node}", READ),),
+        "hashicorp/consul PR #22788 (403 'lacks permission agent:read' on the 1.22 line); "
+        "agent/agent_endpoint.go AgentSelf",
+    ),
+    Call(
+        GATEWAY,
+        "xDS stream of the gateway: ADS for the api-gateway service",
+        (("service", "{service}", WRITE),),
+        "agent/xds/server.go (authz.ServiceWrite on the proxied service); builtin/api-gateway template",
+    ),
+    Call(
+        GATEWAY,
+        "xDS stream: the api-gateway and http-route entries, the routed services' endpoints and the mesh config",
+        (("service", "*", READ), ("node", "*", READ), ("mesh", "", READ)),
+        "agent/structs/config_entry_gateways.go APIGatewayConfigEntry.CanRead (service read of the gateway); "
+        'acltemplatedpolicy/policies/ce/api-gateway.hcl (mesh, node_prefix "", service_prefix "" read)',
+    ),
+)
+# The gateway VM's processes and the login each token comes from; the agent and DNS as on a mesh VM.
+GATEWAY_METHOD_OF = {AGENT: "agent", AGENT_CLIENT: "agent", DNS: "dns", GATEWAY: "service"}
+
 # Where each process takes its token from on the VM: what consul-login writes (scripts/consul-login.sh).
 TOKEN_SOURCE = {
     AGENT: "consul.d/tokens.hcl acl.tokens.agent (login to the agent method)",
@@ -183,9 +227,10 @@ def needs_of(process: str, node: str, service: str, gossip_path: str = "") -> se
     when the cluster has one (`gossip_path`)."""
     names = {"{node}": node, "{service}": service, "{proxy}": f"{service}-sidecar-proxy", "*": "*"}
     names["{gossip}"] = gossip_path
+    names[""] = ""
     return {
         Need(resource, names[template], access)
-        for call in CALLS
+        for call in (*CALLS, *GATEWAY_CALLS)
         if call.process == process
         for resource, template, access in call.needs
         if template != "{gossip}" or gossip_path
@@ -243,6 +288,12 @@ def agent_read_rules(service: str) -> str:
     return Grant("agent", node_prefix(service), True, READ).hcl()
 
 
+def gateway_service_rules(gateway: str) -> str:
+    """What the gateway's service token holds beyond its service identity (a role the service login
+    links, like agent_read_rules for a mesh VM): agent read of its nodes and mesh read (GATEWAY_CALLS)."""
+    return Grant("agent", node_prefix(gateway), True, READ).hcl() + Grant("mesh", "", False, READ).hcl()
+
+
 def dns_rules() -> str:
     """Policy rules of the DNS token: read-only, exactly the DNS row of CALLS."""
     needs = sorted(needs_of(DNS, node="", service=""))
@@ -252,10 +303,14 @@ def dns_rules() -> str:
 _RULE = re.compile(r'(\w+?)(_prefix)?\s+"((?:[^"\\]|\\.)*)"\s*\{\s*policy\s*=\s*"(read|write|deny|list)"\s*\}')
 
 
+_NAMELESS_RULE = re.compile(r"^(" + "|".join(NAMELESS) + r')\s*=\s*"(read|write|deny)"\s*$', re.M)
+
+
 def parse_rules(rules: str) -> set[Grant]:
     """The grants of policy rules in the one-rule-per-block form this project writes (see Grant.hcl)."""
     found = {Grant(m[1], m[3], bool(m[2]), m[4]) for m in _RULE.finditer(rules)}
-    blocks = rules.count("policy")
+    found |= {Grant(m[1], "", False, m[2]) for m in _NAMELESS_RULE.finditer(rules)}
+    blocks = rules.count("policy") + len(_NAMELESS_RULE.findall(rules))
     if len(found) != blocks:
         raise ValueError(f"rules not in the expected form: {rules!r}")
     return found

@@ -103,6 +103,9 @@ class Expectation:
     """The instances the stack created, to name one that never joined; empty: any instances."""
     probe: bool = False
     """Wait for the demo app's upstream probe too."""
+    sidecar: bool = True
+    """A mesh service, with its sidecar; False: the API gateway, which is Envoy itself (registered by
+    `consul connect envoy -gateway api -register`) and has no sidecar."""
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,15 @@ def expectations(props: Mapping[str, Any]) -> list[Expectation]:
     instances = props.get("instances") or {}
     expected = props.get("expected") or {}
     probes = set(props.get("probes") or [])
+    gateways = set(props.get("gateways") or [])
     return [
-        Expectation(name, int(expected[name]), tuple(str(i) for i in instances.get(name) or ()), name in probes)
+        Expectation(
+            name,
+            int(expected[name]),
+            tuple(str(i) for i in instances.get(name) or ()),
+            name in probes,
+            sidecar=name not in gateways,
+        )
         for name in sorted(expected)
     ]
 
@@ -196,6 +206,11 @@ def instance_missing(
 
     for check in _failing(node_checks):
         return missing(AGENT, f"node {node}: {_said(check)}")
+    if not exp.sidecar:
+        # The gateway's own checks (if its registration carries any) are Envoy's.
+        for check in _failing(service_checks):
+            return missing(ENVOY, f"node {node}: {_said(check)}")
+        return None
     for check in _failing(c for c in service_checks if c.get("CheckID") != probe_id):
         return missing(APPLICATION, f"node {node}: {_said(check)}")
     sidecar = next((s for s in sidecars if _node_of(s) == node), None)
@@ -291,7 +306,7 @@ def check_mesh_once(
     with talking_to(base):
         for exp in wanted:
             entries = health(f"/v1/health/service/{quoted(exp.name)}")
-            sidecars = health(f"/v1/health/service/{quoted(exp.name + SIDECAR_SUFFIX)}")
+            sidecars = health(f"/v1/health/service/{quoted(exp.name + SIDECAR_SUFFIX)}") if exp.sidecar else []
             found += service_missing(exp, entries, sidecars, lambda node: health(f"/v1/health/node/{quoted(node)}"))
     return found
 
@@ -418,7 +433,8 @@ class MeshReady(Resource, module="consul-tproxy-vms", name="MeshReady"):
     """Exists once every service's instances, sidecars and (demo app) upstream probes pass in Consul.
 
     `instances`: service -> its instance ids (nodes are <service>-<instance id>); `expected`: service
-    -> how many instances must be ready; `probes`: services whose upstream probe is awaited
+    -> how many instances must be ready (the API gateway too, named in `gateways`: it has no
+    sidecar); `probes`: services whose upstream probe is awaited
     (probed_services); `intentions`: intention_keys, so a changed intention makes the next `up` wait
     again. Make it depend on the VMs, the intentions and the mesh defaults.
     """
@@ -438,6 +454,7 @@ class MeshReady(Resource, module="consul-tproxy-vms", name="MeshReady"):
         intentions: Sequence[str],
         timeout_seconds: int,
         opts: pulumi.ResourceOptions | None = None,
+        gateways: Sequence[str] = (),
     ) -> None:
         super().__init__(
             MeshReadyProvider(),
@@ -451,6 +468,8 @@ class MeshReady(Resource, module="consul-tproxy-vms", name="MeshReady"):
                 "expected": dict(expected),
                 "probes": list(probes),
                 "intentions": list(intentions),
+                # Only when there is a gateway: a stack without one keeps the inputs it had.
+                **({"gateways": list(gateways)} if gateways else {}),
                 "timeout_seconds": timeout_seconds,
                 "seen": None,
             },

@@ -21,6 +21,8 @@ import pulumi_consul as consul
 
 from . import ec2
 from .consul_server import ConsulServer, ConsulServerArgs, auto_join
+from .gateway_entries import ApiGatewayEntries, ApiGatewayEntriesArgs
+from .gateway_vm import GatewayVm, GatewayVmArgs
 from .identity import MeshIdentity, MeshIdentityArgs, gossip_key_path, iam_path, login_prefix, policy_name_for
 from .intentions import ServiceIntentions, ServiceIntentionsArgs
 from .mesh_defaults import MeshDefaults, MeshDefaultsArgs
@@ -110,11 +112,17 @@ def deployer_cidr(url: str = DEPLOYER_LOOKUP_URL, timeout: float = 10.0) -> str:
 
 
 def resolve_admin_cidrs(spec: MeshSpec, lookup: Callable[[], str] = deployer_cidr) -> MeshSpec:
-    """Replace the "deployer" entry of adminCidrs with this machine's address (looked up once)."""
-    if DEPLOYER not in spec.admin_cidrs:
+    """Replace the "deployer" entry of adminCidrs (and of gateway.allowCidrs) with this machine's
+    address (looked up once)."""
+    if DEPLOYER not in spec.admin_cidrs and (spec.gateway is None or DEPLOYER not in spec.gateway.allow_cidrs):
         return spec
-    cidrs = {c for c in spec.admin_cidrs if c != DEPLOYER} | {lookup()}
-    return replace(spec, admin_cidrs=tuple(sorted(cidrs)))
+    deployer = lookup()
+    cidrs = {c for c in spec.admin_cidrs if c != DEPLOYER} | {deployer}
+    spec = replace(spec, admin_cidrs=tuple(sorted(cidrs)))
+    if spec.gateway is not None and DEPLOYER in spec.gateway.allow_cidrs:
+        allow = {c for c in spec.gateway.allow_cidrs if c != DEPLOYER} | {deployer}
+        spec = replace(spec, gateway=replace(spec.gateway, allow_cidrs=tuple(sorted(allow))))
+    return spec
 
 
 def build(
@@ -300,10 +308,14 @@ def build(
         )
         for name, svc in sorted(spec.services.items())
     }
+    gateway = declare_gateway(spec, join, login, network, image, tags, vms_after, provider, defaults)
+    # The gateway's intentions to its routed services join the destinations' entries: Consul keeps
+    # one service-intentions entry per destination (components/intentions.py).
+    all_intentions = (*spec.intentions, *(spec.gateway.intentions() if spec.gateway else ()))
     # Intentions wait for the service-defaults so that protocol-dependent (L7) rules are accepted.
     intentions = ServiceIntentions(
         "intentions",
-        ServiceIntentionsArgs(intentions=spec.intentions),
+        ServiceIntentionsArgs(intentions=all_intentions),
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
     )
     # Splitters wait for the service-defaults too: Consul splits only HTTP-like services.
@@ -312,6 +324,8 @@ def build(
         TrafficSplitsArgs(splits=spec.splits),
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
     )
+    gateway_vms = {spec.gateway.name: gateway[0]} if spec.gateway and gateway else {}
+    gateway_entries = [gateway[1]] if gateway else []
     if spec.mesh_ready_timeout_seconds:
         # `pulumi up` ends once the mesh works (components/mesh_ready.py), asked of the API the
         # provider uses; its instance ids, the services and the intentions make a later `up` wait again.
@@ -321,12 +335,15 @@ def build(
             token=token,
             ca_pem=ca_pem,
             region=aws.get_region_output().region,
-            instances={name: [vm.instance_id] for name, vm in vms.items()},
-            expected=dict.fromkeys(vms, 1),
+            instances={name: [vm.instance_id] for name, vm in {**vms, **gateway_vms}.items()},
+            expected=dict.fromkeys({**vms, **gateway_vms}, 1),
             probes=probed_services(spec.services, spec.intentions, spec.splits),
-            intentions=intention_keys(spec.intentions),
+            intentions=intention_keys(all_intentions),
             timeout_seconds=spec.mesh_ready_timeout_seconds,
-            opts=pulumi.ResourceOptions(depends_on=[*vms.values(), intentions, defaults, splits]),
+            opts=pulumi.ResourceOptions(
+                depends_on=[*vms.values(), intentions, defaults, splits, *gateway_vms.values(), *gateway_entries]
+            ),
+            gateways=list(gateway_vms),
         )
 
     outputs.update(
@@ -357,7 +374,52 @@ def build(
     )
     if gossip is not None:
         outputs["consulGossipKey"] = gossip
+    if gateway is not None:
+        outputs["gatewayUrl"] = gateway[0].url
     return outputs
+
+
+def declare_gateway(
+    spec: MeshSpec,
+    join: ConsulJoinArgs,
+    login: LoginArgs,
+    network: MeshNetwork,
+    image: Any,
+    tags: dict[str, str],
+    vms_after: list[pulumi.Resource],
+    provider: consul.Provider,
+    defaults: MeshDefaults,
+) -> tuple[GatewayVm, ApiGatewayEntries] | None:
+    """The API gateway (config `gateway`): its VM, and its config entries after the service-defaults
+    (an http-route's services must be HTTP-like when it is written). None without one."""
+    if spec.gateway is None:
+        return None
+    gateway = spec.gateway
+    vm = GatewayVm(
+        gateway.name,
+        GatewayVmArgs(
+            gateway=gateway,
+            consul_version=spec.consul_version,
+            envoy_version=spec.envoy_version,
+            cluster=join,
+            login=login,
+            subnet_id=network.subnet_for(gateway.name),
+            vpc_id=network.vpc_id,
+            mesh_security_group_id=network.mesh_security_group_id,
+            admin_cidrs=spec.admin_cidrs,
+            ami_id=image.image_id,
+            key_name=spec.ssh_key_name,
+            tags=tags,
+            instance_after=vms_after,
+            consul_provider=provider,
+        ),
+    )
+    entries = ApiGatewayEntries(
+        f"{gateway.name}-entries",
+        ApiGatewayEntriesArgs(gateway=gateway),
+        opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
+    )
+    return vm, entries
 
 
 # The one AWS partition whose logins Consul 1.22 can check. With -aws-include-entity the login signs
@@ -412,6 +474,8 @@ def instance_type_keys(spec: MeshSpec) -> dict[str, list[str]]:
         keys.setdefault(spec.servers.instance_type, []).append("serverInstanceType")
     for name, svc in sorted(spec.services.items()):
         keys.setdefault(svc.instance_type, []).append(f"services.{name}.instanceType")
+    if spec.gateway is not None:
+        keys.setdefault(spec.gateway.instance_type, []).append("gateway.instanceType")
     return keys
 
 

@@ -205,7 +205,9 @@ REQUIRED = ("services",)
 # default), they are unset; consulHttpAddr decides the mode, and the others need it.
 EXISTING_CLUSTER_KEYS = ("consulHttpAddr", "consulRetryJoin", "consulToken", "consulGossipKey", "consulCaPem")
 SECRET_KEYS = ("consulToken", "consulGossipKey")
-TOP_LEVEL_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED) | frozenset(EXISTING_CLUSTER_KEYS)
+# Optional structured keys without a default (Pulumi's project schema has no object type).
+OPTIONAL_KEYS = ("gateway",)
+TOP_LEVEL_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED) | frozenset(EXISTING_CLUSTER_KEYS) | frozenset(OPTIONAL_KEYS)
 
 SERVICE_KEYS = frozenset(
     {
@@ -228,6 +230,13 @@ INTENTION_KEYS = frozenset({"source", "destination", "action", "permissions", "d
 PERMISSION_KEYS = frozenset({"action", "http"})
 PERMISSION_HTTP_KEYS = frozenset({"pathExact", "pathPrefix", "pathRegex", "methods", "header"})
 SPLIT_KEYS = frozenset({"weight", "service"})
+GATEWAY_KEYS = frozenset({"port", "routes", "allowCidrs", "instanceType"})
+ROUTE_KEYS = frozenset({"pathPrefix", "pathExact", "service"})
+# The API gateway's Consul service name (and its nodes' prefix, <name>-<instance id>), its listener's
+# name, and the listener port when the config names none.
+GATEWAY_NAME = "gateway"
+GATEWAY_LISTENER = "http"
+GATEWAY_DEFAULT_PORT = 8080
 DEMO_HEALTH_PATH = "/health"
 
 
@@ -366,6 +375,37 @@ class IntentionSpec:
 
 
 @dataclass(frozen=True)
+class RouteSpec:
+    """One route of the API gateway's listener: requests whose path matches go to `service`."""
+
+    match: str
+    """"prefix" or "exact": Consul's HTTPPathMatch Match (reference/config-entry/http-route)."""
+    path: str
+    service: str
+
+    def key(self) -> str:
+        return f"{self.match}:{self.path}->{self.service}"
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    """The API gateway (config `gateway`): an Envoy VM whose HTTP listener routes into the mesh."""
+
+    port: int
+    routes: tuple[RouteSpec, ...]
+    allow_cidrs: tuple[str, ...]
+    """Who may reach the listener; "deployer" is resolved with adminCidrs' (program.resolve_admin_cidrs)."""
+    instance_type: str
+    name: str = GATEWAY_NAME
+
+    def intentions(self) -> tuple[IntentionSpec, ...]:
+        """The gateway may call every routed service (Consul's docs for API gateways on VMs: "Add service
+        intentions that allow the API gateway to send traffic to services in the mesh")."""
+        routed = sorted({r.service for r in self.routes})
+        return tuple(IntentionSpec(self.name, s, "allow", "the API gateway routes to this service") for s in routed)
+
+
+@dataclass(frozen=True)
 class SplitSpec:
     """A share of the calls to a service that its service-splitter sends to `service`."""
 
@@ -466,6 +506,8 @@ class MeshSpec:
     """proxy-defaults AccessLogs: every Envoy logs each request and connection to its journal."""
     envoy_metrics: bool = False
     """proxy-defaults envoy_prometheus_bind_addr: Envoy's Prometheus endpoint on ENVOY_METRICS_PORT."""
+    gateway: GatewaySpec | None = None
+    """The API gateway (config `gateway`); None: the mesh has no way in from outside."""
     warnings: tuple[str, ...] = ()
     """Valid but probably not meant (see spec.footguns): `pulumi up` and the render print them."""
 
@@ -1055,6 +1097,8 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
             "protectServerData", True, "only applies when the stack creates its servers (consulHttpAddr is set)"
         )
 
+    gateway = _gateway(raw.get("gateway"), services, admin_cidrs, instance_type, problems)
+
     if problems.items:
         raise MeshSpecError(problems.items)
     warnings = footguns(services, intentions, admin_cidrs, splits)
@@ -1081,8 +1125,100 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         splits=splits,
         access_logs=bool(access_logs),
         envoy_metrics=bool(envoy_metrics),
+        gateway=gateway,
         warnings=warnings,
     )
+
+
+def _route(index: int, raw: Any, services: Mapping[str, ServiceSpec], problems: Problems) -> RouteSpec | None:
+    key = f"gateway.routes[{index}]"
+    if not isinstance(raw, Mapping):
+        problems.add(key, raw, "must be an object such as {pathPrefix: /, service: web}")
+        return None
+    _unknown_keys(raw, ROUTE_KEYS, key, problems)
+    kinds = [k for k in ("pathPrefix", "pathExact") if k in raw]
+    if len(kinds) != 1:
+        problems.add(key, dict(raw), "needs exactly one of pathPrefix and pathExact")
+        return None
+    kind = kinds[0]
+    path = string(raw[kind], f"{key}.{kind}", problems, URL_PATH, "a URL path starting with /")
+    name = raw.get("service")
+    if name is None:
+        problems.add(f"{key}.service", None, "is missing: the service the route sends requests to")
+        return None
+    svc = services.get(name) if isinstance(name, str) else None
+    if svc is None:
+        problems.add(f"{key}.service", name, "is not a service of this stack")
+        return None
+    if svc.protocol not in HTTP_LIKE:
+        # An http-route sends HTTP requests; a tcp service has no HTTP route (Consul's http-route
+        # reference: services of an HTTP listener speak http; tcp needs a tcp-route and listener).
+        problems.add(
+            f"{key}.service",
+            name,
+            f"has protocol {svc.protocol}: the gateway's HTTP listener routes only to http, http2 or grpc services",
+        )
+        return None
+    if path is None:
+        return None
+    return RouteSpec("prefix" if kind == "pathPrefix" else "exact", path, name)
+
+
+def _gateway(
+    raw: Any, services: Mapping[str, ServiceSpec], admin_cidrs: tuple[str, ...], default_type: str, problems: Problems
+) -> GatewaySpec | None:
+    """Config `gateway`: {port, routes: [{pathPrefix | pathExact, service}], allowCidrs, instanceType}."""
+    raw = decode(raw, "gateway", problems)
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, Mapping):
+        problems.add("gateway", raw, "must be an object such as {port: 8080, routes: [{pathPrefix: /, service: web}]}")
+        return None
+    _unknown_keys(raw, GATEWAY_KEYS, "gateway", problems)
+    before = len(problems.items)
+    port = integer(raw.get("port", GATEWAY_DEFAULT_PORT), "gateway.port", problems, 1, 65535, "a TCP port")
+    if port in RESERVED_PORTS:
+        problems.add("gateway.port", port, f"is reserved on mesh VMs for {RESERVED_PORTS[port]}")
+    raw_routes = json_list(raw.get("routes"), "gateway.routes", problems)
+    if not raw_routes and "routes" in raw:
+        problems.add("gateway.routes", raw_routes, "is empty: the gateway needs at least one route")
+    elif "routes" not in raw:
+        problems.add("gateway.routes", None, "is missing: the gateway needs at least one route")
+    routes = [_route(i, r, services, problems) for i, r in enumerate(raw_routes)]
+    seen: dict[tuple[str, str], int] = {}
+    for i, route in enumerate(routes):
+        if route is None:
+            continue
+        first = seen.setdefault((route.match, route.path), i)
+        if first != i:
+            problems.add(f"gateway.routes[{i}]", route.path, f"matches the same requests as gateway.routes[{first}]")
+    allow = (
+        cidr_list(raw["allowCidrs"], "gateway.allowCidrs", problems, deployer=True)
+        if "allowCidrs" in raw
+        else admin_cidrs
+    )
+    if not allow and len(problems.items) == before:
+        problems.add(
+            "gateway.allowCidrs",
+            list(allow),
+            "is empty (it defaults to adminCidrs): the listener would be open to no one; name the networks "
+            "that may call the gateway (0.0.0.0/0 for everyone)",
+        )
+    instance_type = raw.get("instanceType", default_type)
+    instance_type = string(instance_type, "gateway.instanceType", problems, INSTANCE_TYPE, "an EC2 instance type")
+    for name in services:
+        # The gateway's agent may write the nodes named <gateway>-... (acl.agent_rules), and a
+        # service's the nodes <service>-...: neither may fall under the other's prefix.
+        if name == GATEWAY_NAME or name.startswith(f"{GATEWAY_NAME}-") or GATEWAY_NAME.startswith(f"{name}-"):
+            problems.add(
+                f"services.{name}",
+                name,
+                f"clashes with the API gateway's Consul name {GATEWAY_NAME!r} (or its nodes, "
+                f"{GATEWAY_NAME}-<instance id>): rename the service",
+            )
+    if len(problems.items) != before or port is None or instance_type is None:
+        return None
+    return GatewaySpec(port, tuple(r for r in routes if r is not None), allow, instance_type)
 
 
 # Shorter than this, a first `up` fails before a VM can boot and join (0 turns the wait off).

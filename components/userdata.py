@@ -26,6 +26,7 @@ from .spec import (
     ENVOY_METRICS_PORT,
     ENVOY_OUTBOUND_PORT,
     ENVOY_PUBLIC_PORT,
+    GatewaySpec,
     RedirectExclusions,
     ServiceSpec,
 )
@@ -422,6 +423,75 @@ def render_cloud_config(recipe: VmRecipe) -> str:
             "mesh-app.service",
             f"envoy@{svc.name}.service",
         ],
+    )
+
+
+@dataclass(frozen=True)
+class GatewayRecipe:
+    """Everything the API gateway VM's user data is made from (components/gateway_vm.py): the agent
+    and login of a mesh VM, for the gateway's name, and Envoy run as the gateway. Nothing about its
+    routes or listener port (config entries, components/gateway_entries.py): they change without
+    replacing the VM."""
+
+    gateway: GatewaySpec
+    datacenter: str
+    consul_version: str
+    envoy_version: str
+    retry_join: tuple[str, ...]
+    login: Login
+    ca_pem: str | None = None
+
+
+def gateway_files(recipe: GatewayRecipe) -> list[VmFile]:
+    """Every file the gateway VM gets: a mesh VM's agent, login and metadata guard; no application,
+    no service registration file (the CLI registers the gateway) and no traffic redirect."""
+    gateway = recipe.gateway
+    login = recipe.login
+    context: dict[str, Any] = {
+        "service": gateway,
+        "gateway": gateway,
+        "datacenter": recipe.datacenter,
+        "retry_join": list(recipe.retry_join),
+        "tls": recipe.ca_pem is not None,
+        "ca_path": CA_PATH,
+        "token_dir": TOKEN_DIR,
+        "login_methods": [f"{kind}={method_name(login.prefix, kind)}" for kind in KINDS],
+        "login_roles": [f"{kind}={role}" for kind, role in login_roles(login.prefix, gateway.name).items()],
+        "login": login,
+    }
+    files = [
+        VmFile("/etc/consul.d/consul.hcl", _render("consul.hcl.j2", **context), "0640", "root:consul"),
+        VmFile("/etc/consul.d/login.env", _render("login.env.j2", **context)),
+    ]
+    if recipe.ca_pem is not None:
+        files.append(VmFile(CA_PATH, recipe.ca_pem))
+    unit = "/etc/systemd/system/"
+    files += [
+        VmFile("/etc/envoy/gateway.env", _render("gateway.env.j2", **context), "0640", "root:envoy"),
+        VmFile(unit + "consul.service", _static(TEMPLATES / "consul.service")),
+        VmFile(unit + "consul-login.service", _static(TEMPLATES / "consul-login.service")),
+        VmFile(unit + "consul.service.d/login.conf", _static(TEMPLATES / "consul-login.conf")),
+        VmFile(unit + "mesh-imds-guard.service", _static(TEMPLATES / "mesh-imds-guard.service")),
+        VmFile(unit + GATEWAY_UNIT, _static(TEMPLATES / GATEWAY_UNIT)),
+        VmFile("/usr/local/sbin/consul-login", _shipped_script(SCRIPTS / "consul-login.sh"), "0755"),
+        VmFile("/usr/local/sbin/mesh-imds-guard", _shipped_script(SCRIPTS / "mesh-imds-guard.sh"), "0755"),
+    ]
+    return _one_newline(files)
+
+
+GATEWAY_UNIT = "consul-api-gateway.service"
+
+
+def render_gateway_cloud_config(recipe: GatewayRecipe) -> str:
+    """The cloud-config text of the API gateway VM."""
+    return _cloud_config(
+        title=f'API gateway "{recipe.gateway.name}" (Consul nodes "{recipe.gateway.name}-<instance id>", '
+        f'datacenter "{recipe.datacenter}").',
+        users=[CONSUL_USER, ENVOY_USER],
+        packages=[("consul", f"{recipe.consul_version}-*"), ("hashicorp-envoy", f"{recipe.envoy_version}-*")],
+        files=gateway_files(recipe),
+        restart=[],
+        start=["mesh-imds-guard.service", "consul-login.service", "consul.service", GATEWAY_UNIT],
     )
 
 

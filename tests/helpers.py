@@ -8,13 +8,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from components.spec import AppSpec, RedirectExclusions, ServiceSpec
+from components.spec import AppSpec, GatewaySpec, RedirectExclusions, RouteSpec, ServiceSpec
 from components.userdata import (
+    GATEWAY_UNIT,
+    GatewayRecipe,
     Login,
     ServerRecipe,
     VmFile,
     VmRecipe,
+    gateway_files,
     render_cloud_config,
+    render_gateway_cloud_config,
     render_server_cloud_config,
     server_files,
     vm_files,
@@ -93,6 +97,15 @@ def all_recipes() -> dict[str, VmRecipe]:
     }
 
 
+def gateway_recipe() -> GatewayRecipe:
+    """The API gateway VM of a stack that created its servers (TLS, gossip key, cloud auto-join)."""
+    made = server_made_recipe()
+    gateway = GatewaySpec(8080, (RouteSpec("prefix", "/", "web"),), ("198.51.100.7/32",), "t3.small")
+    return GatewayRecipe(
+        gateway, made.datacenter, made.consul_version, made.envoy_version, made.retry_join, made.login, made.ca_pem
+    )
+
+
 @dataclass(frozen=True)
 class RenderedVm:
     """One VM's user data as rendered, the files it writes, and the units it starts."""
@@ -118,6 +131,12 @@ def rendered_vms() -> dict[str, RenderedVm]:
         )
         for case, r in all_recipes().items()
     }
+    gateway = gateway_recipe()
+    cases["gateway"] = RenderedVm(
+        render_gateway_cloud_config(gateway),
+        gateway_files(gateway),
+        ["mesh-imds-guard.service", "consul-login.service", "consul.service", GATEWAY_UNIT],
+    )
     cases["server"] = RenderedVm(
         render_server_cloud_config(SERVER),
         server_files(SERVER),

@@ -159,10 +159,20 @@ class AclTable(MockedTestCase):
         (acl.AGENT, acl.Need("node", "web-i-1", acl.WRITE)),
         (acl.AGENT, acl.Need("key", "kv/gossip", acl.READ)),
         (acl.DNS, acl.Need("query", "*", acl.READ)),
+        (acl.GATEWAY, acl.Need("mesh", "", acl.READ)),
+        (acl.GATEWAY, acl.Need("agent", "gateway-i-1", acl.READ)),
     ],
 )
 def test_a_rule_removed_from_a_token_is_caught(process: str, need: acl.Need) -> None:
     """The check above fails when a policy loses a rule: the guard, removed, shows."""
+    if process == acl.GATEWAY:
+        # The API gateway's service token (tests/test_gateway.py judges the declared stack's).
+        assert need in acl.needs_of(process, node="gateway-i-1", service="gateway")
+        full = acl.service_identity("gateway") | acl.parse_rules(acl.gateway_service_rules("gateway"))
+        assert acl.grants_cover(full, need)
+        weakened = {g for g in full if not g.covers(need)}
+        assert not acl.grants_cover(weakened, need)
+        return
     assert need in acl.needs_of(process, node="web-i-1", service="web", gossip_path="kv/gossip")
     full = {
         acl.REDIRECT: acl.service_identity("web") | acl.parse_rules(acl.agent_read_rules("web")),
@@ -184,5 +194,10 @@ def test_more_than_needed_is_reported() -> None:
 
 
 def test_rules_round_trip_through_hcl() -> None:
-    for rules in (acl.dns_rules(), acl.agent_read_rules("web"), acl.agent_rules("web", "a/b")):
+    for rules in (
+        acl.dns_rules(),
+        acl.agent_read_rules("web"),
+        acl.agent_rules("web", "a/b"),
+        acl.gateway_service_rules("gateway"),
+    ):
         assert hcl2.loads(rules) and acl.parse_rules(rules)

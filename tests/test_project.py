@@ -12,7 +12,7 @@ from packaging.version import Version
 from components.spec import DEFAULTS, PROJECT, REQUIRED, SECRET_KEYS, TOP_LEVEL_KEYS
 from tests.mocks import ROOT
 
-STRUCTURED = {"services", "intentions"}  # Pulumi's project schema cannot type objects
+STRUCTURED = {"services", "intentions", "gateway"}  # Pulumi's project schema cannot type objects
 # Secrets have no default, and a declared key without a default would be required of every stack.
 COMMENTED = STRUCTURED | set(SECRET_KEYS)
 

@@ -90,8 +90,9 @@ def test_summary_reports_user_data_against_the_limit(demo: tuple[Path, subproces
     _, result = demo
     assert "EC2 limit 16384 bytes" in result.stdout
     lines = [line for line in result.stdout.splitlines() if "bytes gzip" in line]
-    assert [line.split()[0] for line in lines] == ["api", "consul-server-0", "web"]
-    assert "3  aws:ec2/instance:Instance" in result.stdout
+    # The demo's API gateway is a VM too (components/gateway_vm.py).
+    assert [line.split()[0] for line in lines] == ["api", "consul-server-0", "gateway", "web"]
+    assert "4  aws:ec2/instance:Instance" in result.stdout
 
 
 def test_server_files_name_where_their_secrets_come_from_and_hold_none(
