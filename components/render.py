@@ -498,19 +498,33 @@ def split_edges(spec: MeshSpec) -> list[tuple[str, str, str]]:
     ]
 
 
+def route_edges(spec: MeshSpec) -> list[tuple[str, str, str]]:
+    """(gateway, service, "route /p*" or "route =/p") for every route of the API gateway."""
+    if spec.gateway is None:
+        return []
+    return [
+        (spec.gateway.name, r.service, f"route {r.path}*" if r.match == "prefix" else f"route ={r.path}")
+        for r in spec.gateway.routes
+    ]
+
+
 def mermaid(spec: MeshSpec, stack: str = "") -> str:
     lines = [
         "---",
-        f"title: Mesh of stack {stack} (solid: allow, dashed red: deny, dotted blue: L7 rules or a split;"
-        " default deny)",
+        f"title: Mesh of stack {stack} (solid: allow, dashed red: deny,"
+        " dotted blue: L7 rules, a split or a gateway route; default deny)",
         "---",
     ]
     lines.append("flowchart LR")
     for name, svc in spec.services.items():
         lines.append(f'  {name}["{name}<br/>{_label(svc)}"]')
+    if spec.gateway is not None:
+        # The way in: the browser's listener, and each route to the service it sends requests to.
+        lines.append(f'  {spec.gateway.name}[["{spec.gateway.name}<br/>API gateway :{spec.gateway.port}"]]')
     deny_links, blue_links = [], []
     edges = [(i.source, i.destination, intention_label(i), i) for i in spec.intentions]
     edges += [(a, b, label, None) for a, b, label in split_edges(spec)]
+    edges += [(a, b, label, None) for a, b, label in route_edges(spec)]
     for index, (source, destination, label, intention) in enumerate(edges):
         # Labels hold validated paths and methods only; `"` is still written as Mermaid's entity.
         text = label.replace('"', "#quot;")
@@ -537,8 +551,8 @@ def graphviz(spec: MeshSpec, stack: str = "") -> str:
     lines = [
         "digraph mesh {",
         "  rankdir=LR;",
-        f'  label="Mesh of stack {stack}\\nsolid green: allow, dashed red: deny, dotted blue: L7 rules or a split;'
-        ' no arrow: denied by default";',
+        f'  label="Mesh of stack {stack}\\nsolid green: allow, dashed red: deny,'
+        ' dotted blue: L7 rules, a split or a gateway route; no arrow: denied by default";',
         "  labelloc=t;",
         "  node [shape=box, style=rounded];",
     ]
@@ -552,8 +566,11 @@ def graphviz(spec: MeshSpec, stack: str = "") -> str:
         else:
             style = 'color="#c62828", style=dashed, arrowhead=tee'
         lines.append(f'  "{i.source}" -> "{i.destination}" [label="{_dot_string(intention_label(i))}", {style}];')
-    for source, destination, label in split_edges(spec):
-        lines.append(f'  "{source}" -> "{destination}" [label="{label}", color="#1565c0", style=dotted];')
+    for source, destination, label in split_edges(spec) + route_edges(spec):
+        lines.append(f'  "{source}" -> "{destination}" [label="{_dot_string(label)}", color="#1565c0", style=dotted];')
+    if spec.gateway is not None:
+        gateway = spec.gateway
+        lines.append(f'  "{gateway.name}" [label="{gateway.name}\\nAPI gateway :{gateway.port}", shape=cds];')
     return "\n".join([*lines, "}"]) + "\n"
 
 

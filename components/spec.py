@@ -1135,7 +1135,7 @@ def _route(index: int, raw: Any, services: Mapping[str, ServiceSpec], problems: 
     if not isinstance(raw, Mapping):
         problems.add(key, raw, "must be an object such as {pathPrefix: /, service: web}")
         return None
-    _unknown_keys(raw, ROUTE_KEYS, key, problems)
+    unknown_keys(raw, ROUTE_KEYS, key, problems)
     kinds = [k for k in ("pathPrefix", "pathExact") if k in raw]
     if len(kinds) != 1:
         problems.add(key, dict(raw), "needs exactly one of pathPrefix and pathExact")
@@ -1174,7 +1174,7 @@ def _gateway(
     if not isinstance(raw, Mapping):
         problems.add("gateway", raw, "must be an object such as {port: 8080, routes: [{pathPrefix: /, service: web}]}")
         return None
-    _unknown_keys(raw, GATEWAY_KEYS, "gateway", problems)
+    unknown_keys(raw, GATEWAY_KEYS, "gateway", problems)
     before = len(problems.items)
     port = integer(raw.get("port", GATEWAY_DEFAULT_PORT), "gateway.port", problems, 1, 65535, "a TCP port")
     if port in RESERVED_PORTS:

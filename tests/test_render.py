@@ -123,11 +123,17 @@ def test_diagram_has_one_edge_per_intention(tmp_path: Path) -> None:
     ]
     render.render(config, tmp_path, "dev", echo=lambda _: None)
     mmd = (tmp_path / "mesh.mmd").read_text().splitlines()
-    edges = [line.strip() for line in mmd if "-->" in line or ".-x" in line]
-    assert edges == ["web -- allow --> api", "api -- allow --> db", "web -. deny .-x db"]
+    edges = [line.strip() for line in mmd if "-->" in line or ".-x" in line or "-.->" in line]
+    # The demo's gateway routes / to web: one more edge, after the intentions.
+    assert edges == [
+        "web -- allow --> api",
+        "api -- allow --> db",
+        "web -. deny .-x db",
+        'gateway -.->|"route /*"| web',
+    ]
     assert "  linkStyle 2 stroke:#c62828,color:#c62828" in mmd
     dot = (tmp_path / "mesh.dot").read_text()
-    assert dot.count("->") == 3 and dot.count("style=dashed") == 1
+    assert dot.count("->") == 4 and dot.count("style=dashed") == 1
 
 
 def test_svg_is_drawn_with_graphviz(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -623,3 +629,22 @@ def test_the_diagrams_draw_l7_rules_and_splits() -> None:
     dot = graphviz(spec, "dev").splitlines()
     assert f'  "web" -> "api" [label="{rules}", color="#1565c0", style=dotted];' in dot
     assert '  "api" -> "canary" [label="split 10%", color="#1565c0", style=dotted];' in dot
+
+
+def test_the_diagrams_draw_the_gateway_and_its_routes() -> None:
+    from components.render import graphviz, mermaid
+    from components.spec import load_spec
+
+    spec = load_spec(
+        {
+            "adminCidrs": ["203.0.113.0/24"],
+            "services": {"web": {"port": 9090}},
+            "gateway": {"port": 8080, "routes": [{"pathPrefix": "/", "service": "web"}]},
+        }
+    )
+    flow = mermaid(spec, "dev").splitlines()
+    assert '  gateway[["gateway<br/>API gateway :8080"]]' in flow
+    assert '  gateway -.->|"route /*"| web' in flow
+    dot = graphviz(spec, "dev").splitlines()
+    assert '  "gateway" -> "web" [label="route /*", color="#1565c0", style=dotted];' in dot
+    assert '  "gateway" [label="gateway\\nAPI gateway :8080", shape=cds];' in dot
