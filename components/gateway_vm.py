@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
-import pulumi_consul as consul
 
 from . import acl, ec2, identity
-from .mesh_vm import ConsulJoinArgs, LoginArgs
+from .mesh_vm import ConsulJoinArgs, LoginArgs, boot_inputs, cloud_auto_join, declare_login_roles, resolved_login
 from .spec import PROJECT, SSH_PORT, GatewaySpec
-from .userdata import GatewayRecipe, Login, encode_user_data, render_gateway_cloud_config
+from .userdata import GatewayRecipe, encode_user_data, render_gateway_cloud_config
 
 
 @dataclass
@@ -72,39 +71,18 @@ class GatewayVm(pulumi.ComponentResource):
         cluster = args.cluster
         with_consul = pulumi.ResourceOptions(parent=self, provider=args.consul_provider)
         tags = {**args.tags, "consul-tproxy-vms:service": gateway.name}
-        gossip_path = pulumi.Output.from_input(login.gossip_key_path)
-
-        def bound_role(suffix: str, role: str, rules: pulumi.Input[str], what: str) -> None:
-            """A policy and the role of the same name that a binding rule names (identity.binding_rules)."""
-            policy = consul.AclPolicy(
-                f"{name}-{suffix}",
-                name=identity.policy_name_for(role),
-                description=f"{PROJECT}: {what} of the API gateway {gateway.name}",
-                rules=rules,
-                datacenters=[cluster.datacenter],
-                opts=with_consul,
-            )
-            consul.AclRole(
-                f"{name}-{suffix}-role",
-                name=role,
-                description=f"{PROJECT}: bound at login: {what} of the API gateway {gateway.name}",
-                policies=[policy.name],
-                opts=with_consul,
-            )
 
         # The same roles the binding rules name for a mesh VM's service (identity.login_roles): the
         # agent's, and the one its service token links beside the gateway's service identity.
-        bound_role(
-            "agent",
-            identity.agent_role_name(login.prefix, gateway.name),
-            gossip_path.apply(lambda path: acl.agent_rules(gateway.name, path)),
-            "agent tokens of the nodes",
-        )
-        bound_role(
-            "agent-read",
-            identity.agent_read_role_name(login.prefix, gateway.name),
+        declare_login_roles(
+            name,
+            f"the API gateway {gateway.name}",
+            gateway.name,
+            login,
+            cluster.datacenter,
             acl.gateway_service_rules(gateway.name),
             "agent read on the nodes and mesh read for the gateway's service token",
+            with_consul,
         )
 
         def render(v: dict[str, object]) -> str:
@@ -114,30 +92,13 @@ class GatewayVm(pulumi.ComponentResource):
                 consul_version=str(v["consul_version"]),
                 envoy_version=str(v["envoy_version"]),
                 retry_join=tuple(v["retry_join"]),  # type: ignore[arg-type]
-                login=Login(
-                    prefix=login.prefix,
-                    server_id=str(v["server_id"]),
-                    http_addrs=tuple(v["http_addrs"]),  # type: ignore[arg-type]
-                    gossip_key_path=str(v["gossip_path"] or ""),
-                ),
+                login=resolved_login(login, v),
                 ca_pem=str(v["ca"]) if v["ca"] else None,
             )
             return render_gateway_cloud_config(recipe)
 
-        cloud_config = pulumi.Output.all(
-            datacenter=cluster.datacenter,
-            consul_version=args.consul_version,
-            envoy_version=args.envoy_version,
-            retry_join=cluster.retry_join,
-            ca=cluster.ca_pem,
-            server_id=login.server_id,
-            http_addrs=login.http_addrs,
-            gossip_path=gossip_path,
-        ).apply(render)
-
-        auto_join = bool(cluster.cloud_auto_join)
-        if cluster.cloud_auto_join is None and isinstance(cluster.retry_join, (list, tuple)):
-            auto_join = ec2.is_cloud_auto_join(cluster.retry_join)  # type: ignore[arg-type]
+        cloud_config = boot_inputs(cluster, login, args.consul_version, args.envoy_version).apply(render)
+        auto_join = cloud_auto_join(cluster)
         profile = ec2.instance_profile(
             name,
             f"API gateway {gateway.name}",

@@ -97,7 +97,8 @@ def metrics_ingress(port: int | None, members: pulumi.Input[str], admin_cidrs: S
     ]
 
 
-def _cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
+def cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
+    """Whether the VM's agent joins by cloud auto-join (and so its role needs ec2:DescribeInstances)."""
     if cluster.cloud_auto_join is not None:
         return cluster.cloud_auto_join
     if isinstance(cluster.retry_join, (list, tuple)) and all(isinstance(t, str) for t in cluster.retry_join):
@@ -105,6 +106,78 @@ def _cloud_auto_join(cluster: ConsulJoinArgs) -> bool:
     raise ValueError(
         "ConsulJoinArgs.cloud_auto_join must be set when retry_join is an Output: "
         "True when agents join by cloud auto-join (provider=aws ...), else False"
+    )
+
+
+def declare_login_roles(
+    name: str,
+    subject: str,
+    service: str,
+    login: LoginArgs,
+    datacenter: pulumi.Input[str],
+    service_token_rules: str,
+    service_token_what: str,
+    opts: pulumi.ResourceOptions,
+) -> None:
+    """The two Consul roles (each with a policy of the same name) that the auth methods' binding rules
+    name for the VMs of `service` (identity.binding_rules): the agent token's (its nodes, service
+    read, agent read, the gossip key) and the one the service token links beside its service
+    identity (`service_token_rules`, described as `service_token_what`). Named `<name>-agent[-role]`
+    and `<name>-agent-read[-role]`; what each grants is in components/acl.py, checked by
+    tests/test_acl.py. `subject` says whose they are in their descriptions."""
+    gossip_path = pulumi.Output.from_input(login.gossip_key_path)
+
+    def bound_role(suffix: str, role: str, rules: pulumi.Input[str], what: str) -> None:
+        policy = consul.AclPolicy(
+            f"{name}-{suffix}",
+            name=identity.policy_name_for(role),
+            description=f"{PROJECT}: {what} of {subject}",
+            rules=rules,
+            datacenters=[datacenter],
+            opts=opts,
+        )
+        consul.AclRole(
+            f"{name}-{suffix}-role",
+            name=role,
+            description=f"{PROJECT}: bound at login: {what} of {subject}",
+            policies=[policy.name],
+            opts=opts,
+        )
+
+    bound_role(
+        "agent",
+        identity.agent_role_name(login.prefix, service),
+        gossip_path.apply(lambda path: acl.agent_rules(service, path)),
+        "agent tokens of the nodes",
+    )
+    bound_role(
+        "agent-read", identity.agent_read_role_name(login.prefix, service), service_token_rules, service_token_what
+    )
+
+
+def boot_inputs(
+    cluster: ConsulJoinArgs, login: LoginArgs, consul_version: pulumi.Input[str], envoy_version: pulumi.Input[str]
+) -> pulumi.Output[dict[str, object]]:
+    """Everything of the cluster and the login that a VM's user data is rendered from, resolved."""
+    return pulumi.Output.all(
+        datacenter=cluster.datacenter,
+        consul_version=consul_version,
+        envoy_version=envoy_version,
+        retry_join=cluster.retry_join,
+        ca=cluster.ca_pem,
+        server_id=login.server_id,
+        http_addrs=login.http_addrs,
+        gossip_path=login.gossip_key_path,
+    )
+
+
+def resolved_login(login: LoginArgs, v: Mapping[str, object]) -> Login:
+    """The recipe's Login from boot_inputs' resolved values."""
+    return Login(
+        prefix=login.prefix,
+        server_id=str(v["server_id"]),
+        http_addrs=tuple(v["http_addrs"]),  # type: ignore[arg-type]
+        gossip_key_path=str(v["gossip_path"] or ""),
     )
 
 
@@ -137,42 +210,18 @@ class MeshVm(pulumi.ComponentResource):
         svc = args.service
         cluster = args.cluster
         login = args.login
-        auto_join = _cloud_auto_join(cluster)
+        auto_join = cloud_auto_join(cluster)
         tags = {**args.tags, "consul-tproxy-vms:service": svc.name}
 
-        # The Consul roles the auth methods' binding rules name for this service (identity.py); what
-        # each grants is in components/acl.py, checked by tests/test_acl.py.
-        gossip_path = pulumi.Output.from_input(login.gossip_key_path)
-
-        def bound_role(suffix: str, role: str, rules: pulumi.Input[str], what: str) -> None:
-            """A policy and the role of the same name that a binding rule names (identity.binding_rules)."""
-            policy = consul.AclPolicy(
-                f"{name}-{suffix}",
-                name=identity.policy_name_for(role),
-                description=f"{PROJECT}: {what} of service {svc.name}",
-                rules=rules,
-                datacenters=[cluster.datacenter],
-                opts=with_consul,
-            )
-            consul.AclRole(
-                f"{name}-{suffix}-role",
-                name=role,
-                description=f"{PROJECT}: bound at login: {what} of service {svc.name}",
-                policies=[policy.name],
-                opts=with_consul,
-            )
-
-        bound_role(
-            "agent",
-            identity.agent_role_name(login.prefix, svc.name),
-            gossip_path.apply(lambda path: acl.agent_rules(svc.name, path)),
-            "agent tokens of the nodes",
-        )
-        bound_role(
-            "agent-read",
-            identity.agent_read_role_name(login.prefix, svc.name),
+        declare_login_roles(
+            name,
+            f"service {svc.name}",
+            svc.name,
+            login,
+            cluster.datacenter,
             acl.agent_read_rules(svc.name),
             "agent read on the nodes (/v1/agent/self) for the service tokens",
+            with_consul,
         )
 
         def render(v: dict[str, object]) -> str:
@@ -182,28 +231,14 @@ class MeshVm(pulumi.ComponentResource):
                 consul_version=str(v["consul_version"]),
                 envoy_version=str(v["envoy_version"]),
                 retry_join=tuple(v["retry_join"]),  # type: ignore[arg-type]
-                login=Login(
-                    prefix=login.prefix,
-                    server_id=str(v["server_id"]),
-                    http_addrs=tuple(v["http_addrs"]),  # type: ignore[arg-type]
-                    gossip_key_path=str(v["gossip_path"] or ""),
-                ),
+                login=resolved_login(login, v),
                 ca_pem=str(v["ca"]) if v["ca"] else None,
             )
             if ec2.is_cloud_auto_join(recipe.retry_join) and not auto_join:
                 raise ValueError(f"{name}: retry_join uses cloud auto-join, but cloud_auto_join is False")
             return render_cloud_config(recipe)
 
-        cloud_config = pulumi.Output.all(
-            datacenter=cluster.datacenter,
-            consul_version=args.consul_version,
-            envoy_version=args.envoy_version,
-            retry_join=cluster.retry_join,
-            ca=cluster.ca_pem,
-            server_id=login.server_id,
-            http_addrs=login.http_addrs,
-            gossip_path=gossip_path,
-        ).apply(render)
+        cloud_config = boot_inputs(cluster, login, args.consul_version, args.envoy_version).apply(render)
 
         # The tag names the service the login binds (identity.SERVICE_TAG); the role may read itself.
         profile = ec2.instance_profile(
