@@ -591,6 +591,21 @@ class Plan:
         """The order of this plan's deletes (resources gone from the program), from the before-run's graph."""
         return delete_waves(self.before, self.urns(DELETE))
 
+    def order(self) -> dict[str, int]:
+        """The wave of each change (1 first): what `pulumi up` may do once the waves before are done.
+
+        A change waits for the changes it depends on (waits_for, through unchanged resources too),
+        as the engine's step generator does; a delete comes after every other step (the engine
+        deletes last), in delete_waves' order. Resources of one wave may go in parallel.
+        """
+        changes = {urn for urn, step in self.steps.items() if step.kind != SAME}
+        times = schedule(self.after, lambda reg: 1.0 if reg.urn in changes else 0.0)
+        waves = {urn: int(times[urn][0]) + 1 for urn in changes if urn in self.after}
+        last = max(waves.values(), default=0)
+        for rank, wave in enumerate(self.delete_waves()):
+            waves.update({urn: last + 1 + rank for urn in wave})
+        return waves
+
     def blocked(self) -> list[str]:
         """Protected resources this plan would delete or replace: the engine refuses the update."""
         return sorted(

@@ -1,7 +1,8 @@
 """See the mesh before paying for it: run the program offline and write what it would create.
 
-    python -m components.render render --stack dev --out out/dev
-    python -m components.render render --config my-stack.yaml --stack mine --out out/mine
+    consul-tproxy-vms-render render --stack dev --out out/dev
+    consul-tproxy-vms-render render --config my-stack.yaml --stack mine --out out/mine
+    consul-tproxy-vms-render diff before.yaml Pulumi.prod.yaml
 
 The very same program (components.program.build) runs under Pulumi's mock runtime: no network, no
 credentials. Secrets never reach it: token secret IDs, the provider token and the gossip key are
@@ -19,6 +20,10 @@ clear placeholders, so nothing secret can land in the output. It writes:
                                 directory holding anything else
 
 and prints a summary: resources by type, user data bytes per VM against EC2's limit.
+
+`diff` runs the program for two stack files under the lifecycle simulator (components/lifecycle.py)
+and prints what an `up` of the second over the state of the first would create, update, replace and
+delete, in order; its exit status tells a CI job whether anything would be replaced or deleted.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 import yaml
@@ -48,6 +53,9 @@ from pulumi.runtime.stack import wait_for_rpcs
 from .program import build, preflight, resolve_admin_cidrs
 from .spec import PROJECT, SECRET_KEYS, IntentionSpec, MeshSpec, MeshSpecError, load_spec, stack_name_problem
 from .userdata import EC2_USER_DATA_LIMIT, decode_user_data
+
+if TYPE_CHECKING:
+    from .lifecycle import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARKER = "4dabf18193072939515e22adb298388d"
@@ -410,16 +418,25 @@ def plan_spec(config: Mapping[str, Any], stack: str = "dev") -> tuple[MeshSpec, 
 def plan(spec: MeshSpec, with_gossip_key: bool, stack: str) -> tuple[PlanMocks, dict]:
     """Run the program for `spec` under mocks; return the record and the resolved outputs."""
     mocks = PlanMocks()
+    program = stack_program(spec, with_gossip_key)
 
     async def run() -> dict:
         set_plan_mocks(mocks, stack)
-        token_key, gossip_key = SECRET_KEYS
-        token = placeholder(token_key) if spec.consul is not None else None
-        outputs = build(spec, token, placeholder(gossip_key) if with_gossip_key else None)
-        return await settle(outputs)
+        return await settle(program())
 
     outputs = asyncio.run(run())
     return mocks, outputs
+
+
+def stack_program(spec: MeshSpec, with_gossip_key: bool) -> Callable[[], Any]:
+    """The program for `spec` as the mocks run it: secrets given as placeholders."""
+    token_key, gossip_key = SECRET_KEYS
+
+    def program() -> Any:
+        token = placeholder(token_key) if spec.consul is not None else None
+        return build(spec, token, placeholder(gossip_key) if with_gossip_key else None)
+
+    return program
 
 
 def user_data_by_vm(mocks: PlanMocks) -> dict[str, str]:
@@ -764,15 +781,131 @@ def render(config: Mapping[str, Any], out: Path, stack: str, echo: Callable[[str
     return {"resources": len(mocks.resources), "byType": dict(by_type), "userData": sizes}
 
 
+# --- diff: what a config change does on the next `up` -----------------------------------------
+
+ACTIONS = ("replace", "update", "create", "delete")
+FAIL_ON = ("replace", "delete", "any-change")
+DEFAULT_FAIL_ON = ("replace", "delete")
+
+
+def diff_plan(before: Mapping[str, Any], after: Mapping[str, Any], stack: str) -> Plan:
+    """The lifecycle simulator's plan for an `up` of `after` over the state a first `up` of `before`
+    left. Both configs are checked (plan_spec) before either runs: MeshSpecError."""
+    # Imported here: the simulator builds on this module's mocks (lifecycle imports render).
+    from .lifecycle import simulate
+
+    check_stack_name(stack)
+    before_program = stack_program(*plan_spec(before, stack))
+    after_program = stack_program(*plan_spec(after, stack))
+    return simulate(before_program, after_program, PlanMocks, stack=stack)
+
+
+def diff_lines(plan: Plan) -> list[str]:
+    """The plan, one line per resource grouped by action, each group in the order `up` takes them
+    (the wave: a change waits for the earlier waves; one wave's resources may go in parallel)."""
+    counts = {action: len(plan.names(action)) for action in ACTIONS}
+    lines = [", ".join(f"{count} to {action}" for action, count in counts.items())]
+    if not any(counts.values()):
+        return ["no changes"]
+    waves = plan.order()
+    record = {**plan.before, **plan.after}
+    for action in ACTIONS:
+        urns = [u for u in plan.urns(action) if record[u].custom]
+        if not urns:
+            continue
+        lines.append(f"{action}:")
+        for urn in sorted(urns, key=lambda u: (waves[u], record[u].type, record[u].name)):
+            lines.append(f"  wave {waves[urn]:<3d} {record[urn].type}  {record[urn].name}{_diff_detail(plan, urn)}")
+    lines += _diff_notes(plan)
+    return lines
+
+
+def _diff_detail(plan: Plan, urn: str) -> str:
+    step = plan.steps[urn]
+    detail = ""
+    if step.kind == "replace":
+        # The engine creates the new resource before deleting the old one, unless the resource
+        # asks otherwise (deleteBeforeReplace: a server's instance, whose interface moves over).
+        first = plan.after[urn].options.delete_before_replace
+        detail += "  delete-before-replace" if first else "  create-before-delete"
+    if step.paths:
+        detail += f"  ({', '.join(step.paths)})"
+    return detail
+
+
+def _diff_notes(plan: Plan) -> list[str]:
+    notes = []
+    if plan.blocked():
+        notes.append(f"note: protected, so `pulumi up` refuses to replace or delete them: {', '.join(plan.blocked())}")
+    if plan.retained():
+        notes.append(f"note: left in AWS (retainOnDelete) while dropped from the state: {', '.join(plan.retained())}")
+    if plan.unmodeled_types():
+        types = ", ".join(plan.unmodeled_types())
+        notes.append(f"note: any change counted as a replacement (types the simulator does not model): {types}")
+    return notes
+
+
+def fails(plan: Plan, fail_on: Sequence[str]) -> bool:
+    """Whether the plan holds a change `fail_on` names (replace, delete, any-change)."""
+    found = {
+        "replace": bool(plan.replaced),
+        "delete": bool(plan.deleted),
+        "any-change": any(plan.names(action) for action in ACTIONS),
+    }
+    return any(found[what] for what in fail_on)
+
+
+def stack_of(*paths: Path) -> str | None:
+    """The stack a file Pulumi.<stack>.yaml names (the first such of `paths`), or None."""
+    for path in paths:
+        if path.name.startswith("Pulumi.") and path.name.endswith(".yaml"):
+            return path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    return None
+
+
+def diff_main(before: Path, after: Path, stack: str | None, fail_on: Sequence[str]) -> int:
+    named = stack is not None
+    stack = stack if named else stack_of(after, before)
+    if stack is None:
+        print("error: neither file is named Pulumi.<stack>.yaml: give --stack", file=sys.stderr)
+        return USAGE_ERROR
+    problem = stack_name_problem(stack)
+    if problem:
+        print(f"error: {problem}" + ("" if named else " (from the file's name: give --stack)"), file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        configs = [load_stack_config(path) for path in (before, after)]
+        plan = diff_plan(configs[0], configs[1], stack)
+    except OneLineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    except MeshSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return CONFIG_ERROR
+    print(f"stack {stack}: {before} -> {after}")
+    for line in diff_lines(plan):
+        print(line)
+    return CHANGES_REFUSED if fails(plan, fail_on) else 0
+
+
 # Exit statuses: argparse's own for a command line it cannot use, kept for every file or name the
 # command line gives that the render cannot use (--out, the stack file, the stack name); 1 for a
 # stack config the mesh refuses (the problems listed, as `pulumi up` lists them).
+# `diff` exits 3 when the plan holds a change --fail-on names (by default a replacement or a
+# delete), 0 when it does not.
 USAGE_ERROR = 2
 CONFIG_ERROR = 1
+CHANGES_REFUSED = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.render", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="consul-tproxy-vms-render",
+        description=__doc__.split("\n\n")[0],
+        epilog="exit status: 0 done (diff: nothing --fail-on names); 1 a stack config the mesh refuses; "
+        "2 a command line, file or stack name that cannot be used; 3 (diff) the change replaces or "
+        "deletes something (or what --fail-on names)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("render", help="write every VM's files, the plan and a mesh diagram")
     cmd.add_argument("--stack", help="stack name (names resources and tags): reads Pulumi.<stack>.yaml by default")
@@ -784,7 +917,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"a new or empty directory to write into, or an earlier render's (listed in its {MANIFEST}), "
         "which is replaced; any other is refused",
     )
+    check = sub.add_parser(
+        "diff",
+        help="what a config change would create, update, replace and delete on the next `up`, offline",
+        description="Run the program for BEFORE and AFTER under Pulumi's mocks and print what an `up` of "
+        "AFTER over the state BEFORE left would create, update, replace and delete, in order (wave 1 "
+        "first). Only the config change is judged: not drift in AWS, not a newer Ubuntu image, not a "
+        "certificate due for renewal.",
+    )
+    check.add_argument("before", type=Path, metavar="BEFORE.yaml", help="the stack file as deployed")
+    check.add_argument("after", type=Path, metavar="AFTER.yaml", help="the stack file as changed")
+    check.add_argument("--stack", help="stack name (names resources): by default from a file named Pulumi.<stack>.yaml")
+    check.add_argument(
+        "--fail-on",
+        action="append",
+        choices=FAIL_ON,
+        help="exit 3 when the change holds this (repeatable; default: replace and delete)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "diff":
+        return diff_main(args.before, args.after, args.stack, args.fail_on or DEFAULT_FAIL_ON)
     if args.stack is None and args.config is None:
         parser.error("give --stack, --config or both")
 
