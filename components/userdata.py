@@ -256,20 +256,29 @@ def _upstream_probe(service: ServiceSpec) -> dict[str, str]:
 TOKEN_DIR = "/run/consul-login"
 
 
-def vm_files(recipe: VmRecipe) -> list[VmFile]:
-    """Every file the VM gets, in the order cloud-init writes them."""
-    svc = recipe.service
-    login = recipe.login
-    context: dict[str, Any] = {
-        "service": svc,
-        "datacenter": recipe.datacenter,
-        "retry_join": list(recipe.retry_join),
-        "tls": recipe.ca_pem is not None,
+def _agent_context(
+    name: str, datacenter: str, retry_join: Sequence[str], ca_pem: str | None, login: Login
+) -> dict[str, Any]:
+    """What the agent's config and the login's settings are rendered from, for the VMs of `name`
+    (a mesh service or the gateway): the same templates serve both."""
+    return {
+        "datacenter": datacenter,
+        "retry_join": list(retry_join),
+        "tls": ca_pem is not None,
         "ca_path": CA_PATH,
         "token_dir": TOKEN_DIR,
         "login_methods": [f"{kind}={method_name(login.prefix, kind)}" for kind in KINDS],
-        "login_roles": [f"{kind}={role}" for kind, role in login_roles(login.prefix, svc.name).items()],
+        "login_roles": [f"{kind}={role}" for kind, role in login_roles(login.prefix, name).items()],
         "login": login,
+    }
+
+
+def vm_files(recipe: VmRecipe) -> list[VmFile]:
+    """Every file the VM gets, in the order cloud-init writes them."""
+    svc = recipe.service
+    context: dict[str, Any] = {
+        **_agent_context(svc.name, recipe.datacenter, recipe.retry_join, recipe.ca_pem, recipe.login),
+        "service": svc,
         "envoy_public_port": ENVOY_PUBLIC_PORT,
         "envoy_outbound_port": ENVOY_OUTBOUND_PORT,
         "exclusions": redirect_exclusions(recipe),
@@ -446,18 +455,10 @@ def gateway_files(recipe: GatewayRecipe) -> list[VmFile]:
     """Every file the gateway VM gets: a mesh VM's agent, login and metadata guard; no application,
     no service registration file (the CLI registers the gateway) and no traffic redirect."""
     gateway = recipe.gateway
-    login = recipe.login
     context: dict[str, Any] = {
+        **_agent_context(gateway.name, recipe.datacenter, recipe.retry_join, recipe.ca_pem, recipe.login),
         "service": gateway,
         "gateway": gateway,
-        "datacenter": recipe.datacenter,
-        "retry_join": list(recipe.retry_join),
-        "tls": recipe.ca_pem is not None,
-        "ca_path": CA_PATH,
-        "token_dir": TOKEN_DIR,
-        "login_methods": [f"{kind}={method_name(login.prefix, kind)}" for kind in KINDS],
-        "login_roles": [f"{kind}={role}" for kind, role in login_roles(login.prefix, gateway.name).items()],
-        "login": login,
     }
     files = [
         VmFile("/etc/consul.d/consul.hcl", _render("consul.hcl.j2", **context), "0640", "root:consul"),
