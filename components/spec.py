@@ -219,6 +219,7 @@ SERVICE_KEYS = frozenset(
         "packages",
         "healthCheckPath",
         "instanceType",
+        "instances",
         "excludeInboundPorts",
         "excludeOutboundPorts",
         "excludeOutboundCidrs",
@@ -238,6 +239,9 @@ GATEWAY_NAME = "gateway"
 GATEWAY_LISTENER = "http"
 GATEWAY_DEFAULT_PORT = 8080
 DEMO_HEALTH_PATH = "/health"
+# The largest group a service may ask for: a group spreads over the stack's subnets, each of which
+# must hold twice its share while an instance refresh launches before it terminates (network.py).
+MAX_INSTANCES = 100
 
 
 class MeshSpecError(ValueError):
@@ -284,6 +288,15 @@ class ServiceSpec:
     app: AppSpec = field(default_factory=AppSpec)
     instance_type: str = DEFAULTS["instanceType"]
     exclusions: RedirectExclusions = field(default_factory=RedirectExclusions)
+    instances: int | None = None
+    """How many VMs run the service as an EC2 Auto Scaling group (config `instances`); None: one VM
+    of its own, not in a group. Only whether it is set reaches the VMs' user data, never the count:
+    changing the count changes the group's capacity alone."""
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the service runs as an Auto Scaling group (its VMs complete lifecycle hooks)."""
+        return self.instances is not None
 
     @property
     def virtual_hostname(self) -> str:
@@ -656,6 +669,9 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
 
     instance_type = raw.get("instanceType", default_instance_type)
     string(instance_type, f"{key}.instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
+    instances = raw.get("instances")
+    if instances is not None:
+        instances = integer(instances, f"{key}.instances", problems, 1, MAX_INSTANCES, "a group size")
     uids = (
         integer(u, f"{key}.excludeUids[{i}]", problems, 0, 2**31 - 1, "a user ID")
         for i, u in enumerate(json_list(raw.get("excludeUids", []), f"{key}.excludeUids", problems))
@@ -676,6 +692,7 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
         app=AppSpec(command=command, packages=tuple(packages), health_check_path=health),
         instance_type=instance_type,
         exclusions=exclusions,
+        instances=instances,
     )
 
 

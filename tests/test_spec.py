@@ -309,3 +309,14 @@ def test_one_problem_is_one_problem() -> None:
     with pytest.raises(MeshSpecError) as caught:
         load_spec({"services": {"web": {"port": 9090, "prot": 1}}, "adminCidrs": ["203.0.113.0/24"]})
     assert "(1 problem):" in str(caught.value)
+
+
+def test_instances_make_a_group_and_are_bounded() -> None:
+    services = demo_config()["services"]
+    grouped = load_spec(config(services={**services, "api": {**services["api"], "instances": 3}}))
+    assert (grouped.services["api"].instances, grouped.services["api"].grouped) == (3, True)
+    # Without the key a service keeps its one VM of its own (no group): existing stacks replace nothing.
+    assert (grouped.services["web"].instances, grouped.services["web"].grouped) == (None, False)
+    for bad, fragment in [(0, "out of range"), (101, "out of range"), (True, "must be an integer"), (2.5, "integer")]:
+        found = problems(services={**services, "api": {**services["api"], "instances": bad}})
+        assert any(p.startswith("services.api.instances:") and fragment in p for p in found), (bad, found)
