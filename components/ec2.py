@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from . import groups
 from .image import ImagePin
 from .spec import PROJECT
 
@@ -78,11 +79,13 @@ def instance_profile(
     path: str = "/",
     login: bool = False,
     statements: pulumi.Input[list[dict[str, object]]] | None = None,
+    statements_name: str = "secrets",
 ) -> aws.iam.InstanceProfile:
     """The VM's IAM role and profile, with only what the VM calls: DescribeInstances for cloud
     auto-join; iam:GetRole on the role itself when the VM logs in to Consul with it (`consul login
     -aws-include-entity` signs that call for the servers to replay; Consul docs, aws-iam auth
-    method); and `statements` (a server's own SSM parameters). Roles that log in live under `path`,
+    method); and `statements` (a server's own SSM parameters, a group's VMs' lifecycle hooks) as the
+    role policy `<name>-<statements_name>`. Roles that log in live under `path`,
     which the auth methods bind, and carry `tags` the binding rules read."""
     child = pulumi.ResourceOptions(parent=parent)
     role = aws.iam.Role(
@@ -109,7 +112,7 @@ def instance_profile(
     if statements is not None:
         policies.append(
             aws.iam.RolePolicy(
-                f"{name}-secrets",
+                f"{name}-{statements_name}",
                 role=role.id,
                 policy=pulumi.Output.from_input(statements).apply(policy_document),
                 opts=child,
@@ -304,4 +307,109 @@ def instance(
             delete_before_replace=network_interface_id is not None,
         ),
         **placement,  # type: ignore[arg-type]
+    )
+
+
+# The root device of Canonical's Ubuntu images (ec2.UBUNTU_IMAGE), which a launch template must name
+# to set its volume's encryption (ec2.instance sets it through root_block_device instead).
+ROOT_DEVICE = "/dev/sda1"
+METADATA_OPTIONS = {"http_tokens": "required", "http_endpoint": "enabled", "http_put_response_hop_limit": 1}
+
+
+def launch_template(
+    name: str,
+    *,
+    ami_id: pulumi.Input[str],
+    instance_type: str,
+    profile: aws.iam.InstanceProfile,
+    key_name: str | None,
+    user_data_base64: pulumi.Output[str],
+    security_group_ids: Sequence[pulumi.Input[str]],
+    tags: Mapping[str, str],
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> aws.ec2.LaunchTemplate:
+    """What every VM of a group boots from: the VM `instance` makes, as a template (IMDSv2 required,
+    an encrypted root volume, the user data every VM of the service shares).
+
+    A change makes a new version of the same template (no input of a template forces a new one but
+    its name), which the group picks up by an instance refresh (auto_scaling_group)."""
+    return aws.ec2.LaunchTemplate(
+        f"{name}-template",
+        image_id=ami_id,
+        instance_type=instance_type,
+        iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
+        key_name=key_name,
+        user_data=user_data_base64,
+        vpc_security_group_ids=list(security_group_ids),
+        metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(**METADATA_OPTIONS),  # type: ignore[arg-type]
+        block_device_mappings=[
+            aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name=ROOT_DEVICE,
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    encrypted="true", volume_type="gp3", delete_on_termination="true"
+                ),
+            )
+        ],
+        tag_specifications=[
+            aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**tags, "Name": name})
+            for kind in ("instance", "volume")
+        ],
+        tags={**tags, "Name": name},
+        update_default_version=True,
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
+    )
+
+
+def auto_scaling_group(
+    name: str,
+    *,
+    group_name: pulumi.Input[str],
+    template: aws.ec2.LaunchTemplate,
+    size: int,
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]],
+    tags: Mapping[str, str],
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> aws.autoscaling.Group:
+    """`size` VMs from `template`, spread over `subnet_ids`, with the mesh's lifecycle hooks (groups.py).
+
+    The group names its template's latest version, so a new recipe changes the group's
+    launch_template and the provider starts an instance refresh (rolling, launch before terminate);
+    a new size changes only the capacity. It is created without waiting for capacity: its VMs wait
+    for the servers and their logins, and the mesh gate (MeshReady) waits for them in the mesh."""
+    return aws.autoscaling.Group(
+        f"{name}-group",
+        name=group_name,
+        min_size=size,
+        max_size=size,
+        desired_capacity=size,
+        vpc_zone_identifiers=subnet_ids,
+        launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+            id=template.id, version=template.latest_version.apply(str)
+        ),
+        instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+            strategy="Rolling",
+            preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
+                min_healthy_percentage=groups.MIN_HEALTHY_PERCENTAGE,
+                max_healthy_percentage=groups.MAX_HEALTHY_PERCENTAGE,
+                instance_warmup=str(groups.INSTANCE_WARMUP_SECONDS),
+            ),
+        ),
+        initial_lifecycle_hooks=[
+            aws.autoscaling.GroupInitialLifecycleHookArgs(
+                name=hook.name,
+                lifecycle_transition=hook.transition,
+                heartbeat_timeout=hook.heartbeat_seconds,
+                default_result=hook.default_result,
+            )
+            for hook in groups.HOOKS
+        ],
+        health_check_type="EC2",
+        wait_for_capacity_timeout="0",
+        tags=[
+            aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=False)
+            for key, value in sorted({**tags, "Name": name}.items())
+        ],
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
     )

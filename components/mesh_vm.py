@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_consul as consul
+import pulumi_random as random
 
-from . import acl, ec2, identity
+from . import acl, ec2, groups, identity
 from .spec import ENVOY_PUBLIC_PORT, PROJECT, SSH_PORT, ServiceSpec
 from .userdata import Login, VmRecipe, encode_user_data, render_cloud_config
 
@@ -57,7 +59,7 @@ class MeshVmArgs:
     login: LoginArgs
     """How the VM obtains its tokens and the gossip key at boot."""
     subnet_id: pulumi.Input[str]
-    """Subnet the VM is placed in."""
+    """Subnet the VM is placed in (a service of one VM, not in a group)."""
     vpc_id: pulumi.Input[str]
     """VPC of that subnet, for the VM's security group."""
     mesh_security_group_id: pulumi.Input[str]
@@ -80,6 +82,9 @@ class MeshVmArgs:
     (the Python SDK registers a component only once each provider in its `providers` has an id:
     pulumi/runtime/resource.py prepare_resource, `_create_provider_ref`; and a child waits for its
     parent's URN). The stack's provider waits for the cluster's readiness gate, the VMs need not."""
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None
+    """Subnets a service of many instances (ServiceSpec.instances) spreads its group's VMs over:
+    the stack's, one per zone. Required for such a service; unused for one VM."""
     metrics_port: int | None = None
     """Envoy's Prometheus port (config envoyMetrics), opened to mesh members and admin_cidrs; None:
     closed. Security group rules only: turning it on or off never replaces the instance."""
@@ -182,22 +187,29 @@ def resolved_login(login: LoginArgs, v: Mapping[str, object]) -> Login:
 
 
 class MeshVm(pulumi.ComponentResource):
-    """The VM of one mesh service: the Consul roles its login binds, its IAM role, security group
-    and instance.
+    """The VMs of one mesh service: the Consul roles their login binds, their IAM role, security
+    group, and either one instance or (config `instances`) an Auto Scaling group of them.
 
     Its user data holds no secret: at boot the VM logs in with its instance role (tagged with its
     service) and gets its tokens and the gossip key (scripts/consul-login.sh). So the user data is
     not a Pulumi secret, is the same for every instance of the service, and needs nothing from
     Consul: the VM boots in parallel with the servers. It holds nothing about other services or
     intentions, so the mesh can change around the VM without replacing it; a change to its own
-    recipe does replace it (cloud-init runs once per instance).
+    recipe does replace it (cloud-init runs once per instance): a lone VM by a new instance, a
+    group's VMs by an instance refresh.
     """
 
-    instance_id: pulumi.Output[str]
-    private_ip: pulumi.Output[str]
-    public_ip: pulumi.Output[str]
-    node_name: pulumi.Output[str]
-    """<service>-<instance id>: the Consul node the VM registers at boot."""
+    instance_id: pulumi.Output[str] | None
+    """The lone VM's instance; None for a group (its VMs come and go)."""
+    private_ip: pulumi.Output[str] | None
+    public_ip: pulumi.Output[str] | None
+    node_name: pulumi.Output[str] | None
+    """<service>-<instance id>: the Consul node the lone VM registers at boot (a group's VMs name
+    themselves the same way)."""
+    group_name: pulumi.Output[str] | None
+    """The Auto Scaling group's name; None for a lone VM."""
+    instances: int
+    """How many VMs run the service."""
     virtual_hostname: pulumi.Output[str]
     port: pulumi.Output[int]
     cloud_config: pulumi.Output[str]
@@ -208,99 +220,186 @@ class MeshVm(pulumi.ComponentResource):
         # Only the Consul resources wait for the provider (see MeshVmArgs.consul_provider).
         with_consul = pulumi.ResourceOptions(parent=self, provider=args.consul_provider)
         svc = args.service
-        cluster = args.cluster
-        login = args.login
-        auto_join = cloud_auto_join(cluster)
         tags = {**args.tags, "consul-tproxy-vms:service": svc.name}
-
         declare_login_roles(
             name,
             f"service {svc.name}",
             svc.name,
-            login,
-            cluster.datacenter,
+            args.login,
+            args.cluster.datacenter,
             acl.agent_read_rules(svc.name),
             "agent read on the nodes (/v1/agent/self) for the service tokens",
             with_consul,
         )
-
-        def render(v: dict[str, object]) -> str:
-            recipe = VmRecipe(
-                service=svc,
-                datacenter=str(v["datacenter"]),
-                consul_version=str(v["consul_version"]),
-                envoy_version=str(v["envoy_version"]),
-                retry_join=tuple(v["retry_join"]),  # type: ignore[arg-type]
-                login=resolved_login(login, v),
-                ca_pem=str(v["ca"]) if v["ca"] else None,
-            )
-            if ec2.is_cloud_auto_join(recipe.retry_join) and not auto_join:
-                raise ValueError(f"{name}: retry_join uses cloud auto-join, but cloud_auto_join is False")
-            return render_cloud_config(recipe)
-
-        cloud_config = boot_inputs(cluster, login, args.consul_version, args.envoy_version).apply(render)
-
-        # The tag names the service the login binds (identity.SERVICE_TAG); the role may read itself.
+        group_name = declare_group_name(name, svc.name, args.login.prefix, self) if svc.grouped else None
+        self.cloud_config = user_data(name, args, group_name)
         profile = ec2.instance_profile(
             name,
             f"VM of mesh service {svc.name}",
-            auto_join,
+            cloud_auto_join(args.cluster),
+            # The tag names the service the login binds (identity.SERVICE_TAG); the role may read itself.
             {**tags, identity.SERVICE_TAG: svc.name},
             self,
-            path=login.iam_path,
+            path=args.login.iam_path,
             login=True,
+            statements=hook_statements(group_name, self) if group_name is not None else None,
+            statements_name="lifecycle",
         )
-        # The application's own port gets no rule: it listens on loopback and is reached only via
-        # Envoy's public listener.
-        group = ec2.security_group(
-            name,
-            args.vpc_id,
-            f"Mesh VM of {svc.name}: Envoy and gossip from mesh members, SSH from admins",
-            [
-                ec2.Ingress(
-                    "envoy",
-                    "tcp",
-                    ENVOY_PUBLIC_PORT,
-                    "Envoy public listener (mTLS) from mesh members",
-                    args.mesh_security_group_id,
-                ),
-                *ec2.gossip_ingress(args.mesh_security_group_id),
-                *ec2.admin_ingress("ssh", SSH_PORT, "SSH", args.admin_cidrs),
-                *metrics_ingress(args.metrics_port, args.mesh_security_group_id, args.admin_cidrs),
-            ],
-            tags,
-            self,
-        )
+        security_groups = [vm_security_group(name, args, tags, self).id, args.mesh_security_group_id]
+        self.instances = svc.instances or 1
+        self.group_name = group_name
+        if group_name is None:
+            self._lone_vm(name, args, profile, security_groups, tags)
+        else:
+            self._group(name, args, group_name, profile, security_groups, tags)
+        self.virtual_hostname = pulumi.Output.from_input(svc.virtual_hostname)
+        self.port = pulumi.Output.from_input(svc.port)
+        self.register_outputs(self.summary())
+
+    def _lone_vm(
+        self,
+        name: str,
+        args: MeshVmArgs,
+        profile: aws.iam.InstanceProfile,
+        security_groups: list[pulumi.Input[str]],
+        tags: dict[str, str],
+    ) -> None:
+        """One instance of its own, in the subnet the stack placed the service in."""
         instance = ec2.instance(
             name,
             ami_id=args.ami_id,
-            instance_type=svc.instance_type,
+            instance_type=args.service.instance_type,
             subnet_id=args.subnet_id,
-            security_group_ids=[group.id, args.mesh_security_group_id],
+            security_group_ids=security_groups,
             profile=profile,
             key_name=args.key_name,
-            user_data_base64=cloud_config.apply(encode_user_data),
+            user_data_base64=self.cloud_config.apply(encode_user_data),
             tags=tags,
             parent=self,
             depends_on=args.instance_after,
         )
-
         self.instance_id = instance.id
         self.private_ip = instance.private_ip
         self.public_ip = instance.public_ip
-        self.node_name = instance.id.apply(lambda iid: f"{acl.node_prefix(svc.name)}{iid}")
-        self.virtual_hostname = pulumi.Output.from_input(svc.virtual_hostname)
-        self.port = pulumi.Output.from_input(svc.port)
-        self.cloud_config = cloud_config
-        self.register_outputs(self.summary())
+        self.node_name = instance.id.apply(lambda iid: f"{acl.node_prefix(args.service.name)}{iid}")
 
-    def summary(self) -> dict[str, pulumi.Output]:
-        """What the stack exports of this VM (camelCase, the `services` output's contract)."""
-        return {
-            "instanceId": self.instance_id,
-            "privateIp": self.private_ip,
-            "publicIp": self.public_ip,
-            "nodeName": self.node_name,
-            "virtualHostname": self.virtual_hostname,
-            "port": self.port,
-        }
+    def _group(
+        self,
+        name: str,
+        args: MeshVmArgs,
+        group_name: pulumi.Output[str],
+        profile: aws.iam.InstanceProfile,
+        security_groups: list[pulumi.Input[str]],
+        tags: dict[str, str],
+    ) -> None:
+        """A launch template and an Auto Scaling group of `instances` VMs over every subnet of the stack."""
+        if args.subnet_ids is None:
+            raise ValueError(f"{name}: a service of many instances needs subnet_ids (MeshVmArgs.subnet_ids)")
+        template = ec2.launch_template(
+            name,
+            ami_id=args.ami_id if args.ami_id is not None else ec2.pinned_image(f"{name}-image", self).image_id,
+            instance_type=args.service.instance_type,
+            profile=profile,
+            key_name=args.key_name,
+            user_data_base64=self.cloud_config.apply(encode_user_data),
+            security_group_ids=security_groups,
+            tags=tags,
+            parent=self,
+            depends_on=args.instance_after,
+        )
+        ec2.auto_scaling_group(
+            name,
+            group_name=group_name,
+            template=template,
+            size=self.instances,
+            subnet_ids=args.subnet_ids,
+            tags=tags,
+            parent=self,
+            depends_on=args.instance_after,
+        )
+        self.instance_id = self.private_ip = self.public_ip = self.node_name = None
+
+    def summary(self) -> dict[str, pulumi.Input[object]]:
+        """What the stack exports of this service (camelCase, the `services` output's contract): the
+        lone VM's instance, addresses and node, or the group's name; always the count."""
+        outputs: dict[str, pulumi.Input[object]] = {"instances": self.instances}
+        if self.group_name is not None:
+            outputs["groupName"] = self.group_name
+        else:
+            outputs.update(
+                instanceId=self.instance_id,
+                privateIp=self.private_ip,
+                publicIp=self.public_ip,
+                nodeName=self.node_name,
+            )
+        return {**outputs, "virtualHostname": self.virtual_hostname, "port": self.port}
+
+
+def declare_group_name(name: str, service: str, prefix: str, parent: pulumi.Resource) -> pulumi.Output[str]:
+    """The group's name (groups.group_name), with a random suffix chosen once: `<name>-group-id`."""
+    suffix = random.RandomId(
+        f"{name}-group-id", byte_length=groups.GROUP_SUFFIX_BYTES, opts=pulumi.ResourceOptions(parent=parent)
+    )
+    return suffix.hex.apply(lambda hex_: groups.group_name(prefix, service, hex_))
+
+
+def hook_statements(group_name: pulumi.Output[str], parent: pulumi.Resource) -> pulumi.Output[list[dict[str, object]]]:
+    """The VMs' right to complete their own group's lifecycle hooks, and no other group's."""
+    invoke = pulumi.InvokeOutputOptions(parent=parent)
+    return pulumi.Output.all(
+        aws.get_partition_output(opts=invoke).partition,
+        aws.get_region_output(opts=invoke).region,
+        aws.get_caller_identity_output(opts=invoke).account_id,
+        group_name,
+    ).apply(lambda v: [ec2.allow(groups.HOOK_ACTIONS, [groups.group_arn_pattern(*v)])])
+
+
+def user_data(name: str, args: MeshVmArgs, group_name: pulumi.Output[str] | None) -> pulumi.Output[str]:
+    """The service's cloud-config, rendered once every boot input is known."""
+    svc = args.service
+    auto_join = cloud_auto_join(args.cluster)
+
+    def render(inputs: list[object]) -> str:
+        v, group = inputs
+        recipe = VmRecipe(
+            service=svc,
+            datacenter=str(v["datacenter"]),  # type: ignore[index]
+            consul_version=str(v["consul_version"]),  # type: ignore[index]
+            envoy_version=str(v["envoy_version"]),  # type: ignore[index]
+            retry_join=tuple(v["retry_join"]),  # type: ignore[index]
+            login=resolved_login(args.login, v),  # type: ignore[arg-type]
+            ca_pem=str(v["ca"]) if v["ca"] else None,  # type: ignore[index]
+            group_name=str(group) if group is not None else None,
+        )
+        if ec2.is_cloud_auto_join(recipe.retry_join) and not auto_join:
+            raise ValueError(f"{name}: retry_join uses cloud auto-join, but cloud_auto_join is False")
+        return render_cloud_config(recipe)
+
+    inputs = boot_inputs(args.cluster, args.login, args.consul_version, args.envoy_version)
+    return pulumi.Output.all(inputs, group_name).apply(render)
+
+
+def vm_security_group(
+    name: str, args: MeshVmArgs, tags: dict[str, str], parent: pulumi.Resource
+) -> aws.ec2.SecurityGroup:
+    """The service's VMs' own group. The application's own port gets no rule: it listens on loopback
+    and is reached only via Envoy's public listener."""
+    return ec2.security_group(
+        name,
+        args.vpc_id,
+        f"Mesh VM of {args.service.name}: Envoy and gossip from mesh members, SSH from admins",
+        [
+            ec2.Ingress(
+                "envoy",
+                "tcp",
+                ENVOY_PUBLIC_PORT,
+                "Envoy public listener (mTLS) from mesh members",
+                args.mesh_security_group_id,
+            ),
+            *ec2.gossip_ingress(args.mesh_security_group_id),
+            *ec2.admin_ingress("ssh", SSH_PORT, "SSH", args.admin_cidrs),
+            *metrics_ingress(args.metrics_port, args.mesh_security_group_id, args.admin_cidrs),
+        ],
+        tags,
+        parent,
+    )

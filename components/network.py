@@ -11,6 +11,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from .groups import subnet_share
 from .spec import PROJECT
 
 
@@ -51,26 +52,35 @@ def placement_index(key: str, count: int) -> int:
 AWS_RESERVED_ADDRESSES = 5
 
 
-def address_problems(subnet_cidrs: Sequence[str], vms: Iterable[str], servers: int) -> list[str]:
+def address_problems(
+    subnet_cidrs: Sequence[str], vms: Iterable[str], servers: int, groups: Mapping[str, int] | None = None
+) -> list[str]:
     """Each subnet to create with fewer usable addresses than what is placed in it: a Consul
     server's own network interface (servers spread over the subnets in turn, as ConsulServer places
-    them), and two for each mesh VM (placement_index): its instance is replaced create-before-delete,
-    so the new one needs an address while the old one still holds its own."""
+    them), two for each lone mesh VM (placement_index): its instance is replaced create-before-delete,
+    so the new one needs an address while the old one still holds its own; and for each group of
+    `groups` (service -> size), twice its share of each subnet, as an instance refresh launches new
+    VMs before it terminates old ones (groups.MAX_HEALTHY_PERCENTAGE)."""
+    groups = dict(groups or {})
     placed: list[list[str]] = [[] for _ in subnet_cidrs]
     for vm in sorted(vms):
-        placed[placement_index(vm, len(subnet_cidrs))].append(vm)
+        if vm not in groups:
+            placed[placement_index(vm, len(subnet_cidrs))].append(vm)
+    grouped = sum(2 * subnet_share(size, len(subnet_cidrs)) for size in groups.values())
+    group_note = f" and {grouped} for the VMs of groups ({', '.join(sorted(groups))})" if groups else ""
     problems = []
     for index, cidr in enumerate(subnet_cidrs):
         network = ipaddress.ip_network(cidr)
         usable = network.num_addresses - AWS_RESERVED_ADDRESSES
         here = len(range(index, servers, len(subnet_cidrs)))
-        needed = here + 2 * len(placed[index])
+        needed = here + 2 * len(placed[index]) + grouped
         if needed > usable:
             problems.append(
                 f"vpcCidr: subnet {index} ({cidr}, a sixteenth of vpcCidr) has {usable} usable addresses (AWS keeps "
                 f"{AWS_RESERVED_ADDRESSES} of its {network.num_addresses}), but {needed} are needed: {here} for Consul "
-                f"servers and 2 for each of its {len(placed[index])} mesh VMs ({', '.join(placed[index]) or 'none'}), "
-                "one to spare while `pulumi up` replaces it: a larger vpcCidr (a lower /prefix) or more zones"
+                f"servers and 2 for each of its {len(placed[index])} mesh VMs ({', '.join(placed[index]) or 'none'})"
+                f"{group_note}, one to spare for each VM while `pulumi up` replaces it: a larger vpcCidr (a lower "
+                "/prefix) or more zones"
             )
     return problems
 

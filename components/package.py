@@ -105,12 +105,19 @@ class MeshServiceArgs(TypedDict):
     """Services this one calls (documentation and the diagram; transparent proxy needs no list). Plain."""
     instance_type: NotRequired[str]
     """EC2 instance type of the VM (default t3.small). Plain."""
+    instances: NotRequired[int]
+    (
+        "How many VMs run the service, as an EC2 Auto Scaling group over subnet_ids (1-100). Unset: one VM "
+        "of its own in subnet_id. Plain."
+    )
     cluster: ConsulCluster
     """The Consul cluster the agent joins."""
     login: ConsulLogin
     """How the VM obtains its tokens and the gossip key at boot."""
     subnet_id: pulumi.Input[str]
     """Subnet the VM is placed in (one of the mesh stack's subnetIds)."""
+    subnet_ids: NotRequired[pulumi.Input[list[str]]]
+    """Subnets a service of `instances` VMs spreads over (the mesh stack's subnetIds); required with `instances`."""
     vpc_id: pulumi.Input[str]
     """VPC of that subnet, for the VM's security group (the mesh stack's vpcId)."""
     mesh_security_group_id: pulumi.Input[str]
@@ -140,6 +147,7 @@ SERVICE_FIELDS = {
     "health_check_path": "healthCheckPath",
     "upstreams": "upstreams",
     "instance_type": "instanceType",
+    "instances": "instances",
 }
 """MeshServiceArgs fields that spec.load_service validates -> their key there (and in the schema)."""
 
@@ -215,6 +223,12 @@ def _check_inputs(args: Mapping[str, Any], problems: list[str]) -> tuple[tuple[s
     _match(key_name, "keyName", spec.SSH_KEY_NAME, "an EC2 key pair name", problems)
     _match(args.get("ami_id"), "amiId", spec.AMI_ID, "an AMI ID (ami-...)", problems)
     _match(args.get("subnet_id"), "subnetId", spec.SUBNET_ID, "a subnet ID (subnet-...)", problems)
+    subnet_ids = args.get("subnet_ids")
+    if args.get("instances") is not None and subnet_ids is None:
+        problems.append("subnetIds: is missing: a service of many instances spreads over the mesh stack's subnetIds")
+    if isinstance(subnet_ids, (list, tuple)):
+        for i, subnet in enumerate(subnet_ids):
+            _match(subnet, f"subnetIds[{i}]", spec.SUBNET_ID, "a subnet ID (subnet-...)", problems)
     _match(args.get("vpc_id"), "vpcId", spec.VPC_ID, "a VPC ID (vpc-...)", problems)
     for key, field in (("consulVersion", "consul_version"), ("envoyVersion", "envoy_version")):
         _match(args.get(field), key, spec.VERSION, "a version such as 1.22.1", problems)
@@ -357,14 +371,18 @@ class MeshService(pulumi.ComponentResource):
     to this service: a MeshIntentions component, or the mesh stack's own intentions.
     """
 
-    instance_id: pulumi.Output[str]
-    """ID of the EC2 instance."""
-    private_ip: pulumi.Output[str]
-    """Private IPv4 address of the VM."""
-    public_ip: pulumi.Output[str]
-    """Public IPv4 address of the VM, if its subnet gives one (else empty)."""
-    node_name: pulumi.Output[str]
-    """The Consul node the VM registers at boot: <serviceName>-<instance id>."""
+    instance_id: pulumi.Output[str] | None
+    """ID of the EC2 instance; unset for a service of `instances` VMs (a group)."""
+    private_ip: pulumi.Output[str] | None
+    """Private IPv4 address of the VM; unset for a group."""
+    public_ip: pulumi.Output[str] | None
+    """Public IPv4 address of the VM, if its subnet gives one (else empty); unset for a group."""
+    node_name: pulumi.Output[str] | None
+    """The Consul node the VM registers at boot, <serviceName>-<instance id>; unset for a group."""
+    group_name: pulumi.Output[str] | None
+    """The Auto Scaling group of a service of `instances` VMs; unset for one VM."""
+    instances: pulumi.Output[int]
+    """How many VMs run the service."""
     virtual_hostname: pulumi.Output[str]
     """<serviceName>.virtual.consul: how other mesh services call this one (on port 80 for http)."""
 
@@ -399,6 +417,7 @@ class MeshService(pulumi.ComponentResource):
                     gossip_key_path=login.get("gossip_key_path") or "",
                 ),
                 subnet_id=args["subnet_id"],
+                subnet_ids=args.get("subnet_ids"),
                 vpc_id=args["vpc_id"],
                 mesh_security_group_id=args["mesh_security_group_id"],
                 admin_cidrs=admin_cidrs,
@@ -412,16 +431,10 @@ class MeshService(pulumi.ComponentResource):
         self.private_ip = vm.private_ip
         self.public_ip = vm.public_ip
         self.node_name = vm.node_name
+        self.group_name = vm.group_name
+        self.instances = pulumi.Output.from_input(vm.instances)
         self.virtual_hostname = vm.virtual_hostname
-        self.register_outputs(
-            {
-                "instanceId": self.instance_id,
-                "privateIp": self.private_ip,
-                "publicIp": self.public_ip,
-                "nodeName": self.node_name,
-                "virtualHostname": self.virtual_hostname,
-            }
-        )
+        self.register_outputs(vm.summary())
 
 
 class Intention(TypedDict):

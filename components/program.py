@@ -292,8 +292,10 @@ def build(
                 envoy_version=spec.envoy_version,
                 cluster=join,
                 login=login,
-                # Placement by the service's name alone: other services never move it.
+                # Placement by the service's name alone: other services never move it. A group
+                # spreads over every subnet.
                 subnet_id=network.subnet_for(name),
+                subnet_ids=network.subnet_ids,
                 vpc_id=network.vpc_id,
                 mesh_security_group_id=network.mesh_security_group_id,
                 admin_cidrs=spec.admin_cidrs,
@@ -335,8 +337,10 @@ def build(
             token=token,
             ca_pem=ca_pem,
             region=aws.get_region_output().region,
-            instances={name: [vm.instance_id] for name, vm in {**vms, **gateway_vms}.items()},
-            expected=dict.fromkeys({**vms, **gateway_vms}, 1),
+            # A group's VMs are not known to the stack: any of its nodes count, up to its size.
+            instances={name: [vm.instance_id] if vm.instance_id is not None else [] for name, vm in vms.items()}
+            | {name: [vm.instance_id] for name, vm in gateway_vms.items()},
+            expected={name: vm.instances for name, vm in vms.items()} | dict.fromkeys(gateway_vms, 1),
             probes=probed_services(spec.services, spec.intentions, spec.splits),
             intentions=intention_keys(all_intentions),
             timeout_seconds=spec.mesh_ready_timeout_seconds,
@@ -518,7 +522,8 @@ def preflight(
                 )
     if spec.network.creates_vpc:
         server_count = spec.servers.count if spec.servers is not None else 0
-        problems += address_problems(spec.network.subnet_cidrs(), spec.services, server_count)
+        sizes = {name: svc.instances for name, svc in spec.services.items() if svc.instances is not None}
+        problems += address_problems(spec.network.subnet_cidrs(), spec.services, server_count, sizes)
     if spec.servers is not None:
         retry_join: tuple[str, ...] = (auto_join(join_tag_value(stack)),)
         ca_pem = None

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARKER = "4dabf18193072939515e22adb298388d"
 INSTANCE = "aws:ec2/instance:Instance"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 READY = "pulumi-python:dynamic/consul-tproxy-vms:ConsulReady"
 # adminCidrs "deployer" stands for this machine's address; the render never goes online to learn it.
 DEPLOYER_STAND_IN = "192.0.2.1/32"
@@ -123,6 +124,12 @@ class PlanMocks(pulumi.runtime.Mocks):
             state.update(publicIp=f"203.0.113.{host % 250 + 4}", allocationId=f"eipalloc-{args.name}")
         elif args.typ == "random:index/randomUuid:RandomUuid":
             state["result"] = self.generated(f"{args.name} (uuid)")
+        elif args.typ == "random:index/randomId:RandomId":
+            # Hex digits derived from the name: a stand-in the render can repeat, never a real id.
+            state["hex"] = hashlib.sha256(args.name.encode()).hexdigest()[: 2 * int(args.inputs["byteLength"])]
+        elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            # A new template's first version (EC2 CreateLaunchTemplate); an update makes the next one.
+            state["latestVersion"] = 1
         elif args.typ == "random:index/randomBytes:RandomBytes":
             state["base64"] = self.generated(f"{args.name} (base64)")
         elif args.typ == "tls:index/privateKey:PrivateKey":
@@ -440,7 +447,11 @@ def stack_program(spec: MeshSpec, with_gossip_key: bool) -> Callable[[], Any]:
 
 
 def user_data_by_vm(mocks: PlanMocks) -> dict[str, str]:
-    return {r.name.removesuffix("-instance"): unwrap(r.inputs["userDataBase64"]) for r in mocks.of_type(INSTANCE)}
+    """Each VM's (or each group's: its launch template's) base64 user data, by the VM's name."""
+    found = {r.name.removesuffix("-instance"): unwrap(r.inputs["userDataBase64"]) for r in mocks.of_type(INSTANCE)}
+    for template in mocks.of_type(LAUNCH_TEMPLATE):
+        found[template.name.removesuffix("-template")] = unwrap(template.inputs["userData"])
+    return found
 
 
 def plan_rows(mocks: PlanMocks) -> list[dict[str, Any]]:
@@ -448,9 +459,10 @@ def plan_rows(mocks: PlanMocks) -> list[dict[str, Any]]:
     # By type and name: the engine registers resources in a different order on each run.
     for r in sorted(mocks.resources, key=lambda r: (r.typ, r.name)):
         inputs = masked(r.inputs)
-        if "userDataBase64" in inputs:
-            size = len(base64.b64decode(unwrap(r.inputs["userDataBase64"])))
-            inputs["userDataBase64"] = f"[secret: {size} bytes gzip, see {r.name.removesuffix('-instance')}/]"
+        for key, suffix in (("userDataBase64", "-instance"), ("userData", "-template")):
+            if key in inputs:
+                size = len(base64.b64decode(unwrap(r.inputs[key])))
+                inputs[key] = f"[secret: {size} bytes gzip, see {r.name.removesuffix(suffix)}/]"
         # A parent URN ends in "...$<type>::<name>"; the stack itself is no parent worth naming.
         parent = mocks.parent_of.get((r.typ, r.name)) or ""
         parent_type, _, parent_name = parent.rpartition("$")[2].partition("::")

@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from . import escape
+from . import escape, groups
 from .identity import KINDS, login_roles, method_name
 from .spec import (
     ENVOY_METRICS_PORT,
@@ -84,6 +84,10 @@ class VmRecipe:
     """How the VM obtains its tokens."""
     ca_pem: str | None = None
     """CA certificate of the Consul servers; when set, the agent uses TLS and auto_encrypt."""
+    group_name: str | None = None
+    """The Auto Scaling group the VM belongs to (a service of many instances): the VM completes the
+    group's lifecycle hooks (scripts/mesh-lifecycle.sh). None: a lone VM, whose user data is as it
+    was before groups existed."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,8 @@ def _agent_context(
         "login_methods": [f"{kind}={method_name(login.prefix, kind)}" for kind in KINDS],
         "login_roles": [f"{kind}={role}" for kind, role in login_roles(login.prefix, name).items()],
         "login": login,
+        # Only a mesh service's VMs run in groups (vm_files).
+        "grouped": False,
     }
 
 
@@ -279,6 +285,7 @@ def vm_files(recipe: VmRecipe) -> list[VmFile]:
     context: dict[str, Any] = {
         **_agent_context(svc.name, recipe.datacenter, recipe.retry_join, recipe.ca_pem, recipe.login),
         "service": svc,
+        "grouped": recipe.group_name is not None,
         "envoy_public_port": ENVOY_PUBLIC_PORT,
         "envoy_outbound_port": ENVOY_OUTBOUND_PORT,
         "exclusions": redirect_exclusions(recipe),
@@ -311,10 +318,30 @@ def vm_files(recipe: VmRecipe) -> list[VmFile]:
             "/usr/local/sbin/consul-cleanup-traffic", _shipped_script(SCRIPTS / "consul-cleanup-traffic.sh"), "0755"
         ),
     ]
+    if recipe.group_name is not None:
+        files += _lifecycle_files(recipe.group_name, context)
     if svc.app.is_demo:
         # Shipped without its comment lines, as the shell scripts are: they cost user data bytes.
         files.append(VmFile("/usr/local/bin/mesh-demo-app", _shipped_script(SCRIPTS / "mesh-demo-app.py"), "0755"))
     return _one_newline(files)
+
+
+def _lifecycle_files(group_name: str, context: dict[str, Any]) -> list[VmFile]:
+    """A group's VM completes its group's lifecycle hooks (components/groups.py): it counts as
+    launched once its service and sidecar pass in Consul, and goes only once it has left the mesh."""
+    settings = _render(
+        "lifecycle.env.j2",
+        **context,
+        group_name=group_name,
+        launch_hook=groups.LAUNCH_HOOK,
+        terminate_hook=groups.TERMINATE_HOOK,
+    )
+    return [
+        VmFile("/etc/consul.d/lifecycle.env", settings),
+        VmFile("/etc/systemd/system/mesh-lifecycle-ready.service", _static(TEMPLATES / "mesh-lifecycle-ready.service")),
+        VmFile("/etc/systemd/system/mesh-lifecycle-watch.service", _static(TEMPLATES / "mesh-lifecycle-watch.service")),
+        VmFile("/usr/local/sbin/mesh-lifecycle", _shipped_script(SCRIPTS / "mesh-lifecycle.sh"), "0755"),
+    ]
 
 
 def _one_newline(files: list[VmFile]) -> list[VmFile]:
@@ -432,7 +459,12 @@ def render_cloud_config(recipe: VmRecipe) -> str:
             "mesh-app.service",
             f"envoy@{svc.name}.service",
         ],
+        # A group's VM: the hooks' units wait for the mesh (or for the group), not cloud-init for them.
+        start_no_block=LIFECYCLE_UNITS if recipe.group_name is not None else (),
     )
+
+
+LIFECYCLE_UNITS = ("mesh-lifecycle-watch.service", "mesh-lifecycle-ready.service")
 
 
 @dataclass(frozen=True)
@@ -573,7 +605,18 @@ def user_data_problems(
     login = replace(login, http_addrs=tuple(_STAND_IN_ADDR for _ in login.http_addrs or ("",)))
 
     def size(service: ServiceSpec, join: Sequence[str], ca: str | None) -> int:
-        recipe = VmRecipe(service, datacenter, consul_version, envoy_version, tuple(join), login, ca or _STAND_IN_CA)
+        # A group's name ends in a random suffix of groups.GROUP_SUFFIX_BYTES bytes, in hex.
+        group = groups.group_name(login.prefix, service.name, "0" * 2 * groups.GROUP_SUFFIX_BYTES)
+        recipe = VmRecipe(
+            service,
+            datacenter,
+            consul_version,
+            envoy_version,
+            tuple(join),
+            login,
+            ca or _STAND_IN_CA,
+            group_name=group if service.grouped else None,
+        )
         return len(gzip.compress(render_cloud_config(recipe).encode(), compresslevel=9, mtime=0))
 
     found = []

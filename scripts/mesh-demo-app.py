@@ -13,17 +13,22 @@
 # (hashicorp/consul agent/checks/check.go, CheckHTTP.check), so a caller's health never depends on
 # its callees'. It calls /health, not /, so a failure further down the chain is not reported here.
 #
+# Every JSON answer names the VM that served it ("host", its hostname: on EC2 the private DNS name,
+# ip-10-42-1-7), so calls to a service of many instances show the mesh spreading them.
+#
 # Environment: SERVICE_NAME, LISTEN_ADDR (host:port, default 127.0.0.1:9090), UPSTREAM_URIS
 # (space-separated).
 
 import json
 import os
+import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAME = os.environ.get("SERVICE_NAME", "demo")
+HOST_NAME = socket.gethostname()
 HOST, _, PORT = os.environ.get("LISTEN_ADDR", "127.0.0.1:9090").rpartition(":")
 UPSTREAMS = os.environ.get("UPSTREAM_URIS", "").split()
 TIMEOUT_SECONDS = 5
@@ -75,13 +80,13 @@ def probe() -> tuple[int, str]:
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
-            self.send(200, {"name": NAME, "status": "ok"})
+            self.send(200, {"name": NAME, "host": HOST_NAME, "status": "ok"})
         elif self.path == "/upstreams":
             self.send(*probe())
         else:
             calls = [call(uri) for uri in UPSTREAMS]
             code = 200 if all(c["code"] == 200 for c in calls) else 502
-            self.send(code, {"name": NAME, "upstream_calls": calls})
+            self.send(code, {"name": NAME, "host": HOST_NAME, "upstream_calls": calls})
 
     def send(self, code: int, payload: dict | str) -> None:
         text = payload if isinstance(payload, str) else json.dumps(payload, indent=2) + "\n"

@@ -41,9 +41,11 @@ MESH_SERVICE_INPUTS: dict[str, tuple[str, bool, bool]] = {
     "healthCheckPath": ("string", True, False),
     "upstreams": ("array", True, False),
     "instanceType": ("string", True, False),
+    "instances": ("integer", True, False),
     "cluster": (f"#/types/{PKG}:index:ConsulCluster", True, True),
     "login": (f"#/types/{PKG}:index:ConsulLogin", True, True),
     "subnetId": ("string", False, True),
+    "subnetIds": ("array", False, False),
     "vpcId": ("string", False, True),
     "meshSecurityGroupId": ("string", False, True),
     "adminCidrs": ("array", True, False),
@@ -53,7 +55,9 @@ MESH_SERVICE_INPUTS: dict[str, tuple[str, bool, bool]] = {
     "envoyVersion": ("string", False, True),
     "tags": ("object", True, False),
 }
-MESH_SERVICE_OUTPUTS = {"instanceId", "privateIp", "publicIp", "nodeName", "virtualHostname"}
+# A lone VM's instance, addresses and node; a group's name; always the count and the hostname.
+MESH_SERVICE_OUTPUTS = {"instanceId", "privateIp", "publicIp", "nodeName", "groupName", "instances", "virtualHostname"}
+MESH_SERVICE_REQUIRED_OUTPUTS = {"instances", "virtualHostname"}
 TYPES: dict[str, dict[str, tuple[str, bool, bool]]] = {
     "ConsulCluster": {
         "datacenter": ("string", False, True),
@@ -122,9 +126,9 @@ class Schema(unittest.TestCase):
     def test_mesh_service_outputs(self) -> None:
         resource = self.schema["resources"][MESH_SERVICE]
         self.assertEqual(set(resource["properties"]), MESH_SERVICE_OUTPUTS)
-        self.assertEqual(set(resource["required"]), MESH_SERVICE_OUTPUTS)
+        self.assertEqual(set(resource["required"]), MESH_SERVICE_REQUIRED_OUTPUTS)
         for name, prop in resource["properties"].items():
-            self.assertEqual(prop["type"], "string", name)
+            self.assertEqual(prop["type"], "integer" if name == "instances" else "string", name)
             self.assertNotIn("plain", prop, name)
             self.assertTrue(prop.get("description"), name)
 
@@ -275,8 +279,9 @@ class UnderMocks(unittest.IsolatedAsyncioTestCase):
         provider = ComponentProvider(package.COMPONENTS, PKG)
         result = provider.construct("reports", MESH_SERVICE, inputs, pulumi.ResourceOptions())
         state = await settle(pulumi.Output.all(**result.state))
-        self.assertEqual(set(state), MESH_SERVICE_OUTPUTS)
-        self.assertEqual(state["virtualHostname"], "reports.virtual.consul")
+        # One VM of its own: no group.
+        self.assertEqual(set(state), MESH_SERVICE_OUTPUTS - {"groupName"})
+        self.assertEqual((state["virtualHostname"], state["instances"]), ("reports.virtual.consul", 1))
         self.assertEqual(self.names(f"{PKG}:index:MeshVm"), ["reports"])
         (defaults,) = [
             r for r in self.mocks.of_type("consul:index/configEntry:ConfigEntry") if r.name.startswith("reports")

@@ -56,6 +56,9 @@ def demo_app(name: str, upstreams: str = "") -> Iterator[int]:
         proc.wait(timeout=10)
 
 
+HOST = socket.gethostname()
+
+
 def get(port: int, path: str = "/") -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
@@ -66,11 +69,13 @@ def get(port: int, path: str = "/") -> tuple[int, dict]:
 
 def test_web_calls_api_and_reports_what_it_said() -> None:
     with demo_app("api") as api, demo_app("web", f"http://127.0.0.1:{api}") as web:
-        assert get(web, "/health") == (200, {"name": "web", "status": "ok"})
+        # Each answer names the VM that served it: a service of many instances shows which one did.
+        assert get(web, "/health") == (200, {"name": "web", "host": socket.gethostname(), "status": "ok"})
         code, body = get(web)
-        assert code == 200
+        assert code == 200 and body["host"] == socket.gethostname()
         (call,) = body["upstream_calls"]
         assert call["code"] == 200 and call["body"]["name"] == "api"
+        assert call["body"]["host"] == socket.gethostname()
 
 
 def test_a_refused_upstream_is_a_502() -> None:
@@ -98,8 +103,8 @@ def test_the_upstream_probe_answers_200_when_every_upstream_answers() -> None:
     lines = text.splitlines()
     assert lines[0] == "2 of 2 upstreams reached through the mesh"
     # Each upstream's /health, not its /: a failure further down the chain is not the caller's.
-    assert lines[1] == f"ok http://127.0.0.1:{api}/health: HTTP 200 {{'name': 'api', 'status': 'ok'}}"
-    assert lines[2] == f"ok http://127.0.0.1:{db}/health: HTTP 200 {{'name': 'db', 'status': 'ok'}}"
+    assert lines[1] == f"ok http://127.0.0.1:{api}/health: HTTP 200 {{'name': 'api', 'host': {HOST!r}, 'status': 'ok'}}"
+    assert lines[2] == f"ok http://127.0.0.1:{db}/health: HTTP 200 {{'name': 'db', 'host': {HOST!r}, 'status': 'ok'}}"
 
 
 def test_the_upstream_probe_answers_429_naming_the_upstream_that_failed() -> None:

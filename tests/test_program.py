@@ -211,6 +211,7 @@ class NewServers(MockedTestCase):
     async def test_outputs_for_consumers(self) -> None:
         outputs = await value(run_main())
         assert outputs["services"]["web"] == {
+            "instances": 1,
             "instanceId": "web-instance-id",
             "privateIp": outputs["services"]["web"]["privateIp"],
             "publicIp": outputs["services"]["web"]["publicIp"],

@@ -225,8 +225,18 @@ def test_a_vpc_too_small_for_its_vms_is_refused_before_anything_is_declared() ->
     assert found == [
         "vpcCidr: subnet 0 (10.42.0.0/28, a sixteenth of vpcCidr) has 11 usable addresses (AWS keeps 5 of its 16), "
         "but 13 are needed: 1 for Consul servers and 2 for each of its 6 mesh VMs (svc0, svc1, svc2, svc3, svc4, "
-        "svc5), one to spare while `pulumi up` replaces it: a larger vpcCidr (a lower /prefix) or more zones"
+        "svc5), one to spare for each VM while `pulumi up` replaces it: a larger vpcCidr (a lower /prefix) or more "
+        "zones"
     ]
+    # A group of 4 over the one subnet: 4 VMs, and 4 more while an instance refresh launches before it terminates.
+    grouped = {**_services(1), "many": {"port": 9100, "instances": 4}}
+    assert preflight(load_spec({**small, "services": grouped}), "dev", zones=None) == []  # 1 + 2 + 8 = 11
+    grouped["many"]["instances"] = 5
+    (found,) = preflight(load_spec({**small, "services": grouped}), "dev", zones=None)
+    assert "13 are needed" in found and "10 for the VMs of groups (many)" in found
+    # Over three zones a group of 5 puts at most 2 in a subnet (the group balances its zones).
+    three_zones = {**GOOD, "vpcCidr": "10.42.0.0/24", "zoneCount": 3, "services": grouped}
+    assert preflight(load_spec(three_zones), "dev", zones=None) == []
     # Servers count where ConsulServer puts them (in turn); an existing cluster's are not in the VPC.
     three = load_spec({**small, "services": _services(5), "serverCount": 3})
     assert [p.split(" are needed")[0][-2:] for p in preflight(three, "dev", zones=None)] == ["13"]

@@ -285,6 +285,8 @@ def build(spec: ConsumerSpec) -> dict[str, Any]:
                 gossip_key_path=login.apply(lambda v: v["gossipKeyPath"] or ""),
             ),
             subnet_id=out("subnetIds").apply(lambda ids: ids[0]),
+            # A service of many instances (its `instances` key) spreads over all of them.
+            subnet_ids=out("subnetIds"),
             vpc_id=out("vpcId"),
             mesh_security_group_id=out("meshSecurityGroupId"),
             admin_cidrs=spec.admin_cidrs,
