@@ -3,6 +3,7 @@
     venv/bin/python benchmarks/run.py [--runs 3] [--sizes 2 20 100] [--json out/benchmarks.json] [--no-suite]
 
 1. Program evaluation under the mock runtime, for meshes of N services (a chain of allow intentions),
+   of one VM each and (--group-sizes) of 3 VMs each in Auto Scaling groups,
    best of --runs, each run in a fresh process: seconds, resources, resources per service, and
    seconds per resource as a ratio to a baseline declaring as many bare aws.ec2.Instance resources
    with user data of the same size, measured in the same run.
@@ -39,14 +40,19 @@ from components.spec import PROJECT, SECRET_KEYS, load_spec  # noqa: E402
 from components.userdata import EC2_USER_DATA_LIMIT  # noqa: E402
 
 TARGET_RATIO = 1.5
+# VMs per service in the group benchmarks: a service of many instances declares the same resources
+# whatever its count (a launch template and a group instead of an instance), so this shows the cost
+# of groups, not of their size.
+GROUP_INSTANCES = 3
 # A quarter of EC2's limit kept free (tests/test_userdata.py enforces it with 20 exclusions of each
 # kind). The earlier 8 KiB target no longer holds: the embedded apt key (3 KB that do not compress)
 # and the boot login script are in every VM's user data.
 TARGET_SENT_BYTES = 12 * 1024
 
 
-def mesh_config(services: int, exclusions: int = 0) -> dict[str, Any]:
-    """services s000 -> s001 -> ... each calling the next, allowed by an intention."""
+def mesh_config(services: int, exclusions: int = 0, instances: int = 0) -> dict[str, Any]:
+    """services s000 -> s001 -> ... each calling the next, allowed by an intention; each of
+    `instances` VMs (an Auto Scaling group) when not 0, else one VM of its own."""
     names = [f"s{i:03d}" for i in range(services)]
     extra: dict[str, Any] = {}
     if exclusions:
@@ -56,6 +62,8 @@ def mesh_config(services: int, exclusions: int = 0) -> dict[str, Any]:
             "excludeOutboundCidrs": [f"10.{i}.0.0/16" for i in range(exclusions)],
             "excludeUids": list(range(2000, 2000 + exclusions)),
         }
+    if instances:
+        extra["instances"] = instances
     return {
         "services": {
             name: {"port": 9000 + i, **({"upstreams": [names[i + 1]]} if i + 1 < services else {}), **extra}
@@ -78,8 +86,8 @@ def plan(config: dict[str, Any]) -> render.PlanMocks:
 # --- child processes: one measurement each, in a fresh interpreter --------------------------------
 
 
-def child_mesh(services: int) -> dict[str, Any]:
-    spec = load_spec(mesh_config(services))
+def child_mesh(services: int, instances: int = 0) -> dict[str, Any]:
+    spec = load_spec(mesh_config(services, instances=instances))
     start = time.perf_counter()
     mocks, _ = render.plan(spec, False, "bench")
     seconds = time.perf_counter() - start
@@ -125,15 +133,17 @@ def best_of(runs: int, *args: str) -> dict[str, Any]:
 # --- the benchmarks ------------------------------------------------------------------------------
 
 
-def evaluation(sizes: list[int], runs: int) -> list[dict[str, Any]]:
+def evaluation(sizes: list[int], runs: int, instances: int = 0) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
-        mesh = best_of(runs, "mesh", str(n))
+        mesh = best_of(runs, "mesh", str(n), str(instances))
         base = best_of(runs, "baseline", str(mesh["resources"]), str(mesh["userDataBase64Bytes"]))
         per_resource = mesh["seconds"] / mesh["resources"]
         rows.append(
             {
                 "services": n,
+                "instancesPerService": instances or 1,
+                "group": bool(instances),
                 "seconds": round(mesh["seconds"], 3),
                 "resources": mesh["resources"],
                 "resourcesPerService": round(mesh["resources"] / n, 2),
@@ -146,7 +156,12 @@ def evaluation(sizes: list[int], runs: int) -> list[dict[str, Any]]:
 
 def user_data_sizes() -> list[dict[str, Any]]:
     rows = []
-    for label, config in [("demo-like", mesh_config(2)), ("20 exclusions of each kind", mesh_config(2, 20))]:
+    for label, config in [
+        ("demo-like", mesh_config(2)),
+        ("20 exclusions of each kind", mesh_config(2, 20)),
+        ("groups of 3", mesh_config(2, instances=3)),
+        ("groups, 20 exclusions each", mesh_config(2, 20, instances=3)),
+    ]:
         for vm, data in sorted(render.user_data_by_vm(plan(config)).items()):
             packed = base64.b64decode(data)
             rows.append(
@@ -256,6 +271,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement, best kept (default 3)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 20, 100], help="mesh sizes in services")
+    parser.add_argument(
+        "--group-sizes",
+        type=int,
+        nargs="*",
+        default=[2, 100],
+        help=f"mesh sizes in services of {GROUP_INSTANCES} VMs each (Auto Scaling groups)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "benchmarks.json", help="where to write JSON")
     parser.add_argument("--no-suite", action="store_true", help="skip timing the test suite")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -263,17 +285,23 @@ def main() -> int:
 
     if args.child:
         kind, *params = args.child
-        result = child_mesh(int(params[0])) if kind == "mesh" else child_baseline(int(params[0]), int(params[1]))
+        numbers = [int(p) for p in params]
+        result = child_mesh(*numbers) if kind == "mesh" else child_baseline(*numbers)
         print(json.dumps(result))
         return 0
 
     results: dict[str, Any] = {"evaluation": evaluation(args.sizes, args.runs)}
+    results["groupEvaluation"] = evaluation(args.group_sizes, args.runs, GROUP_INSTANCES)
     print(f"Program evaluation under mocks (best of {args.runs}, fresh process each):")
-    print(f"  {'services':>8} {'seconds':>8} {'resources':>9} {'res/svc':>7} {'baseline s':>10} {'ratio':>6}")
-    for row in results["evaluation"]:
+    print(
+        f"  {'services':>8} {'VMs/svc':>7} {'seconds':>8} {'resources':>9} {'res/svc':>7}"
+        f" {'baseline s':>10} {'ratio':>6}"
+    )
+    for row in results["evaluation"] + results["groupEvaluation"]:
+        vms = f"{row['instancesPerService']}{' (group)' if row['group'] else ''}"
         print(
-            f"  {row['services']:>8} {row['seconds']:>8.3f} {row['resources']:>9} {row['resourcesPerService']:>7}"
-            f" {row['baselineSeconds']:>10.3f} {row['ratioToBaseline']:>6.2f}"
+            f"  {row['services']:>8} {vms:>7} {row['seconds']:>8.3f} {row['resources']:>9}"
+            f" {row['resourcesPerService']:>7} {row['baselineSeconds']:>10.3f} {row['ratioToBaseline']:>6.2f}"
         )
     by_size = {row["services"]: row for row in results["evaluation"]}
     if 20 in by_size and 100 in by_size:

@@ -501,8 +501,10 @@ def plan_markdown(rows: Sequence[dict[str, Any]], stack: str) -> str:
 
 
 def _label(svc: Any) -> str:
-    # What a caller dials: port 80 of the virtual address, which Envoy sends on to the app's port.
-    return f"http://{svc.virtual_hostname}"
+    # What a caller dials: port 80 of the virtual address, which Envoy sends on to the app's port;
+    # and, for a service of many VMs, how many share that address.
+    group = f" ({svc.instances} VMs, Auto Scaling group)" if svc.grouped else ""
+    return f"http://{svc.virtual_hostname}{group}"
 
 
 def intention_label(intention: IntentionSpec) -> str:

@@ -13,7 +13,19 @@ from tests.mocks import ROOT
 def test_benchmark_script_runs_and_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--runs", "1", "--sizes", "2", "--no-suite", "--json", str(out)],
+        [
+            sys.executable,
+            "benchmarks/run.py",
+            "--runs",
+            "1",
+            "--sizes",
+            "2",
+            "--group-sizes",
+            "2",
+            "--no-suite",
+            "--json",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -23,7 +35,15 @@ def test_benchmark_script_runs_and_writes_its_json(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     (row,) = data["evaluation"]
     assert row["services"] == 2 and row["resources"] > 2 * 10
-    assert {r["case"] for r in data["userData"]} == {"demo-like", "20 exclusions of each kind"}
+    (grouped,) = data["groupEvaluation"]
+    # A group's resources do not grow with its size: a launch template and a group instead of an instance.
+    assert grouped["group"] and grouped["instancesPerService"] == 3 and grouped["resources"] > row["resources"]
+    assert {r["case"] for r in data["userData"]} == {
+        "demo-like",
+        "20 exclusions of each kind",
+        "groups of 3",
+        "groups, 20 exclusions each",
+    }
     assert data["blastRadius"] == {"existingVms": 20, "changed": 0, "changedVms": []}
     assert "Blast radius" in result.stdout
     # Judged by the lifecycle simulator: what the engine would replace or delete, not user-data bytes.

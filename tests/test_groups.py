@@ -177,3 +177,12 @@ def test_a_group_boots_in_parallel_with_the_servers_and_after_them_on_an_upgrade
         assert consul_side == [] and lifecycle.type_of(resource.urn) in (TEMPLATE, GROUP), name
         gates = sorted(lifecycle.name_of(u) for u in needed if lifecycle.type_of(u) == SERVER_READY)
         assert gates == ["consul-server-0-ready"], name
+
+
+def test_the_diagram_says_how_many_vms_share_a_services_address() -> None:
+    from components.render import mermaid
+    from components.spec import load_spec
+
+    mmd = mermaid(load_spec({**grouped_config(3), "adminCidrs": [ADMIN]}), "dev")
+    assert 'api["api<br/>http://api.virtual.consul (3 VMs, Auto Scaling group)"]' in mmd
+    assert 'web["web<br/>http://web.virtual.consul"]' in mmd
