@@ -407,6 +407,11 @@ def auto_scaling_group(
         ],
         health_check_type="EC2",
         wait_for_capacity_timeout="0",
+        # How many VMs are in service, launching (waiting for the mesh) and leaving, in CloudWatch at
+        # one-minute granularity, at no charge (EC2 Auto Scaling user guide, "Amazon CloudWatch
+        # metrics for Amazon EC2 Auto Scaling": group metrics).
+        enabled_metrics=list(groups.GROUP_METRICS),
+        metrics_granularity="1Minute",
         tags=[
             aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=False)
             for key, value in sorted({**tags, "Name": name}.items())

@@ -70,6 +70,14 @@ def group_arn_pattern(partition: str, region: str, account: str, name: str) -> s
     return f"arn:{partition}:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{name}"
 
 
+# The group's metrics it reports: its size, and its VMs by lifecycle state (a VM stays Pending until
+# it completes the launching hook, Terminating until it has left the mesh).
+GROUP_METRICS = (
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupPendingInstances",
+    "GroupTerminatingInstances",
+)
 # What a group's VM calls on its own group: completing its lifecycle actions (and keeping one alive).
 HOOK_ACTIONS = ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"]
 

@@ -63,6 +63,7 @@ class AGroupOfThree(MockedTestCase):
         assert hooks["mesh-drain"]["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
         assert hooks["mesh-drain"]["defaultResult"] == "CONTINUE"
         assert inputs["waitForCapacityTimeout"] == "0"
+        assert "GroupPendingInstances" in inputs["enabledMetrics"] and inputs["metricsGranularity"] == "1Minute"
 
     async def test_the_launch_template_boots_like_a_lone_vm(self) -> None:
         await value(run_main())
