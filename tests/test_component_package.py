@@ -18,7 +18,7 @@ from consul_tproxy_vms import identity, package
 from consul_tproxy_vms.consul_server import auto_join
 from consul_tproxy_vms.package import MeshIntentions, MeshService, MeshServiceError
 from consul_tproxy_vms.program import join_tag_value
-from consul_tproxy_vms.render import PlanMocks, plan, plan_spec, set_plan_mocks, settle
+from consul_tproxy_vms.render import PlanMocks, plan, plan_spec, set_plan_mocks, settle, unwrap
 from consul_tproxy_vms.spec import MeshSpecError
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -255,6 +255,26 @@ class UnderMocks(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(instance.inputs["subnetId"], "subnet-0aaaaaaaaaaaaaaaa")
         roles = {r.inputs["name"] for r in self.mocks.of_type("consul:index/aclRole:AclRole")}
         self.assertTrue(all(role.startswith("consul-tproxy-vms-prod") for role in roles), roles)
+
+    async def test_a_mesh_service_of_many_instances_is_a_group_over_the_subnets(self) -> None:
+        out = mesh_outputs()
+        svc = MeshService("reports", service_args(instances=3, subnet_ids=out["subnetIds"]))
+        group_name, instances = await settle(pulumi.Output.all(svc.group_name, svc.instances))
+        self.assertEqual(instances, 3)
+        self.assertTrue(group_name.startswith("consul-tproxy-vms-prod-reports-"), group_name)
+        self.assertIsNone(svc.instance_id)
+        self.assertEqual(self.mocks.of_type("aws:ec2/instance:Instance"), [])
+        (group,) = self.mocks.of_type("aws:autoscaling/group:Group")
+        self.assertEqual(unwrap(group.inputs["vpcZoneIdentifiers"]), await settle(out["subnetIds"]))
+        self.assertEqual(unwrap(group.inputs["desiredCapacity"]), 3)
+
+    def test_a_mesh_service_of_many_instances_needs_the_subnets(self) -> None:
+        with self.assertRaises(MeshServiceError) as caught:
+            MeshService("reports", service_args(instances=3))
+        self.assertIn("subnetIds: is missing", str(caught.exception))
+        with self.assertRaises(MeshServiceError) as caught:
+            MeshService("reports", service_args(instances=0, subnet_ids=["subnet-0aaaaaaaaaaaaaaaa"]))
+        self.assertIn("instances: 0 is out of range", str(caught.exception))
 
     async def test_construct_through_the_component_provider(self) -> None:
         """What the plugin host does for a TypeScript program: camelCase inputs, integers as floats."""
