@@ -15,9 +15,11 @@ rules (pulumi/pkg/resource/deploy/step_generator.go):
   keeps its outputs except those its new inputs give and those its provider recomputes on update
   (RECOMPUTED_ON_UPDATE: a launch template's new version, which moves its group's
   `launchTemplate.version`); a resource whose step is "same" keeps its old outputs even when the
-  mock runtime would answer differently (the engine never asks the provider). The simulator hands exactly those values to the program as it runs, so a change
-  cascades the way it does in the engine: an instance id feeds a volume attachment's force-new
-  `instance_id`, a renewed certificate a server's user data.
+  mock runtime would answer differently (the engine never asks the provider). The simulator
+  hands exactly those values to the program as it runs, so a change cascades the way it does in
+  the engine: an instance id feeds a volume attachment's force-new `instance_id`, a renewed
+  certificate a server's user data, a launch template's new version its group.
+- Inputs a provider declares as sets (UNORDERED) are compared regardless of their order.
 - In preview mode the new outputs of created, replaced and updated-in-place resources are
   unknown, as in `pulumi preview`; an unknown value in a force-new input means a replacement.
   Comparing a preview plan with an update plan shows where preview would not tell the truth.
@@ -34,6 +36,7 @@ different order on each run. The pure parts (diff_paths, decide, delete_waves...
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -294,6 +297,28 @@ DYNAMIC_PROVIDERS: dict[str, Callable[[], ResourceProvider]] = {
 
 SOURCE_KINDS = ("cidrIpv4", "cidrIpv6", "prefixListId", "referencedSecurityGroupId")
 
+# Inputs the provider's schema declares as sets (schema.TypeSet): their order is no change (the
+# bridge diffs through Terraform's plan, which compares sets by their elements' hashes).
+UNORDERED: dict[str, tuple[str, ...]] = {
+    # internal/service/autoscaling/group.go: availability_zones, enabled_metrics,
+    # initial_lifecycle_hook, load_balancers, suspended_processes, tag, target_group_arns,
+    # traffic_source, vpc_zone_identifier are TypeSet (termination_policies is a list).
+    GROUP: (
+        "availabilityZones",
+        "enabledMetrics",
+        "initialLifecycleHooks",
+        "loadBalancers",
+        "suspendedProcesses",
+        "tags",
+        "targetGroupArns",
+        "trafficSources",
+        "vpcZoneIdentifiers",
+    ),
+    # internal/service/ec2/ec2_launch_template.go: vpc_security_group_ids, security_group_names,
+    # license_specification are TypeSet.
+    LAUNCH_TEMPLATE: ("vpcSecurityGroupIds", "securityGroupNames", "licenseSpecifications"),
+}
+
 
 # --- the record of one run --------------------------------------------------------------------
 
@@ -470,6 +495,19 @@ def _extra_replacements(typ: str, old: Mapping[str, Any], new: Mapping[str, Any]
     return []
 
 
+def _sort_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def as_compared(typ: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """`inputs` as the provider compares them: the elements of its set-typed inputs in one order."""
+    compared = dict(inputs)
+    for key in UNORDERED.get(typ, ()):
+        if isinstance(compared.get(key), list):
+            compared[key] = sorted(compared[key], key=_sort_key)
+    return compared
+
+
 def _launch_template_versions(
     old: Mapping[str, Any], new: Mapping[str, Any], outputs: Mapping[str, Any], preview: bool
 ) -> dict[str, Any]:
@@ -482,7 +520,8 @@ def _launch_template_versions(
     and update_default_version changed, and default_version unknown (with update_default_version)
     when any argument but name, name_prefix and description changed.
     """
-    changed = {path.split(".", 1)[0] for path in diff_paths(old, new)}
+    compared = [as_compared(LAUNCH_TEMPLATE, inputs) for inputs in (old, new)]
+    changed = {path.split(".", 1)[0] for path in diff_paths(*compared)}
     if preview:
         unknown: dict[str, Any] = {}
         if changed - LAUNCH_TEMPLATE_PLAN_KEEPS_VERSION:
@@ -562,7 +601,7 @@ def decide(
         return Step(new.urn, REPLACE, ("<replacement_trigger>",), "replacement_trigger changed")
     changed = sorted(
         p
-        for p in diff_paths(old.inputs, new.inputs)
+        for p in diff_paths(as_compared(new.type, old.inputs), as_compared(new.type, new.inputs))
         if p != DYNAMIC_PROVIDER_KEY and not any(path_matches(p, ig) for ig in new.options.ignore_changes)
     )
     if new.type.startswith(PROVIDER_PREFIX):

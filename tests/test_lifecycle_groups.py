@@ -308,3 +308,19 @@ def test_new_template_tags_make_preview_show_a_refresh_that_up_does_not_do() -> 
     assert up.step("api-group").kind == SAME
     preview = lifecycle.simulate(before, after, PlanMocks, preview=True)
     assert preview.updated == ["api-group", "api-template"] and preview.refreshed == ["api-group"]
+
+
+def test_the_order_of_a_set_is_no_change() -> None:
+    # group.go: vpc_zone_identifier, initial_lifecycle_hook and tag are TypeSet; so are the
+    # template's vpc_security_group_ids (ec2_launch_template.go).
+    reordered = step_of(
+        GROUP_RECORD, vpcZoneIdentifiers=list(reversed(SUBNETS)), initialLifecycleHooks=[TERMINATING, LAUNCHING]
+    )
+    assert reordered.kind == SAME
+    template = registration("api", LAUNCH_TEMPLATE, {**TEMPLATE.inputs, "vpcSecurityGroupIds": ["sg-1", "sg-2"]})
+    assert step_of(template, vpcSecurityGroupIds=["sg-2", "sg-1"]).kind == SAME
+    new = {**template.inputs, "vpcSecurityGroupIds": ["sg-2", "sg-1"]}
+    assert lifecycle.recomputed_outputs(LAUNCH_TEMPLATE, template.inputs, new, {"latestVersion": 1}) == {}
+    # A list stays a list: termination_policies' order is the policy.
+    ordered = registration("api", GROUP, {**GROUP_INPUTS, "terminationPolicies": ["OldestInstance", "Default"]})
+    assert step_of(ordered, terminationPolicies=["Default", "OldestInstance"]).kind == UPDATE
