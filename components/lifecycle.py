@@ -284,6 +284,12 @@ TRIGGER_NAMES = {
     "initial_lifecycle_hook": "initialLifecycleHooks",
     "traffic_source": "trafficSources",
 }
+# pulumi-terraform-bridge pkg/tfbridge (Diff, nameRequiresDeleteBeforeReplace): when a resource
+# whose auto-named property the program set itself must be replaced, the provider answers
+# DeleteBeforeReplace, since the new resource could not take a name the old one still holds; the
+# engine then deletes first. Per type, that property (pulumi-aws names these resources itself when
+# it is absent). A group replaced this way loses every instance before the new one launches any.
+NAMED_BY_PROGRAM: dict[str, str] = {GROUP: "name", LAUNCH_TEMPLATE: "name"}
 INSTANCE_REFRESH = "instance refresh"
 """Step.reason of a group update that starts an instance refresh (the provider replaces its instances)."""
 
@@ -381,6 +387,8 @@ class Step:
     paths: tuple[str, ...] = ()
     """The input paths that changed (update) or forced the replacement (replace)."""
     reason: str = ""
+    provider_deletes_first: bool = False
+    """A replacement the provider's diff makes delete-before-replace (see NAMED_BY_PROGRAM)."""
 
     @property
     def label(self) -> str:
@@ -618,7 +626,8 @@ def decide(
     forced += _extra_replacements(new.type, old.inputs, new.inputs)
     replaces = sorted(set(roc) | set(forced))
     if replaces:
-        return Step(new.urn, REPLACE, tuple(replaces), "force-new inputs changed")
+        first = new.type in NAMED_BY_PROGRAM and new.inputs.get(NAMED_BY_PROGRAM[new.type]) is not None
+        return Step(new.urn, REPLACE, tuple(replaces), "force-new inputs changed", provider_deletes_first=first)
     return _update(new, changed)
 
 
@@ -765,6 +774,20 @@ class Plan:
 
     def step(self, name: str, typ: str | None = None) -> Step:
         return self.steps[urn_named(self.steps, name, typ)]
+
+    def deletes_first(self, urn: str) -> bool:
+        """Whether replacing `urn` deletes the old resource before creating the new one: its own
+        deleteBeforeReplace option, or its provider's diff (Step.provider_deletes_first)."""
+        return self.after[urn].options.delete_before_replace or self.steps[urn].provider_deletes_first
+
+    def how(self, urn: str) -> str:
+        """How `urn`'s step goes, for the plan text beside the resource: a replacement's order
+        ("delete-before-replace" or "create-before-delete"), INSTANCE_REFRESH for a group's update
+        that replaces its instances, "" for any other step."""
+        step = self.steps[urn]
+        if step.kind == REPLACE:
+            return "delete-before-replace" if self.deletes_first(urn) else "create-before-delete"
+        return step.reason if step.reason == INSTANCE_REFRESH else ""
 
     def delete_waves(self) -> list[list[str]]:
         """The order of this plan's deletes (resources gone from the program), from the before-run's graph."""

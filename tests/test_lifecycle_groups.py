@@ -324,3 +324,24 @@ def test_the_order_of_a_set_is_no_change() -> None:
     # A list stays a list: termination_policies' order is the policy.
     ordered = registration("api", GROUP, {**GROUP_INPUTS, "terminationPolicies": ["OldestInstance", "Default"]})
     assert step_of(ordered, terminationPolicies=["Default", "OldestInstance"]).kind == UPDATE
+
+
+def test_a_group_named_by_the_program_is_deleted_before_its_replacement() -> None:
+    """pulumi-terraform-bridge nameRequiresDeleteBeforeReplace: with `name` set by the program, a
+    replacement is delete-before-replace, renamed or not: every instance goes before new ones come."""
+    assert step_of(GROUP_RECORD, name="p-dev-api2").provider_deletes_first
+    assert step_of(GROUP_RECORD, initialLifecycleHooks=[LAUNCHING]).provider_deletes_first
+    autonamed = registration("api", GROUP, {k: v for k, v in GROUP_INPUTS.items() if k != "name"})
+    step = step_of(autonamed, initialLifecycleHooks=[LAUNCHING])
+    assert step.kind == REPLACE and not step.provider_deletes_first
+    plan = lifecycle.simulate(service_program(), service_program(group_name="p-dev-api-2"), PlanMocks)
+    assert plan.deletes_first(lifecycle.urn_named(plan.after, "api-group"))
+
+
+def test_how_each_step_goes_for_the_plan_text() -> None:
+    recipe = lifecycle.simulate(service_program(), service_program(user_data="I2Nsb3VkLWNvbmZpZyAjMg=="), PlanMocks)
+    after = recipe.after
+    assert recipe.how(lifecycle.urn_named(after, "api-group")) == "instance refresh"
+    assert recipe.how(lifecycle.urn_named(after, "api-template")) == ""
+    renamed = lifecycle.simulate(service_program(), service_program(group_name="p-dev-api-2"), PlanMocks)
+    assert renamed.how(lifecycle.urn_named(renamed.after, "api-group")) == "delete-before-replace"
