@@ -12,14 +12,20 @@ rules (pulumi/pkg/resource/deploy/step_generator.go):
   input changes. `ignore_changes` paths are not compared. Dynamic resources (the gates, the image
   pin) are judged by their own provider's `diff`, called for real.
 - A replaced resource gets new outputs (a new id, address, certificate...), and an updated one
-  keeps its outputs except those its new inputs give; a resource whose step is "same" keeps its
-  old outputs even when the mock runtime would answer differently (the engine never asks the
-  provider). The simulator hands exactly those values to the program as it runs, so a change
-  cascades the way it does in the engine: an instance id feeds a volume attachment's force-new
-  `instance_id`, a renewed certificate a server's user data.
+  keeps its outputs except those its new inputs give and those its provider recomputes on update
+  (RECOMPUTED_ON_UPDATE: a launch template's new version, which moves its group's
+  `launchTemplate.version`); a resource whose step is "same" keeps its old outputs even when the
+  mock runtime would answer differently (the engine never asks the provider). The simulator
+  hands exactly those values to the program as it runs, so a change cascades the way it does in
+  the engine: an instance id feeds a volume attachment's force-new `instance_id`, a renewed
+  certificate a server's user data, a launch template's new version its group.
+- Inputs a provider declares as sets (UNORDERED) are compared regardless of their order.
 - In preview mode the new outputs of created, replaced and updated-in-place resources are
   unknown, as in `pulumi preview`; an unknown value in a force-new input means a replacement.
   Comparing a preview plan with an update plan shows where preview would not tell the truth.
+- An Auto Scaling group's update that makes its provider start an instance refresh (a new launch
+  template version, or a change its refresh triggers name) is marked so: Step.label "update
+  (instance refresh)", Plan.refreshed.
 - Deletes: a resource is deleted after everything that depends on it (its `dependencies`,
   `propertyDependencies`, its provider reference and its parent): `delete_waves` orders them.
 
@@ -30,6 +36,7 @@ different order on each run. The pure parts (diff_paths, decide, delete_waves...
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +62,8 @@ PROVIDER_PREFIX = "pulumi:providers:"
 DYNAMIC_PROVIDER_KEY = "__provider"
 REPLACED_MARK = "~replaced"
 AMI_INVOKE = "aws:ec2/getAmi:getAmi"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+GROUP = "aws:autoscaling/group:Group"
 
 # Inputs whose change replaces a resource, per resource type, with the provider's own statement.
 # Paths are the engine's (camelCase) names; "a.b" is a field of a block. Sources (ForceNew /
@@ -225,7 +234,64 @@ FORCE_NEW: dict[str, tuple[str, ...]] = {
     # custom_key_store_id, xks_key_id ForceNew; description, policy, enable_key_rotation,
     # rotation_period_in_days, is_enabled, tags update; deletion_window_in_days is read at delete only.
     "aws:kms/key:Key": ("customerMasterKeySpec", "keyUsage", "multiRegion", "customKeyStoreId", "xksKeyId"),
+    # internal/service/ec2/ec2_launch_template.go: only name and name_prefix ForceNew. Every other
+    # argument updates in place: a change of the launch data (resourceLaunchTemplateUpdate's
+    # updateKeys: image_id, user_data, instance_type, iam_instance_profile, metadata_options,
+    # vpc_security_group_ids, key_name, tag_specifications...) creates a new version
+    # (CreateLaunchTemplateVersion), and with update_default_version makes it the default; tags
+    # alone update without one. See RECOMPUTED_ON_UPDATE.
+    LAUNCH_TEMPLATE: ("name", "namePrefix"),
+    # internal/service/autoscaling/group.go: name, name_prefix and initial_lifecycle_hook ForceNew
+    # (the whole set and each of its fields: a hook is put only at CreateAutoScalingGroup, and the
+    # provider's Read never reads hooks back, so any change to the declared hooks replaces the
+    # group). launch_template, vpc_zone_identifier, min/max/desired, health checks, instance_refresh,
+    # tags... update in place (resourceGroupUpdate: UpdateAutoScalingGroup, tags apart); see
+    # refreshes_instances for the updates that start an instance refresh.
+    GROUP: ("name", "namePrefix", "initialLifecycleHooks"),
+    # internal/service/autoscaling/lifecycle_hook.go: name ForceNew; autoscaling_group_name, the
+    # transition, timeout, default result and notification settings update (PutLifecycleHook).
+    "aws:autoscaling/lifecycleHook:LifecycleHook": ("name",),
+    # internal/service/autoscaling/policy.go: name and autoscaling_group_name ForceNew; the policy's
+    # type and configuration (target tracking, steps...) update (PutScalingPolicy).
+    "aws:autoscaling/policy:Policy": ("name", "autoscalingGroupName"),
 }
+
+# Outputs a provider recomputes when it updates a resource in place (the engine hands the program
+# the provider's new outputs after an update, so they flow into other resources' inputs): per type,
+# a function of (old inputs, new inputs, old outputs, preview) giving the outputs that change.
+RecomputeRule = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any], bool], dict[str, Any]]
+
+# ec2_launch_template.go: arguments whose change creates no version (they are not in
+# resourceLaunchTemplateUpdate's updateKeys; tags go through UpdateTags)...
+LAUNCH_TEMPLATE_UNVERSIONED = frozenset(
+    {"name", "namePrefix", "defaultVersion", "updateDefaultVersion", "tags", "tagsAll"}
+)
+# ...and those whose change leaves latest_version known in a plan (the CustomizeDiff
+# ComputedIf("latest_version") skips them; it does not skip tags, so a tag change shows the version
+# unknown in preview although `up` creates none).
+LAUNCH_TEMPLATE_PLAN_KEEPS_VERSION = frozenset(
+    {"name", "namePrefix", "description", "defaultVersion", "updateDefaultVersion"}
+)
+
+# group.go resourceGroupUpdate: shouldRefreshInstances is set by a change of launch_configuration,
+# launch_template or mixed_instances_policy, else by a change of any attribute instance_refresh's
+# `triggers` names; StartInstanceRefresh is called only when the group has an instance_refresh block.
+REFRESH_ALWAYS = ("launchConfiguration", "launchTemplate", "mixedInstancesPolicy")
+# Terraform names a trigger may hold whose Pulumi names are not their camelCase (pluralised lists).
+TRIGGER_NAMES = {
+    "tag": "tags",
+    "vpc_zone_identifier": "vpcZoneIdentifiers",
+    "initial_lifecycle_hook": "initialLifecycleHooks",
+    "traffic_source": "trafficSources",
+}
+# pulumi-terraform-bridge pkg/tfbridge (Diff, nameRequiresDeleteBeforeReplace): when a resource
+# whose auto-named property the program set itself must be replaced, the provider answers
+# DeleteBeforeReplace, since the new resource could not take a name the old one still holds; the
+# engine then deletes first. Per type, that property (pulumi-aws names these resources itself when
+# it is absent). A group replaced this way loses every instance before the new one launches any.
+NAMED_BY_PROGRAM: dict[str, str] = {GROUP: "name", LAUNCH_TEMPLATE: "name"}
+INSTANCE_REFRESH = "instance refresh"
+"""Step.reason of a group update that starts an instance refresh (the provider replaces its instances)."""
 
 # Dynamic resources are judged by their own provider's diff, called for real (it never polls).
 DYNAMIC_PROVIDERS: dict[str, Callable[[], ResourceProvider]] = {
@@ -236,6 +302,28 @@ DYNAMIC_PROVIDERS: dict[str, Callable[[], ResourceProvider]] = {
 }
 
 SOURCE_KINDS = ("cidrIpv4", "cidrIpv6", "prefixListId", "referencedSecurityGroupId")
+
+# Inputs the provider's schema declares as sets (schema.TypeSet): their order is no change (the
+# bridge diffs through Terraform's plan, which compares sets by their elements' hashes).
+UNORDERED: dict[str, tuple[str, ...]] = {
+    # internal/service/autoscaling/group.go: availability_zones, enabled_metrics,
+    # initial_lifecycle_hook, load_balancers, suspended_processes, tag, target_group_arns,
+    # traffic_source, vpc_zone_identifier are TypeSet (termination_policies is a list).
+    GROUP: (
+        "availabilityZones",
+        "enabledMetrics",
+        "initialLifecycleHooks",
+        "loadBalancers",
+        "suspendedProcesses",
+        "tags",
+        "targetGroupArns",
+        "trafficSources",
+        "vpcZoneIdentifiers",
+    ),
+    # internal/service/ec2/ec2_launch_template.go: vpc_security_group_ids, security_group_names,
+    # license_specification are TypeSet.
+    LAUNCH_TEMPLATE: ("vpcSecurityGroupIds", "securityGroupNames", "licenseSpecifications"),
+}
 
 
 # --- the record of one run --------------------------------------------------------------------
@@ -299,12 +387,23 @@ class Step:
     paths: tuple[str, ...] = ()
     """The input paths that changed (update) or forced the replacement (replace)."""
     reason: str = ""
+    provider_deletes_first: bool = False
+    """A replacement the provider's diff makes delete-before-replace (see NAMED_BY_PROGRAM)."""
+
+    @property
+    def label(self) -> str:
+        """The step as the plan shows it: its kind, and for a group's update "(instance refresh)"."""
+        return f"{self.kind} ({INSTANCE_REFRESH})" if self.reason == INSTANCE_REFRESH else self.kind
 
 
-def urn_named(record: Mapping[str, Any], name: str) -> str:
-    """The URN of the one resource called `name` (names are unique in this stack)."""
-    (urn,) = [u for u in record if name_of(u) == name]
-    return urn
+def urn_named(record: Mapping[str, Any], name: str, typ: str | None = None) -> str:
+    """The URN of the one resource called `name`, of type `typ` where a name repeats across types
+    (a URN holds both: a launch template and a group may share a name)."""
+    urns = [u for u in record if name_of(u) == name and (typ is None or type_of(u) == typ)]
+    if len(urns) != 1:
+        of_type = f" of type {typ}" if typ else ""
+        raise ValueError(f"{len(urns)} resources named {name!r}{of_type}: {sorted(type_of(u) for u in urns)}")
+    return urns[0]
 
 
 def name_of(urn: str) -> str:
@@ -404,6 +503,89 @@ def _extra_replacements(typ: str, old: Mapping[str, Any], new: Mapping[str, Any]
     return []
 
 
+def _sort_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def as_compared(typ: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """`inputs` as the provider compares them: the elements of its set-typed inputs in one order."""
+    compared = dict(inputs)
+    for key in UNORDERED.get(typ, ()):
+        if isinstance(compared.get(key), list):
+            compared[key] = sorted(compared[key], key=_sort_key)
+    return compared
+
+
+def _launch_template_versions(
+    old: Mapping[str, Any], new: Mapping[str, Any], outputs: Mapping[str, Any], preview: bool
+) -> dict[str, Any]:
+    """A launch template's versions after an in-place update (ec2_launch_template.go).
+
+    resourceLaunchTemplateUpdate: a change of the launch data (updateKeys) creates version
+    latest + 1 (CreateLaunchTemplateVersion); with update_default_version, ModifyLaunchTemplate
+    makes the latest version the default. In a plan (preview) the CustomizeDiff marks
+    latest_version unknown when any argument but name, name_prefix, description, default_version
+    and update_default_version changed, and default_version unknown (with update_default_version)
+    when any argument but name, name_prefix and description changed.
+    """
+    compared = [as_compared(LAUNCH_TEMPLATE, inputs) for inputs in (old, new)]
+    changed = {path.split(".", 1)[0] for path in diff_paths(*compared)}
+    if preview:
+        unknown: dict[str, Any] = {}
+        if changed - LAUNCH_TEMPLATE_PLAN_KEEPS_VERSION:
+            unknown["latestVersion"] = UNKNOWN
+        if new.get("updateDefaultVersion") and changed - {"name", "namePrefix", "description"}:
+            unknown["defaultVersion"] = UNKNOWN
+        return unknown
+    latest = outputs.get("latestVersion")
+    if not isinstance(latest, int | float) or not changed - LAUNCH_TEMPLATE_UNVERSIONED:
+        return {}
+    versions: dict[str, Any] = {"latestVersion": int(latest) + 1}
+    if new.get("updateDefaultVersion"):
+        versions["defaultVersion"] = int(latest) + 1
+    return versions
+
+
+RECOMPUTED_ON_UPDATE: dict[str, RecomputeRule] = {LAUNCH_TEMPLATE: _launch_template_versions}
+
+# Outputs a provider computes at create that the base mocks may not answer: CreateLaunchTemplate
+# makes version 1, which is also the default (ec2_launch_template.go resourceLaunchTemplateRead
+# sets latest_version and default_version from the template).
+CREATED_OUTPUTS: dict[str, dict[str, Any]] = {LAUNCH_TEMPLATE: {"latestVersion": 1, "defaultVersion": 1}}
+
+
+def recomputed_outputs(
+    typ: str, old: Mapping[str, Any], new: Mapping[str, Any], outputs: Mapping[str, Any], preview: bool = False
+) -> dict[str, Any]:
+    """The outputs of `typ` an in-place update from inputs `old` to `new` changes (UNKNOWN in preview)."""
+    rule = RECOMPUTED_ON_UPDATE.get(typ)
+    return rule(old, new, outputs, preview) if rule else {}
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def refreshes_instances(inputs: Mapping[str, Any], changed: Iterable[str]) -> bool:
+    """Whether an update of an Auto Scaling group with `inputs`, changing `changed`, starts an
+    instance refresh (group.go resourceGroupUpdate: only with an instance_refresh block, on a change
+    of launch_configuration, launch_template, mixed_instances_policy or of an attribute its
+    `triggers` name, by their Terraform names)."""
+    refresh = inputs.get("instanceRefresh")
+    if not isinstance(refresh, dict):
+        return False
+    triggers = [TRIGGER_NAMES.get(t, _camel(t)) for t in refresh.get("triggers") or [] if isinstance(t, str)]
+    return any(path_matches(path, field) for path in changed for field in (*REFRESH_ALWAYS, *triggers))
+
+
+def _update(new: Registration, changed: list[str]) -> Step:
+    if not changed:
+        return Step(new.urn, SAME)
+    refresh = new.type == GROUP and refreshes_instances(new.inputs, changed)
+    return Step(new.urn, UPDATE, tuple(changed), INSTANCE_REFRESH if refresh else "")
+
+
 def decide(
     old: Registration | None, new: Registration, replaced_by_provider: bool = False, provider_unknown: bool = False
 ) -> Step:
@@ -427,7 +609,7 @@ def decide(
         return Step(new.urn, REPLACE, ("<replacement_trigger>",), "replacement_trigger changed")
     changed = sorted(
         p
-        for p in diff_paths(old.inputs, new.inputs)
+        for p in diff_paths(as_compared(new.type, old.inputs), as_compared(new.type, new.inputs))
         if p != DYNAMIC_PROVIDER_KEY and not any(path_matches(p, ig) for ig in new.options.ignore_changes)
     )
     if new.type.startswith(PROVIDER_PREFIX):
@@ -444,8 +626,9 @@ def decide(
     forced += _extra_replacements(new.type, old.inputs, new.inputs)
     replaces = sorted(set(roc) | set(forced))
     if replaces:
-        return Step(new.urn, REPLACE, tuple(replaces), "force-new inputs changed")
-    return Step(new.urn, UPDATE if changed else SAME, tuple(changed))
+        first = new.type in NAMED_BY_PROGRAM and new.inputs.get(NAMED_BY_PROGRAM[new.type]) is not None
+        return Step(new.urn, REPLACE, tuple(replaces), "force-new inputs changed", provider_deletes_first=first)
+    return _update(new, changed)
 
 
 def _decide_dynamic(old: Registration, new: Registration, changed: list[str]) -> Step:
@@ -581,11 +764,30 @@ class Plan:
     def deleted(self) -> list[str]:
         return self.names(DELETE)
 
+    @property
+    def refreshed(self) -> list[str]:
+        """Updated Auto Scaling groups whose update starts an instance refresh (their instances are replaced)."""
+        return sorted(name_of(u) for u in self.urns(UPDATE) if self.steps[u].reason == INSTANCE_REFRESH)
+
     def changed(self) -> dict[str, list[str]]:
         return {"replaced": self.replaced, "updated": self.updated, "created": self.created, "deleted": self.deleted}
 
-    def step(self, name: str) -> Step:
-        return self.steps[urn_named(self.steps, name)]
+    def step(self, name: str, typ: str | None = None) -> Step:
+        return self.steps[urn_named(self.steps, name, typ)]
+
+    def deletes_first(self, urn: str) -> bool:
+        """Whether replacing `urn` deletes the old resource before creating the new one: its own
+        deleteBeforeReplace option, or its provider's diff (Step.provider_deletes_first)."""
+        return self.after[urn].options.delete_before_replace or self.steps[urn].provider_deletes_first
+
+    def how(self, urn: str) -> str:
+        """How `urn`'s step goes, for the plan text beside the resource: a replacement's order
+        ("delete-before-replace" or "create-before-delete"), INSTANCE_REFRESH for a group's update
+        that replaces its instances, "" for any other step."""
+        step = self.steps[urn]
+        if step.kind == REPLACE:
+            return "delete-before-replace" if self.deletes_first(urn) else "create-before-delete"
+        return step.reason if step.reason == INSTANCE_REFRESH else ""
 
     def delete_waves(self) -> list[list[str]]:
         """The order of this plan's deletes (resources gone from the program), from the before-run's graph."""
@@ -638,7 +840,7 @@ class Plan:
             for urn in self.urns(kind):
                 step = self.steps[urn]
                 why = f" ({', '.join(step.paths)})" if step.paths else ""
-                lines.append(f"{kind:8s} {type_of(urn)} {name_of(urn)}{why}")
+                lines.append(f"{step.label:8s} {type_of(urn)} {name_of(urn)}{why}")
         return "\n".join(lines) or "no changes"
 
 
@@ -722,12 +924,13 @@ class EngineMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         registration: Registration = _local.registration
         fresh_id, fresh = self.base.new_resource(args)
+        fresh = {**CREATED_OUTPUTS.get(args.typ, {}), **fresh}
         old = self.before.get(registration.urn)
         with self._lock:
             provider = self.record.get(registration.provider)
         provider_unknown = provider is not None and contains_unknown(provider.inputs)
         step = decide(old, registration, registration.name in self.renewed, provider_unknown)
-        rid, outputs = self._answer(step, old, args.inputs, fresh_id, fresh)
+        rid, outputs = self._answer(step, old, registration, args.inputs, fresh_id, fresh)
         registration.id, registration.outputs = rid, outputs
         with self._lock:
             self.record[registration.urn] = registration
@@ -735,17 +938,26 @@ class EngineMocks(pulumi.runtime.Mocks):
         return rid, outputs
 
     def _answer(
-        self, step: Step, old: Registration | None, inputs: Mapping[str, Any], fresh_id: str, fresh: dict[str, Any]
+        self,
+        step: Step,
+        old: Registration | None,
+        new: Registration,
+        inputs: Mapping[str, Any],
+        fresh_id: str,
+        fresh: dict[str, Any],
     ) -> tuple[str | None, dict[str, Any]]:
         fresh = _unknowns_as_marker(fresh)
         if step.kind == SAME and old is not None:
             # The engine keeps the old outputs; it never asks the provider.
             return old.id, dict(old.outputs)
         if step.kind == UPDATE and old is not None:
+            # What the provider recomputes on update (a launch template's new version) replaces
+            # the old value, or is unknown in preview.
+            recomputed = recomputed_outputs(new.type, old.inputs, new.inputs, old.outputs, self.preview)
             if self.preview:
                 # Known before the update: the old outputs, with the new inputs' values.
-                return old.id, {**old.outputs, **_unknowns_as_marker(dict(inputs))}
-            return old.id, fresh
+                return old.id, {**old.outputs, **_unknowns_as_marker(dict(inputs)), **recomputed}
+            return old.id, {**fresh, **recomputed}
         computed = _computed_keys(fresh, inputs)
         if self.preview:
             return None, {k: (UNKNOWN if k in computed else v) for k, v in fresh.items()}
