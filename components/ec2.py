@@ -416,5 +416,13 @@ def auto_scaling_group(
             aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=False)
             for key, value in sorted({**tags, "Name": name}.items())
         ],
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
+        # The hooks are declared with the group so that its first VMs launch with them, and the
+        # provider takes them at creation only: any change to them forces a new group
+        # (terraform-provider-aws internal/service/autoscaling/group.go, initial_lifecycle_hook
+        # ForceNew), deleted before its replacement because the program names it (the bridge's
+        # nameRequiresDeleteBeforeReplace): every VM of the service gone at once. So a later
+        # release's change to them is ignored on an existing group instead of replacing it.
+        opts=pulumi.ResourceOptions(
+            parent=parent, depends_on=list(depends_on), ignore_changes=["initialLifecycleHooks"]
+        ),
     )

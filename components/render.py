@@ -128,8 +128,18 @@ class PlanMocks(pulumi.runtime.Mocks):
             # Hex digits derived from the name: a stand-in the render can repeat, never a real id.
             state["hex"] = hashlib.sha256(args.name.encode()).hexdigest()[: 2 * int(args.inputs["byteLength"])]
         elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
-            # A new template's first version (EC2 CreateLaunchTemplate); an update makes the next one.
-            state["latestVersion"] = 1
+            # A new template's first version, its default (EC2 CreateLaunchTemplate; terraform-provider-aws
+            # ec2_launch_template.go); an update makes the next one.
+            state.update(latestVersion=1, defaultVersion=1)
+            state["arn"] = f"arn:aws:ec2:us-east-1:123456789012:launch-template/{args.name}-id"
+        elif args.typ == "aws:autoscaling/group:Group":
+            # The group's id is its name (terraform-provider-aws autoscaling/group.go: d.SetId(asgName)).
+            name = state.setdefault("name", args.name)
+            state["arn"] = (
+                "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:"
+                f"00000000-0000-0000-0000-000000000000:autoScalingGroupName/{name}"
+            )
+            return name, state
         elif args.typ == "random:index/randomBytes:RandomBytes":
             state["base64"] = self.generated(f"{args.name} (base64)")
         elif args.typ == "tls:index/privateKey:PrivateKey":
@@ -836,12 +846,11 @@ def diff_lines(plan: Plan) -> list[str]:
 
 def _diff_detail(plan: Plan, urn: str) -> str:
     step = plan.steps[urn]
-    detail = ""
-    if step.kind == "replace":
-        # The engine creates the new resource before deleting the old one, unless the resource
-        # asks otherwise (deleteBeforeReplace: a server's instance, whose interface moves over).
-        first = plan.after[urn].options.delete_before_replace
-        detail += "  delete-before-replace" if first else "  create-before-delete"
+    # A replacement's order (create-before-delete unless the resource asks otherwise, as a server's
+    # instance does, or its provider does, as for a group the program names), or an update that
+    # starts an instance refresh.
+    how = plan.how(urn)
+    detail = f"  {how}" if how else ""
     if step.paths:
         detail += f"  ({', '.join(step.paths)})"
     return detail

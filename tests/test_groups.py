@@ -4,7 +4,9 @@ under Pulumi's mocks; the pure parts (names, ARNs, subnet shares) without them."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -12,8 +14,8 @@ from components import groups, lifecycle
 from components.identity import login_prefix
 from components.render import READY, unwrap, user_data_by_vm
 from components.userdata import decode_user_data, unpack_cloud_config
-from tests.lifecycle import first_up, named
-from tests.mocks import STACK, MockedTestCase, demo_config, value
+from tests.lifecycle import first_up, named, plan, stack_program
+from tests.mocks import STACK, MeshMocks, MockedTestCase, demo_config, value
 from tests.test_program import ADMIN, run_main
 
 GROUP = "aws:autoscaling/group:Group"
@@ -187,3 +189,47 @@ def test_the_diagram_says_how_many_vms_share_a_services_address() -> None:
     mmd = mermaid(load_spec({**grouped_config(3), "adminCidrs": [ADMIN]}), "dev")
     assert 'api["api<br/>http://api.virtual.consul (3 VMs, Auto Scaling group)"]' in mmd
     assert 'web["web<br/>http://web.virtual.consul"]' in mmd
+
+
+# --- day two: what the engine would do (the lifecycle simulator, tests/lifecycle.py) ----------------
+
+
+def test_a_new_count_changes_the_groups_capacity_alone() -> None:
+    result = plan(grouped_config(3), grouped_config(5))
+    assert result.replaced == [] and result.created == [] and result.deleted == []
+    assert sorted(result.updated) == ["api-group", "mesh-ready"]  # the gate waits for 5 now
+    assert result.step("api-group").paths == ("desiredCapacity", "maxSize", "minSize")
+    assert result.refreshed == []
+
+
+def test_a_new_recipe_refreshes_the_group_after_the_servers_replacing_no_group() -> None:
+    after = {**grouped_config(3), "consulVersion": "1.22.2"}
+    result = plan(grouped_config(3), after)
+    assert "api-group" not in result.replaced and "api-template" not in result.replaced
+    assert {"api-template", "api-group"} <= set(result.updated) and result.refreshed == ["api-group"]
+    assert result.step("api-group").paths == ("launchTemplate.version",)
+    # Servers first: the template's new version waits for the replaced server's gate.
+    waves = result.order()
+    server = lifecycle.urn_named(result.after, "consul-server-0-instance")
+    assert waves[server] < waves[lifecycle.urn_named(result.after, "api-template")]
+
+
+def test_a_release_that_changes_the_hooks_replaces_no_group() -> None:
+    """The hooks force a new group (delete-first: every VM at once); an existing group keeps its own."""
+    longer = (replace(groups.HOOKS[0], heartbeat_seconds=3600), groups.HOOKS[1])
+    before = first_up(grouped_config(3))
+    with mock.patch.object(groups, "HOOKS", longer):
+        result = lifecycle.plan_after(before, stack_program(grouped_config(3)), MeshMocks())
+    assert result.replaced == [] and result.updated == []
+
+
+def test_a_lone_vm_becomes_a_group_created_before_the_vm_goes() -> None:
+    result = plan(demo_config(), grouped_config(2))
+    assert {"api-template", "api-group", "api-group-id", "api-lifecycle"} <= set(result.created)
+    assert "api-instance" in result.deleted and "web-instance" not in result.deleted + result.replaced
+    # Deletes come after every create and update: the group is there before the VM leaves.
+    waves = result.order()
+    assert (
+        waves[lifecycle.urn_named(result.after, "api-group")]
+        < waves[lifecycle.urn_named(result.before, "api-instance")]
+    )
