@@ -193,24 +193,6 @@ SECRET_KEYS = ("consulToken", "consulGossipKey")
 OPTIONAL_KEYS = ("gateway",)
 TOP_LEVEL_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED) | frozenset(EXISTING_CLUSTER_KEYS) | frozenset(OPTIONAL_KEYS)
 
-SERVICE_KEYS = frozenset(
-    {
-        "port",
-        "nodeName",  # refused with its own message: nodes are named at boot
-        "protocol",
-        "upstreams",
-        "command",
-        "packages",
-        "healthCheckPath",
-        "instanceType",
-        "instances",
-        "excludeInboundPorts",
-        "excludeOutboundPorts",
-        "excludeOutboundCidrs",
-        "excludeUids",
-        "splits",  # the mesh's own: MeshSpec.splits, never in a VM's user data
-    }
-)
 INTENTION_KEYS = frozenset({"source", "destination", "action", "permissions", "description"})
 PERMISSION_KEYS = frozenset({"action", "http"})
 PERMISSION_HTTP_KEYS = frozenset({"pathExact", "pathPrefix", "pathRegex", "methods", "header"})

@@ -32,11 +32,49 @@ from .spec_common import (
     RESERVED_NAMES,
     RESERVED_PORTS,
     RESERVED_PREFIX,
-    SERVICE_KEYS,
     URL_PATH,
     MeshSpecError,
     unknown_keys,
 )
+
+
+@dataclass(frozen=True)
+class ServiceKey:
+    """One key of a service's settings (config `services.<name>.<key>`)."""
+
+    value: str
+    """How its value is written."""
+    description: str
+    """What it does, on one line (and what leaving it unset means)."""
+
+
+SERVICE_SCHEMA: dict[str, ServiceKey] = {
+    "port": ServiceKey("int (required)", "the application's port, on 127.0.0.1"),
+    "upstreams": ServiceKey("[service, ...]", "what the demo app calls, as http://<name>.virtual.consul"),
+    "command": ServiceKey("/abs/path args", "your application instead of the demo app"),
+    "packages": ServiceKey("[deb, deb=version]", "apt packages your application needs"),
+    "healthCheckPath": ServiceKey("/path", "HTTP check; default /health for the demo app, else a TCP check"),
+    "protocol": ServiceKey("http|http2|grpc|tcp", "service-defaults protocol (default http)"),
+    "instanceType": ServiceKey("t3.small", "EC2 instance type of this service's VMs (default: instanceType)"),
+    "instances": ServiceKey("int", "number of VMs, run as an EC2 Auto Scaling group (1-100); unset: one VM of its own"),
+    "excludeInboundPorts": ServiceKey("[int]", "inbound ports the redirect leaves alone"),
+    "excludeOutboundPorts": ServiceKey("[int]", "outbound ports the redirect leaves alone"),
+    "excludeOutboundCidrs": ServiceKey("[cidr]", "outbound networks the redirect leaves alone"),
+    "excludeUids": ServiceKey("[int]", "users whose outbound traffic the redirect leaves alone"),
+    # The mesh's own: MeshSpec.splits, never in a VM's user data.
+    "splits": ServiceKey(
+        "[{weight, service}]",
+        "service-splitter: calls to this service go to these services by weight (percent, adding up to 100, "
+        "at most two decimals); every one http/http2/grpc like this one",
+    ),
+}
+"""The one description of a service's keys: the spec accepts exactly these (and refuses the retired
+ones by name), and Pulumi.yaml's comment block lists them (tests/test_service_schema.py)."""
+RETIRED_SERVICE_KEYS = {
+    "nodeName": "is no longer set: a service's nodes are named <service>-<instance id> when each VM boots",
+}
+"""Keys a service once had -> why each is refused: a message of its own, not "is not a known key"."""
+SERVICE_KEYS = frozenset(SERVICE_SCHEMA) | frozenset(RETIRED_SERVICE_KEYS)
 
 
 @dataclass(frozen=True)
@@ -124,12 +162,8 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
         if port in RESERVED_PORTS:
             problems.add(f"{key}.port", port, f"is reserved on mesh VMs for {RESERVED_PORTS[port]}")
 
-    if "nodeName" in raw:
-        problems.add(
-            f"{key}.nodeName",
-            raw["nodeName"],
-            "is no longer set: a service's nodes are named <service>-<instance id> when each VM boots",
-        )
+    for retired in sorted(RETIRED_SERVICE_KEYS.keys() & raw.keys()):
+        problems.add(f"{key}.{retired}", raw[retired], RETIRED_SERVICE_KEYS[retired])
     protocol = raw.get("protocol", "http")
     if protocol not in PROTOCOLS:
         problems.add(f"{key}.protocol", protocol, f"is not one of {', '.join(PROTOCOLS)}")
