@@ -27,6 +27,7 @@ written once and never regenerated.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -35,7 +36,8 @@ from typing import Any
 import dill
 import pytest
 from pulumi.dynamic import Config, ConfigureRequest, ResourceProvider
-from pulumi.runtime._serialization import _deserialize
+from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.runtime._serialization import _deserialize, _serialize
 
 from components import render
 from components.spec import PROJECT
@@ -52,6 +54,11 @@ PROVIDER_CLASSES = {
     "ImagePin": "components.image.ImagePinProvider",
     "MeshReady": "components.mesh_ready.MeshReadyProvider",
 }
+# The same classes as the installed package (consul_tproxy_vms, pyproject.toml) stores them: a
+# consumer project's MeshService pins its image with consul_tproxy_vms.image.ImagePinProvider.
+PROVIDER_CLASSES.update(
+    {f"{typ} (package)": path.replace("components.", "consul_tproxy_vms.", 1) for typ, path in PROVIDER_CLASSES.items()}
+)
 
 
 def demo_config() -> dict[str, Any]:
@@ -184,10 +191,19 @@ def regenerate() -> None:
         (FIXTURES / f"{stack}.json").write_text(fixture_text(engine_urns(rendered(config()))))
     # Never rewritten: deployed stacks keep what the code of their last `up` stored, so a provider
     # moved on purpose (with an alias at its old path) is added beside, not instead of, this one.
-    if not PROVIDERS.exists():
-        providers = stored_providers(rendered(demo_config()))
-        assert sorted(providers) == sorted(PROVIDER_CLASSES), providers.keys()
-        PROVIDERS.write_text(fixture_text(providers))
+    providers = json.loads(PROVIDERS.read_text()) if PROVIDERS.exists() else {}
+    stored = stored_providers(rendered(demo_config()))
+    assert sorted(stored) == sorted(k for k in PROVIDER_CLASSES if "(" not in k), stored.keys()
+    stored.update({typ: package_provider(path) for typ, path in PROVIDER_CLASSES.items() if "(" in typ})
+    PROVIDERS.write_text(fixture_text({**stored, **providers}))
+
+
+def package_provider(path: str) -> str:
+    """A provider of the installed package serialized as pulumi.dynamic.Resource.__init__ does
+    (pulumi/dynamic/dynamic.py: _serialize(True, serialize_provider, provider))."""
+    module, _, name = path.rpartition(".")
+    provider = getattr(importlib.import_module(module), name)()
+    return _serialize(True, serialize_provider, provider)[0]
 
 
 if __name__ == "__main__":
