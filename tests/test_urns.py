@@ -85,8 +85,9 @@ def engine_urns(mocks: render.PlanMocks) -> dict[str, str]:
     The mock monitor's URNs qualify a type with its parent's type alone, and with the stack's type
     for a resource under the stack (pulumi/runtime/mocks.py MockMonitor.make_urn); the engine
     qualifies it with the parent's whole qualified type, and not at all under the stack
-    (pulumi/pulumi sdk/go/common/resource/urn.go NewURN: "parentType$type"). So the engine's
-    URNs are computed here from each resource's type, name and parent.
+    (pulumi/pulumi pkg/resource/deploy/deployment.go generateURN: "Skip empty parents and don't use
+    the root stack type; otherwise, use the full qualified type"). So the engine's URNs are
+    computed here from each resource's type, name and parent.
     """
     registered = {(r.typ, r.name) for r in mocks.resources}
     assert len(registered) == len(mocks.resources), "two resources of one type and name: (type, name) is no key"
