@@ -29,7 +29,7 @@ def by_destination(intentions: Sequence[IntentionSpec]) -> dict[str, list[Intent
 def permission_args(permission: PermissionSpec) -> consul.ConfigEntryServiceIntentionsSourcePermissionArgs:
     """One L7 rule as the provider takes it: `https` is the schema's one-element `http` block
     (terraform-provider-consul consul/resource_consul_config_entry_service_intentions.go: a set of
-    which Decode reads the first element). Methods are upper case already (spec._permission)."""
+    which Decode reads the first element). Methods are upper case already (spec_intentions._permission)."""
     return consul.ConfigEntryServiceIntentionsSourcePermissionArgs(
         action=permission.action,
         https=[

@@ -14,7 +14,7 @@ from .spec import PROJECT, SplitSpec
 @dataclass
 class TrafficSplitsArgs:
     splits: Mapping[str, Sequence[SplitSpec]]
-    """Service -> its validated splits (spec._splits): weights adding up to 100, services of the
+    """Service -> its validated splits (spec_splits._splits): weights adding up to 100, services of the
     service's own HTTP-like protocol."""
 
 
