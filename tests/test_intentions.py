@@ -79,14 +79,14 @@ def one_problem(**overrides: Any) -> str:
 
 def test_an_l7_intention_carries_its_permissions_in_order_and_no_action() -> None:
     rules = [
-        {"action": "deny", "http": {"pathPrefix": "/admin"}},
-        {"action": "allow", "http": {"pathPrefix": "/", "methods": ["GET", "HEAD"]}},
+        {"action": "deny", "http": {"pathExact": "/admin"}},
+        {"action": "allow", "http": {"methods": ["GET", "HEAD"]}},
     ]
     (intention,) = load_spec(config(intentions=[l7("api", rules)])).intentions
     assert intention.action is None and intention.is_l7
     assert intention.permissions == (
-        PermissionSpec("deny", path_prefix="/admin"),
-        PermissionSpec("allow", path_prefix="/", methods=("GET", "HEAD")),
+        PermissionSpec("deny", path_exact="/admin"),
+        PermissionSpec("allow", methods=("GET", "HEAD")),
     )
     assert [p.as_config() for p in intention.permissions] == rules
 
@@ -100,14 +100,14 @@ def test_an_l7_intention_carries_its_permissions_in_order_and_no_action() -> Non
         ),
         ({"source": "web", "destination": "api"}, "needs exactly one of action (allow|deny) and permissions"),
         (l7("api", []), "intentions[0].permissions: [] is empty"),
-        (l7("api", [{"action": "permit", "http": {"pathPrefix": "/"}}]), 'permissions[0].action: "permit" must be'),
+        (l7("api", [{"action": "permit", "http": {"pathExact": "/"}}]), 'permissions[0].action: "permit" must be'),
         (l7("api", [{"action": "allow"}]), "intentions[0].permissions[0].http: null must be an object"),
         (l7("api", [{"action": "allow", "http": {}}]), "intentions[0].permissions[0].http: {} matches nothing"),
         (
             l7("api", [{"action": "allow", "http": {"pathExact": "/a", "pathPrefix": "/"}}]),
-            "has both pathExact and pathPrefix",
+            'http.pathPrefix: "/" is not supported',
         ),
-        (l7("api", [{"action": "allow", "http": {"pathPrefix": "api"}}]), 'http.pathPrefix: "api" must be a path'),
+        (l7("api", [{"action": "allow", "http": {"pathExact": "api"}}]), 'http.pathExact: "api" must be a path'),
         (l7("api", [{"action": "allow", "http": {"pathExact": "/a\nb"}}]), "http.pathExact:"),
         (l7("api", [{"action": "allow", "http": {"methods": ["get"]}}]), 'http.methods[0]: "get" is not one of GET'),
         (l7("api", [{"action": "allow", "http": {"methods": ["FETCH"]}}]), 'http.methods[0]: "FETCH" is not one'),
@@ -117,7 +117,7 @@ def test_an_l7_intention_carries_its_permissions_in_order_and_no_action() -> Non
         ),
         (l7("api", [{"action": "allow", "http": {"pathRegex": "/v[0-9]+/.*"}}]), "http.pathRegex:"),
         (
-            l7("api", [{"action": "allow", "http": {"pathPrefix": "/", "header": [{"name": "x", "present": True}]}}]),
+            l7("api", [{"action": "allow", "http": {"pathExact": "/", "header": [{"name": "x", "present": True}]}}]),
             "http.header:",
         ),
         (l7("api", [{"action": "allow", "http": {"path": "/"}}]), 'http.path: "/" is not a known key'),
@@ -133,9 +133,15 @@ def test_what_consul_refuses_in_an_intention_is_refused_naming_its_key(item: dic
     assert any(expected in p for p in found), found
 
 
-def test_regex_and_header_matches_are_refused_with_the_providers_reason() -> None:
-    found = one_problem(intentions=[l7("api", [{"action": "allow", "http": {"pathRegex": "/v1/.*"}}])])
-    assert "the consul provider would pass it to Consul wrongly" in found, found
+def test_prefix_regex_and_header_matches_are_refused_with_the_providers_reason() -> None:
+    """The consul provider sends every PathPrefix (and PathRegex) as "" and drops headers: an allow
+    of GET under /api would reach Consul as an allow of GET everywhere (terraform-provider-consul
+    resource_consul_config_entry_service_intentions.go, the http block's Decode)."""
+    for http in ({"pathPrefix": "/api", "methods": ["GET"]}, {"pathPrefix": "/admin"}, {"pathRegex": "/v1/.*"}):
+        found = one_problem(intentions=[l7("api", [{"action": "allow", "http": http}])])
+        key = next(iter(http))
+        assert found.startswith(f"intentions[0].permissions[0].http.{key}:"), found
+        assert "the consul provider (pulumi-consul 3.15) would pass it to Consul wrongly" in found, found
 
 
 def test_a_grpc_or_http2_destination_takes_l7_rules() -> None:
@@ -155,7 +161,7 @@ PERMISSIONS = st.fixed_dictionaries(
         "http": st.one_of(
             st.fixed_dictionaries({"pathExact": PATHS}, optional={"methods": st.just(["GET"])}),
             st.fixed_dictionaries(
-                {"pathPrefix": PATHS},
+                {"pathExact": PATHS},
                 optional={"methods": st.lists(st.sampled_from(HTTP_METHODS), min_size=1, max_size=4, unique=True)},
             ),
             st.fixed_dictionaries(
@@ -181,7 +187,7 @@ def test_a_method_consul_does_not_store_as_given_is_refused_at_its_index(
     rules: list[dict[str, Any]], where: int, method: str
 ) -> None:
     where = min(where, len(rules) - 1)
-    rules[where] = {"action": "allow", "http": {"pathPrefix": "/", "methods": [method]}}
+    rules[where] = {"action": "allow", "http": {"pathExact": "/", "methods": [method]}}
     found = problems(intentions=[l7("api", rules)])
     assert found == [
         f"intentions[0].permissions[{where}].http.methods[0]: {json.dumps(method)} is not one of "
@@ -225,7 +231,7 @@ def spec_with(intentions: list[dict[str, Any]], **services: Any) -> Any:
 
 def test_the_gate_waits_for_a_probe_an_l7_intention_admits_and_not_for_one_it_refuses() -> None:
     admitted = spec_with([l7("api", HEALTH_ONLY)])
-    refused = spec_with([l7("api", [{"action": "allow", "http": {"pathPrefix": "/v1"}}])])
+    refused = spec_with([l7("api", [{"action": "allow", "http": {"pathExact": "/v1"}}])])
     assert probed_services(admitted.services, admitted.intentions) == ["web"]
     assert admitted.warnings == ()
     assert probed_services(refused.services, refused.intentions) == []
@@ -234,7 +240,7 @@ def test_the_gate_waits_for_a_probe_an_l7_intention_admits_and_not_for_one_it_re
 
 
 def test_an_l7_intention_of_denies_only_is_no_allow() -> None:
-    spec = spec_with([l7("api", [{"action": "deny", "http": {"pathPrefix": "/"}}])])
+    spec = spec_with([l7("api", [{"action": "deny", "http": {"pathExact": "/health"}}])])
     (warning,) = spec.warnings
     assert "no allow intention lets web reach api" in warning
     assert probed_services(spec.services, spec.intentions) == []

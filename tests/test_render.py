@@ -612,15 +612,15 @@ def test_the_diagrams_draw_l7_rules_and_splits() -> None:
                     "source": "web",
                     "destination": "api",
                     "permissions": [
-                        {"action": "deny", "http": {"pathPrefix": "/admin"}},
-                        {"action": "allow", "http": {"pathPrefix": "/", "methods": ["GET", "HEAD"]}},
+                        {"action": "deny", "http": {"pathExact": "/admin"}},
+                        {"action": "allow", "http": {"methods": ["GET", "HEAD"]}},
                     ],
                 },
                 {"source": "web", "destination": "canary", "action": "allow"},
             ],
         }
     )
-    rules = "L7: deny * /admin*; allow GET,HEAD /*"
+    rules = "L7: deny * =/admin; allow GET,HEAD /*"
     flow = mermaid(spec, "dev").splitlines()
     assert f'  web -.->|"{rules}"| api' in flow
     assert "  web -- allow --> canary" in flow
