@@ -11,7 +11,7 @@ import ipaddress
 import re
 import urllib.request
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -36,6 +36,7 @@ from .spec import (
     PROJECT,
     SECRET_KEYS,
     TOP_LEVEL_KEYS,
+    IntentionSpec,
     MeshSpec,
     MeshSpecError,
     load_spec,
@@ -125,6 +126,48 @@ def resolve_admin_cidrs(spec: MeshSpec, lookup: Callable[[], str] = deployer_cid
     return spec
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """How the stack reaches its Consul cluster, the same record in either mode (servers it creates,
+    or an existing cluster): what the gate, the provider, the VMs and the outputs are made from."""
+
+    http_addr: pulumi.Input[str]
+    """https://host:port of the API, as Pulumi reaches it from the deploying machine."""
+    token: pulumi.Output[str]
+    """The management token (secret)."""
+    ca_pem: pulumi.Input[str] | None
+    """The servers' CA; None: no TLS (an existing cluster without consulCaPem)."""
+    gossip: pulumi.Output[str] | None
+    """The gossip key (secret); None: the cluster has none."""
+    retry_join: Any
+    """What the agents join: the servers' cloud auto-join string, or consulRetryJoin."""
+    ready_after: list[pulumi.Resource]
+    """What the cluster's gate waits for besides the network path."""
+    triggers: list[pulumi.Output[str]]
+    """Values whose change makes the gate wait again (the servers' instance ids)."""
+    expect_voters: int | None
+    """How many healthy voters the gate waits for; None: any."""
+    login_addrs: pulumi.Input[list[str]]
+    """The API addresses VMs log in at (private addresses)."""
+    vms_after: list[pulumi.Resource]
+    """What every VM's instance (or launch template and group) is created after."""
+    server: ConsulServer | None = None
+    """The servers the stack creates; None for an existing cluster."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how every VM of the stack is placed: the same for the mesh VMs and the gateway."""
+
+    network: MeshNetwork
+    image: Any
+    tags: dict[str, str]
+    after: list[pulumi.Resource]
+    """What the VMs' instances are created after (Cluster.vms_after)."""
+    provider: consul.Provider
+    """Given to each VM's Consul roles alone (MeshVmArgs.consul_provider)."""
+
+
 def build(
     spec: MeshSpec, consul_token: pulumi.Input[str] | None = None, gossip_key: pulumi.Input[str] | None = None
 ) -> dict[str, Any]:
@@ -135,8 +178,35 @@ def build(
     """
     stack = pulumi.get_stack()
     tags = {"consul-tproxy-vms:stack": stack}
+    network = declare_network(spec, tags)
+    # One image for the whole stack, chosen once: a newer Ubuntu release replaces nothing until the
+    # image generation (or amiId) changes (components/image.py). Servers then go one at a time.
+    image = ec2.pinned_image("image", None, ami_id=spec.ami_id, generation=spec.image_generation)
+    if spec.servers is not None:
+        cluster = declare_servers(spec, stack, network, image, tags)
+    else:
+        cluster = existing_cluster(spec, network, consul_token, gossip_key)
+    ready = declare_consul_ready(spec, cluster, network)
+    provider = declare_consul_provider(spec, cluster, ready)
+    defaults = declare_defaults(spec, stack, provider)
+    declare_identity(spec, stack, cluster, defaults, provider)
+    join, login = vm_join_and_login(spec, stack, cluster)
+    placement = Placement(network, image, tags, cluster.vms_after, provider)
+    vms = declare_vms(spec, join, login, placement)
+    gateway = declare_gateway(spec, join, login, placement, defaults)
+    # The gateway's intentions to its routed services join the destinations' entries: Consul keeps
+    # one service-intentions entry per destination (components/intentions.py).
+    all_intentions = (*spec.intentions, *(spec.gateway.intentions() if spec.gateway else ()))
+    intentions, splits = declare_traffic(all_intentions, spec, provider, defaults)
+    if spec.mesh_ready_timeout_seconds:
+        declare_mesh_ready(spec, cluster, vms, gateway, all_intentions, [intentions, defaults, splits])
+    return stack_outputs(spec, stack, cluster, network, defaults, login, vms, intentions, gateway)
+
+
+def declare_network(spec: MeshSpec, tags: dict[str, str]) -> MeshNetwork:
+    """The VPC and its subnets (created, or the given subnetIds) and the mesh membership group."""
     net = spec.network
-    network = MeshNetwork(
+    return MeshNetwork(
         "network",
         MeshNetworkArgs(
             subnet_ids=net.subnet_ids,
@@ -148,108 +218,130 @@ def build(
         ),
     )
 
-    # One image for the whole stack, chosen once: a newer Ubuntu release replaces nothing until the
-    # image generation (or amiId) changes (components/image.py). Servers then go one at a time.
-    image = ec2.pinned_image("image", None, ami_id=spec.ami_id, generation=spec.image_generation)
 
-    # How VMs log in to Consul with their instance roles (components/identity.py): names derived
-    # from the stack alone, so nothing a VM's creation needs comes from Consul.
-    prefix = login_prefix(stack)
-    path = iam_path(stack)
-    outputs: dict[str, Any] = {}
-    if spec.servers is not None:
-        server = ConsulServer(
-            "consul-server",
-            ConsulServerArgs(
-                datacenter=spec.datacenter,
-                consul_version=spec.consul_version,
-                count=spec.servers.count,
-                instance_type=spec.servers.instance_type,
-                join_tag_value=join_tag_value(stack),
-                subnet_ids=network.subnet_ids,
-                vpc_id=network.vpc_id,
-                mesh_security_group_id=network.mesh_security_group_id,
-                admin_cidrs=spec.admin_cidrs,
-                ami_id=image.image_id,
-                key_name=spec.ssh_key_name,
-                tags=tags,
-                zones=network.zones,
-                network_path=network.path,
-                ready_timeout_seconds=spec.ready_timeout_seconds,
-                protect_data=spec.protect_server_data,
-                login_prefix=prefix,
-                iam_path=path,
-                region=aws.get_region_output().region,
-            ),
-        )
-        http_addr: pulumi.Input[str] = server.http_addr
-        token: pulumi.Output[str] = server.management_token
-        ca_pem: pulumi.Input[str] | None = server.ca_pem
-        gossip: pulumi.Output[str] | None = server.gossip_key
-        retry_join = server.retry_join
+def declare_servers(spec: MeshSpec, stack: str, network: MeshNetwork, image: Any, tags: dict[str, str]) -> Cluster:
+    """The Consul servers the stack creates (components/consul_server.py), and how to reach them."""
+    assert spec.servers is not None
+    server = ConsulServer(
+        "consul-server",
+        ConsulServerArgs(
+            datacenter=spec.datacenter,
+            consul_version=spec.consul_version,
+            count=spec.servers.count,
+            instance_type=spec.servers.instance_type,
+            join_tag_value=join_tag_value(stack),
+            subnet_ids=network.subnet_ids,
+            vpc_id=network.vpc_id,
+            mesh_security_group_id=network.mesh_security_group_id,
+            admin_cidrs=spec.admin_cidrs,
+            ami_id=image.image_id,
+            key_name=spec.ssh_key_name,
+            tags=tags,
+            zones=network.zones,
+            network_path=network.path,
+            ready_timeout_seconds=spec.ready_timeout_seconds,
+            protect_data=spec.protect_server_data,
+            login_prefix=login_prefix(stack),
+            iam_path=iam_path(stack),
+            region=aws.get_region_output().region,
+        ),
+    )
+    return Cluster(
+        http_addr=server.http_addr,
+        token=server.management_token,
+        ca_pem=server.ca_pem,
+        gossip=server.gossip_key,
+        retry_join=server.retry_join,
         # The last server's gate closes the one-at-a-time chain; the API's association and admin
         # rules are what carries the requests.
-        ready_after: list[pulumi.Resource] = [*server.gates[-1:], *server.api_access]
-        triggers: list[pulumi.Output[str]] = server.instance_ids
-        expect_voters: int | None = spec.servers.count
+        ready_after=[*server.gates[-1:], *server.api_access],
+        triggers=server.instance_ids,
+        expect_voters=spec.servers.count,
         # Server 0's private address only: it is stable (its own network interface) and exists whatever
         # serverCount is, so growing or shrinking the cluster never changes (and so replaces) a VM's
         # user data. Its Consul forwards a login to the leader; while it is down, logins retry.
-        login_addrs: pulumi.Input[list[str]] = pulumi.Output.all(*server.private_https_addrs[:1])
+        login_addrs=pulumi.Output.all(*server.private_https_addrs[:1]),
         # The VMs wait for the servers' instances (the last server's gate, which waits for nothing
         # when first created and for a healthy voter after a replacement), never for anything Consul
         # produces: on an upgrade the servers go first, as Consul's upgrade guide asks
         # (developer.hashicorp.com/consul/docs/upgrade: servers, then clients).
-        vms_after: list[pulumi.Resource] = [*server.gates[-1:], *network.path]
-        outputs["consulServers"] = server.servers
-    else:
-        cluster = spec.consul
-        assert cluster is not None
-        if consul_token is None:
-            raise ValueError("build: an existing cluster needs its token (consulToken)")
-        http_addr, token, ca_pem = cluster.http_addr, pulumi.Output.secret(consul_token), cluster.ca_pem
-        gossip = pulumi.Output.secret(gossip_key) if gossip_key is not None else None
-        retry_join, ready_after, triggers = list(cluster.retry_join), [], []
-        expect_voters = None
-        login_addrs = [cluster.http_addr]
-        # Their first boot installs packages: after the route to the internet (of a created VPC).
-        vms_after = list(network.path)
+        vms_after=[*server.gates[-1:], *network.path],
+        server=server,
+    )
 
-    # The gate depends on the network path to the API (gateway, route, route-table associations)
-    # as well: `pulumi destroy` deletes a resource only after everything that depends on it, so
-    # every Consul object, the provider and the gate are gone before the route to Consul is.
+
+def existing_cluster(
+    spec: MeshSpec,
+    network: MeshNetwork,
+    consul_token: pulumi.Input[str] | None,
+    gossip_key: pulumi.Input[str] | None,
+) -> Cluster:
+    """An existing cluster (consulHttpAddr), reached with its token (consulToken)."""
+    existing = spec.consul
+    assert existing is not None
+    if consul_token is None:
+        raise ValueError("build: an existing cluster needs its token (consulToken)")
+    return Cluster(
+        http_addr=existing.http_addr,
+        token=pulumi.Output.secret(consul_token),
+        ca_pem=existing.ca_pem,
+        gossip=pulumi.Output.secret(gossip_key) if gossip_key is not None else None,
+        retry_join=list(existing.retry_join),
+        ready_after=[],
+        triggers=[],
+        expect_voters=None,
+        login_addrs=[existing.http_addr],
+        # Their first boot installs packages: after the route to the internet (of a created VPC).
+        vms_after=list(network.path),
+    )
+
+
+def declare_consul_ready(spec: MeshSpec, cluster: Cluster, network: MeshNetwork) -> ConsulReady:
+    """The gate that exists once the cluster has a leader and accepts the token; then the mesh
+    members may reach the API of servers the stack created (no bootstrap window).
+
+    The gate depends on the network path to the API (gateway, route, route-table associations)
+    as well: `pulumi destroy` deletes a resource only after everything that depends on it, so
+    every Consul object, the provider and the gate are gone before the route to Consul is."""
     ready = ConsulReady(
         "consul-ready",
-        http_addr=http_addr,
-        token=token,
-        ca_pem=ca_pem,
+        http_addr=cluster.http_addr,
+        token=cluster.token,
+        ca_pem=cluster.ca_pem,
         timeout_seconds=spec.ready_timeout_seconds,
-        triggers=triggers,
-        expect_voters=expect_voters,
+        triggers=cluster.triggers,
+        expect_voters=cluster.expect_voters,
         # Servers the stack creates carry no management token: the gate bootstraps ACLs with it.
         bootstrap=spec.creates_servers,
-        opts=pulumi.ResourceOptions(depends_on=[*ready_after, *network.path]),
+        opts=pulumi.ResourceOptions(depends_on=[*cluster.ready_after, *network.path]),
     )
-    if spec.servers is not None:
-        # The mesh members reach the API only once ACLs are bootstrapped: no bootstrap window.
-        server.admit_mesh_to_api([ready])
-    # The provider is configured from values known at preview (the API's fixed address, the token,
-    # the CA), never from the gate's outputs: with a server being replaced, an unknown provider
-    # configuration would show a change to every Consul object in preview that the update never
-    # makes. It is ordered after the gate instead.
-    address = pulumi.Output.from_input(http_addr).apply(split_http_addr)
-    provider = consul.Provider(
+    if cluster.server is not None:
+        cluster.server.admit_mesh_to_api([ready])
+    return ready
+
+
+def declare_consul_provider(spec: MeshSpec, cluster: Cluster, ready: ConsulReady) -> consul.Provider:
+    """The consul provider every Consul object goes through.
+
+    It is configured from values known at preview (the API's fixed address, the token, the CA),
+    never from the gate's outputs: with a server being replaced, an unknown provider configuration
+    would show a change to every Consul object in preview that the update never makes. It is
+    ordered after the gate instead."""
+    address = pulumi.Output.from_input(cluster.http_addr).apply(split_http_addr)
+    return consul.Provider(
         "consul",
         address=address.apply(lambda a: a[1]),
         scheme=address.apply(lambda a: a[0]),
         datacenter=spec.datacenter,
-        token=pulumi.Output.secret(token),
-        ca_pem=ca_pem,
+        token=pulumi.Output.secret(cluster.token),
+        ca_pem=cluster.ca_pem,
         opts=pulumi.ResourceOptions(depends_on=[ready]),
     )
-    with_consul = pulumi.ResourceOptions(providers=[provider])
 
-    defaults = MeshDefaults(
+
+def declare_defaults(spec: MeshSpec, stack: str, provider: consul.Provider) -> MeshDefaults:
+    """The mesh and proxy defaults, each service's protocol, and the DNS tokens' policy."""
+    return MeshDefaults(
         "defaults",
         MeshDefaultsArgs(
             mesh_destinations_only=spec.mesh_destinations_only,
@@ -259,31 +351,48 @@ def build(
             access_logs=spec.access_logs,
             envoy_metrics=spec.envoy_metrics,
         ),
-        opts=with_consul,
+        opts=pulumi.ResourceOptions(providers=[provider]),
     )
-    caller = aws.get_caller_identity_output()
-    MeshIdentity(
+
+
+def declare_identity(
+    spec: MeshSpec, stack: str, cluster: Cluster, defaults: MeshDefaults, provider: consul.Provider
+) -> MeshIdentity:
+    """How VMs log in to Consul with their instance roles (components/identity.py): names derived
+    from the stack alone, so nothing a VM's creation needs comes from Consul."""
+    return MeshIdentity(
         "identity",
         MeshIdentityArgs(
-            prefix=prefix,
-            account_id=caller.account_id,
+            prefix=login_prefix(stack),
+            account_id=aws.get_caller_identity_output().account_id,
             partition=aws.get_partition_output().partition,
-            iam_path=path,
+            iam_path=iam_path(stack),
             dns_policy_name=defaults.dns_policy_name,
-            gossip_key=gossip,
+            gossip_key=cluster.gossip,
             servers=spec.creates_servers,
         ),
-        opts=with_consul,
+        opts=pulumi.ResourceOptions(providers=[provider]),
     )
-    join = ConsulJoinArgs(datacenter=spec.datacenter, retry_join=retry_join, ca_pem=ca_pem)
+
+
+def vm_join_and_login(spec: MeshSpec, stack: str, cluster: Cluster) -> tuple[ConsulJoinArgs, LoginArgs]:
+    """How every VM's agent joins the cluster, and how the VM logs in at boot."""
+    prefix = login_prefix(stack)
+    join = ConsulJoinArgs(datacenter=spec.datacenter, retry_join=cluster.retry_join, ca_pem=cluster.ca_pem)
     login = LoginArgs(
         prefix=prefix,
-        iam_path=path,
+        iam_path=iam_path(stack),
         server_id=prefix,
-        http_addrs=login_addrs,
-        gossip_key_path=gossip_key_path(prefix) if gossip is not None else "",
+        http_addrs=cluster.login_addrs,
+        gossip_key_path=gossip_key_path(prefix) if cluster.gossip is not None else "",
     )
-    vms = {
+    return join, login
+
+
+def declare_vms(spec: MeshSpec, join: ConsulJoinArgs, login: LoginArgs, placement: Placement) -> dict[str, MeshVm]:
+    """Each service's VMs (components/mesh_vm.py): one VM, or an Auto Scaling group of them."""
+    network = placement.network
+    return {
         name: MeshVm(
             name,
             MeshVmArgs(
@@ -299,106 +408,28 @@ def build(
                 vpc_id=network.vpc_id,
                 mesh_security_group_id=network.mesh_security_group_id,
                 admin_cidrs=spec.admin_cidrs,
-                ami_id=image.image_id,
+                ami_id=placement.image.image_id,
                 key_name=spec.ssh_key_name,
-                tags=tags,
-                instance_after=vms_after,
+                tags=placement.tags,
+                instance_after=placement.after,
                 # To its Consul resources alone: the instance does not wait for the gate.
-                consul_provider=provider,
+                consul_provider=placement.provider,
                 metrics_port=ENVOY_METRICS_PORT if spec.envoy_metrics else None,
             ),
         )
         for name, svc in sorted(spec.services.items())
     }
-    gateway = declare_gateway(spec, join, login, network, image, tags, vms_after, provider, defaults)
-    # The gateway's intentions to its routed services join the destinations' entries: Consul keeps
-    # one service-intentions entry per destination (components/intentions.py).
-    all_intentions = (*spec.intentions, *(spec.gateway.intentions() if spec.gateway else ()))
-    # Intentions wait for the service-defaults so that protocol-dependent (L7) rules are accepted.
-    intentions = ServiceIntentions(
-        "intentions",
-        ServiceIntentionsArgs(intentions=all_intentions),
-        opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
-    )
-    # Splitters wait for the service-defaults too: Consul splits only HTTP-like services.
-    splits = TrafficSplits(
-        "splits",
-        TrafficSplitsArgs(splits=spec.splits),
-        opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
-    )
-    gateway_vms = {spec.gateway.name: gateway[0]} if spec.gateway and gateway else {}
-    gateway_entries = [gateway[1]] if gateway else []
-    if spec.mesh_ready_timeout_seconds:
-        # `pulumi up` ends once the mesh works (components/mesh_ready.py), asked of the API the
-        # provider uses; its instance ids, the services and the intentions make a later `up` wait again.
-        MeshReady(
-            "mesh-ready",
-            http_addr=http_addr,
-            token=token,
-            ca_pem=ca_pem,
-            region=aws.get_region_output().region,
-            # A group's VMs are not known to the stack: any of its nodes count, up to its size.
-            instances={name: [vm.instance_id] if vm.instance_id is not None else [] for name, vm in vms.items()}
-            | {name: [vm.instance_id] for name, vm in gateway_vms.items()},
-            expected={name: vm.instances for name, vm in vms.items()} | dict.fromkeys(gateway_vms, 1),
-            probes=probed_services(spec.services, spec.intentions, spec.splits),
-            intentions=intention_keys(all_intentions),
-            timeout_seconds=spec.mesh_ready_timeout_seconds,
-            opts=pulumi.ResourceOptions(
-                depends_on=[*vms.values(), intentions, defaults, splits, *gateway_vms.values(), *gateway_entries]
-            ),
-            gateways=list(gateway_vms),
-        )
-
-    outputs.update(
-        {
-            "services": {name: vm.summary() for name, vm in vms.items()},
-            "intentions": intentions.applied,
-            "consulHttpAddr": http_addr,
-            "consulUiUrl": pulumi.Output.from_input(http_addr).apply(lambda a: f"{a}/ui/"),
-            "consulDatacenter": spec.datacenter,
-            "consulRetryJoin": retry_join,
-            "consulCaPem": ca_pem,
-            "consulManagementToken": pulumi.Output.secret(token),
-            "consulVersion": spec.consul_version,
-            "envoyVersion": spec.envoy_version,
-            "dnsPolicyName": defaults.dns_policy_name,
-            # What a VM of another project needs to log in like the mesh's own (examples/consumer).
-            "consulLogin": {
-                "prefix": prefix,
-                "iamPath": path,
-                "serverId": prefix,
-                "httpAddrs": login_addrs,
-                "gossipKeyPath": login.gossip_key_path,
-            },
-            "vpcId": network.vpc_id,
-            "subnetIds": network.subnet_ids,
-            "meshSecurityGroupId": network.mesh_security_group_id,
-        }
-    )
-    if gossip is not None:
-        outputs["consulGossipKey"] = gossip
-    if gateway is not None:
-        outputs["gatewayUrl"] = gateway[0].url
-    return outputs
 
 
 def declare_gateway(
-    spec: MeshSpec,
-    join: ConsulJoinArgs,
-    login: LoginArgs,
-    network: MeshNetwork,
-    image: Any,
-    tags: dict[str, str],
-    vms_after: list[pulumi.Resource],
-    provider: consul.Provider,
-    defaults: MeshDefaults,
+    spec: MeshSpec, join: ConsulJoinArgs, login: LoginArgs, placement: Placement, defaults: MeshDefaults
 ) -> tuple[GatewayVm, ApiGatewayEntries] | None:
     """The API gateway (config `gateway`): its VM, and its config entries after the service-defaults
     (an http-route's services must be HTTP-like when it is written). None without one."""
     if spec.gateway is None:
         return None
     gateway = spec.gateway
+    network = placement.network
     vm = GatewayVm(
         gateway.name,
         GatewayVmArgs(
@@ -411,19 +442,111 @@ def declare_gateway(
             vpc_id=network.vpc_id,
             mesh_security_group_id=network.mesh_security_group_id,
             admin_cidrs=spec.admin_cidrs,
-            ami_id=image.image_id,
+            ami_id=placement.image.image_id,
             key_name=spec.ssh_key_name,
-            tags=tags,
-            instance_after=vms_after,
-            consul_provider=provider,
+            tags=placement.tags,
+            instance_after=placement.after,
+            consul_provider=placement.provider,
         ),
     )
     entries = ApiGatewayEntries(
         f"{gateway.name}-entries",
         ApiGatewayEntriesArgs(gateway=gateway),
-        opts=pulumi.ResourceOptions(providers=[provider], depends_on=[defaults]),
+        opts=pulumi.ResourceOptions(providers=[placement.provider], depends_on=[defaults]),
     )
     return vm, entries
+
+
+def declare_traffic(
+    all_intentions: tuple[IntentionSpec, ...], spec: MeshSpec, provider: consul.Provider, defaults: MeshDefaults
+) -> tuple[ServiceIntentions, TrafficSplits]:
+    """Who may call whom (the intentions) and where calls go (the splits). Both wait for the
+    service-defaults: L7 rules and splits are accepted for HTTP-like services only."""
+    after_defaults = pulumi.ResourceOptions(providers=[provider], depends_on=[defaults])
+    intentions = ServiceIntentions("intentions", ServiceIntentionsArgs(intentions=all_intentions), opts=after_defaults)
+    splits = TrafficSplits("splits", TrafficSplitsArgs(splits=spec.splits), opts=after_defaults)
+    return intentions, splits
+
+
+def declare_mesh_ready(
+    spec: MeshSpec,
+    cluster: Cluster,
+    vms: dict[str, MeshVm],
+    gateway: tuple[GatewayVm, ApiGatewayEntries] | None,
+    all_intentions: tuple[IntentionSpec, ...],
+    config_entries: list[pulumi.Resource],
+) -> MeshReady:
+    """`pulumi up` ends once the mesh works (components/mesh_ready.py), asked of the API the
+    provider uses; its instance ids, the services and the intentions make a later `up` wait again."""
+    gateway_vms = {spec.gateway.name: gateway[0]} if spec.gateway and gateway else {}
+    gateway_entries = [gateway[1]] if gateway else []
+    return MeshReady(
+        "mesh-ready",
+        http_addr=cluster.http_addr,
+        token=cluster.token,
+        ca_pem=cluster.ca_pem,
+        region=aws.get_region_output().region,
+        # A group's VMs are not known to the stack: any of its nodes count, up to its size.
+        instances={name: [vm.instance_id] if vm.instance_id is not None else [] for name, vm in vms.items()}
+        | {name: [vm.instance_id] for name, vm in gateway_vms.items()},
+        expected={name: vm.instances for name, vm in vms.items()} | dict.fromkeys(gateway_vms, 1),
+        probes=probed_services(spec.services, spec.intentions, spec.splits),
+        intentions=intention_keys(all_intentions),
+        timeout_seconds=spec.mesh_ready_timeout_seconds,
+        opts=pulumi.ResourceOptions(
+            depends_on=[*vms.values(), *config_entries, *gateway_vms.values(), *gateway_entries]
+        ),
+        gateways=list(gateway_vms),
+    )
+
+
+def stack_outputs(
+    spec: MeshSpec,
+    stack: str,
+    cluster: Cluster,
+    network: MeshNetwork,
+    defaults: MeshDefaults,
+    login: LoginArgs,
+    vms: dict[str, MeshVm],
+    intentions: ServiceIntentions,
+    gateway: tuple[GatewayVm, ApiGatewayEntries] | None,
+) -> dict[str, Any]:
+    """The stack outputs (camelCase): the contract other projects read through stack references."""
+    prefix = login_prefix(stack)
+    outputs: dict[str, Any] = {}
+    if cluster.server is not None:
+        outputs["consulServers"] = cluster.server.servers
+    outputs.update(
+        {
+            "services": {name: vm.summary() for name, vm in vms.items()},
+            "intentions": intentions.applied,
+            "consulHttpAddr": cluster.http_addr,
+            "consulUiUrl": pulumi.Output.from_input(cluster.http_addr).apply(lambda a: f"{a}/ui/"),
+            "consulDatacenter": spec.datacenter,
+            "consulRetryJoin": cluster.retry_join,
+            "consulCaPem": cluster.ca_pem,
+            "consulManagementToken": pulumi.Output.secret(cluster.token),
+            "consulVersion": spec.consul_version,
+            "envoyVersion": spec.envoy_version,
+            "dnsPolicyName": defaults.dns_policy_name,
+            # What a VM of another project needs to log in like the mesh's own (examples/consumer).
+            "consulLogin": {
+                "prefix": prefix,
+                "iamPath": iam_path(stack),
+                "serverId": prefix,
+                "httpAddrs": cluster.login_addrs,
+                "gossipKeyPath": login.gossip_key_path,
+            },
+            "vpcId": network.vpc_id,
+            "subnetIds": network.subnet_ids,
+            "meshSecurityGroupId": network.mesh_security_group_id,
+        }
+    )
+    if cluster.gossip is not None:
+        outputs["consulGossipKey"] = cluster.gossip
+    if gateway is not None:
+        outputs["gatewayUrl"] = gateway[0].url
+    return outputs
 
 
 # The one AWS partition whose logins Consul 1.22 can check. With -aws-include-entity the login signs
