@@ -151,9 +151,10 @@ ready_once() {
 # leave_mesh: out of the mesh, in this order:
 # 1. Maintenance mode on the service (PUT /v1/agent/service/maintenance/ID, service:write, which the
 #    service token's identity has: agent/agent_endpoint.go AgentServiceMaintenance). Its critical
-#    check makes the sidecar's alias check critical too, and every other sidecar drops this endpoint
-#    from its load assignment, while the agent keeps running: the application can still resolve
-#    *.virtual.consul and reach its upstreams to finish what it is doing.
+#    check makes the sidecar's alias check critical too (the "Connect Sidecar Aliasing" check every
+#    sidecar_service gets, agent/sidecar_service.go; agent/checks/alias.go processChecks), and every
+#    other sidecar drops this endpoint from its load assignment, while the agent keeps running: the
+#    application can still resolve *.virtual.consul and reach its upstreams to finish its work.
 # 2. Drain Envoy's inbound listeners only (POST /drain_listeners?inboundonly&graceful; Envoy docs,
 #    operations/admin): open connections are told to close (Connection: close, GOAWAY) and their
 #    clients reconnect to other instances; the outbound listeners stay, for the application's own
