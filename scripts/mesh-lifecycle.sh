@@ -163,9 +163,9 @@ ready_once() {
 # 3. A bounded wait (LIFECYCLE_DRAIN_SECONDS) for the requests in flight.
 # 4. Leave Consul: stopping the agent sends SIGTERM, and with leave_on_terminate it leaves
 #    gracefully (hashicorp/consul command/agent/agent.go: graceful on SIGTERM when LeaveOnTerm,
-#    agent.Leave() within 15 s), no token needed (`consul leave` needs agent:write, which no token of
-#    this VM has). The leader deregisters the node at once (agent/consul/leader.go
-#    handleLeftMember): no dead node left for the 72 h reap.
+#    agent.Leave() within 15 s), no token needed (`consul leave` needs agent:write on the node,
+#    agent/agent_endpoint.go AgentLeave, which no token of this VM has). The leader deregisters the
+#    node at once (agent/consul/leader.go handleLeftMember): no dead node left for the 72 h reap.
 # 5. Log out: consul-login.service's ExecStop destroys the tokens (after the agent, as at shutdown).
 leave_mesh() {
   consul_auth | curl -fsS --noproxy '*' --connect-timeout 2 --max-time 10 -K - -X PUT -o /dev/null \
