@@ -4,7 +4,7 @@
 # The VM's side of its Auto Scaling group's two lifecycle hooks. Installed as
 # /usr/local/sbin/mesh-lifecycle and run as root (the IMDS guard lets only root and consul reach the
 # metadata service) by mesh-lifecycle-ready.service and mesh-lifecycle-watch.service.
-#   ready  waits until the local agent reports the service AND its sidecar passing, then completes the
+#   ready  waits until the local agent reports the service AND its sidecar passing (or warning), then completes the
 #          launching hook (CONTINUE): an instance refresh never counts a VM whose Envoy is not up.
 #   watch  polls the target lifecycle state; on Terminated it takes the VM out of the mesh once
 #          (maintenance, drain, leave, logout: see leave_mesh) and completes the terminating hook.
@@ -94,14 +94,16 @@ identity() {
 # consul_auth: curl's config line carrying the Consul token.
 consul_auth() { printf 'header = "X-Consul-Token: %s"\n' "$(cat "${token_file}" 2>/dev/null)"; }
 
-# passing NAME: the local agent reports every check of NAME on this node passing: 200, where 429 is
-# warning, 503 critical, 404 not registered (yet) and 403 a token without service:read
-# (hashicorp/consul agent/agent_endpoint.go AgentHealthServiceByName, agentHealthService).
+# passing NAME: the local agent reports no check of NAME on this node critical: 200 passing or 429
+# warning, where 503 is critical, 404 not registered (yet) and 403 a token without service:read
+# (hashicorp/consul agent/agent_endpoint.go AgentHealthServiceByName, agentHealthService). Warning
+# counts: the demo app's upstream probe warns while an upstream is down (agent/checks/check.go: 429),
+# Consul still routes to a warning instance, and a new VM must not wait on its callees to serve.
 passing() {
   local code
   code="$(consul_auth | curl -sS --noproxy '*' --connect-timeout 2 --max-time 10 -K - -o /dev/null \
     -w '%{http_code}' "${consul}/v1/agent/health/service/name/$1")" || code="no answer"
-  [[ "${code}" == 200 ]] && return 0
+  [[ "${code}" == 200 || "${code}" == 429 ]] && return 0
   say "$1 is not passing in Consul yet (${code})"
   return 1
 }

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from components.spec import AppSpec, GatewaySpec, RedirectExclusions, RouteSpec, ServiceSpec
 from components.userdata import (
     GATEWAY_UNIT,
+    LIFECYCLE_UNITS,
     GatewayRecipe,
     Login,
     ServerRecipe,
@@ -87,13 +88,21 @@ def custom_app_recipe() -> VmRecipe:
     )
 
 
+def grouped_recipe() -> VmRecipe:
+    """A VM of a service of many instances (an Auto Scaling group) of a stack that created its servers."""
+    made = server_made_recipe()
+    return replace(made, service=replace(made.service, instances=3), group_name="consul-tproxy-vms-test-web-0a1b2c3d")
+
+
 def all_recipes() -> dict[str, VmRecipe]:
-    """Every shape of VM the renderer makes: plain, with TLS, made by a stack with servers, a custom app."""
+    """Every shape of VM the renderer makes: plain, with TLS, made by a stack with servers, a custom
+    app, a VM of an Auto Scaling group."""
     return {
         "demo": recipe(),
         "tls": tls_recipe(),
         "server-made": server_made_recipe(),
         "custom-app": custom_app_recipe(),
+        "grouped": grouped_recipe(),
     }
 
 
@@ -127,6 +136,7 @@ def rendered_vms() -> dict[str, RenderedVm]:
                 "consul.service",
                 "mesh-app.service",
                 f"envoy@{r.service.name}.service",
+                *(LIFECYCLE_UNITS if r.group_name else ()),
             ],
         )
         for case, r in all_recipes().items()

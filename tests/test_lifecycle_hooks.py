@@ -448,7 +448,7 @@ TERMINATE_DONE = f"autoscaling complete {TERMINATE_HOOK} CONTINUE {INSTANCE_ID}"
 
 
 def test_ready_completes_the_launch_hook_once_service_and_sidecar_pass(vm: Vm) -> None:
-    vm.world.health = {"web": ["critical", "passing"], "web-sidecar-proxy": [None, "warning", "passing"]}
+    vm.world.health = {"web": ["critical", "passing"], "web-sidecar-proxy": [None, "critical", "passing"]}
     result = vm.run("ready")
     assert result.returncode == 0, result.stderr
     assert vm.world.actions() == [
@@ -456,13 +456,22 @@ def test_ready_completes_the_launch_hook_once_service_and_sidecar_pass(vm: Vm) -
         "consul health web 200",
         "consul health web-sidecar-proxy 404",
         "consul health web 200",
-        "consul health web-sidecar-proxy 429",
+        "consul health web-sidecar-proxy 503",
         "consul health web 200",
         "consul health web-sidecar-proxy 200",
         LAUNCH_DONE,
     ]
     assert vm.world.active[LAUNCH_HOOK] == set()
     assert vm.world.active[TERMINATE_HOOK] == {INSTANCE_ID}
+
+
+def test_a_warning_counts_a_new_vm_serves_while_an_upstream_is_down(vm: Vm) -> None:
+    """The demo app's upstream probe warns (429) while an upstream is down: Consul routes to a warning
+    instance, and a group must be able to heal itself during a dependency's outage."""
+    vm.world.health = {"web": ["warning"], "web-sidecar-proxy": ["warning"]}
+    result = vm.run("ready")
+    assert result.returncode == 0, result.stderr
+    assert vm.world.actions() == ["consul health web 429", "consul health web-sidecar-proxy 429", LAUNCH_DONE]
 
 
 def test_ready_never_completes_while_the_sidecar_fails(vm: Vm) -> None:

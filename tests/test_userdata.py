@@ -29,6 +29,7 @@ from tests.helpers import (
     SERVER,
     all_recipes,
     custom_app_recipe,
+    grouped_recipe,
     recipe,
     server_made_recipe,
     tls_recipe,
@@ -289,6 +290,21 @@ def test_user_data_stays_far_below_the_ec2_limit_with_many_exclusions() -> None:
     # is fetched at boot, not embedded); leave a quarter of the limit for what comes next.
     sent = len(base64.b64decode(encode_user_data(render_cloud_config(the_recipe))))
     assert sent < EC2_USER_DATA_LIMIT * 3 / 4
+
+
+def test_a_group_vms_user_data_keeps_an_eighth_of_the_limit_free_with_many_exclusions() -> None:
+    """A VM of an Auto Scaling group carries the lifecycle program, its units and settings too
+    (about 2.5 KB gzipped): the lone VM's quarter of headroom does not hold for it; an eighth does."""
+    many = RedirectExclusions(
+        inbound_ports=tuple(range(9000, 9020)),
+        outbound_ports=tuple(range(5000, 5020)),
+        outbound_cidrs=tuple(f"10.{i}.0.0/16" for i in range(20)),
+        uids=tuple(range(2000, 2020)),
+    )
+    grouped = grouped_recipe()
+    the_recipe = replace(grouped, service=replace(grouped.service, exclusions=many))
+    sent = len(base64.b64decode(encode_user_data(render_cloud_config(the_recipe))))
+    assert sent < EC2_USER_DATA_LIMIT * 7 / 8
 
 
 def test_oversized_user_data_is_refused_at_program_time() -> None:

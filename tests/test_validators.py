@@ -81,6 +81,7 @@ def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
         "/usr/local/sbin/consul-server-login",
         "/usr/local/sbin/consul-server-secrets",
         "/usr/local/sbin/mesh-imds-guard",
+        "/usr/local/sbin/mesh-lifecycle",
         "/opt/billing/bin/server",
     ]:
         target = root / exe.lstrip("/")
