@@ -78,8 +78,9 @@ GROUP_METRICS = (
     "GroupPendingInstances",
     "GroupTerminatingInstances",
 )
-# What a group's VM calls on its own group: completing its lifecycle actions (and keeping one alive).
-HOOK_ACTIONS = ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"]
+# What a group's VM calls on its own group (scripts/mesh-lifecycle.sh): completing its lifecycle
+# actions, nothing else (it never extends a heartbeat: the hooks' timeouts cover a boot and a leave).
+HOOK_ACTIONS = ["autoscaling:CompleteLifecycleAction"]
 
 
 def subnet_share(instances: int, subnets: int) -> int:

@@ -94,7 +94,7 @@ class AGroupOfThree(MockedTestCase):
         assert document["Statement"] == [
             {
                 "Effect": "Allow",
-                "Action": ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"],
+                "Action": ["autoscaling:CompleteLifecycleAction"],
                 "Resource": [
                     f"arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/{group_name}"
                 ],
