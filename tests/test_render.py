@@ -648,3 +648,77 @@ def test_the_diagrams_draw_the_gateway_and_its_routes() -> None:
     dot = graphviz(spec, "dev").splitlines()
     assert '  "gateway" -> "web" [label="route /*", color="#1565c0", style=dotted];' in dot
     assert '  "gateway" [label="gateway\\nAPI gateway :8080", shape=cds];' in dot
+
+
+def stack_in_region(tmp_path: Path, region: object, name: str = "Pulumi.dev.yaml") -> Path:
+    """The demo stack file with `aws:region` set to `region` (or removed, for None)."""
+    doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    doc["config"].pop("aws:region")
+    if region is not None:
+        doc["config"]["aws:region"] = region
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_the_render_runs_in_the_stack_files_region(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert render.main(["render", "--config", str(stack_in_region(tmp_path, "eu-west-2")), "--out", str(out)]) == 0
+    written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+    # Every region invoke, zone and ARN is the stack's region: the default is named once, as the default.
+    assert written.count("us-east-1") == 1 and "aws:region, else us-east-1;" in written
+    plan_md = (out / "plan.md").read_text()
+    assert "- account and region: 123456789012 in eu-west-2 (the stack's aws:region" in plan_md
+    assert "- availability zones: eu-west-2a, eu-west-2b, eu-west-2c (" in plan_md
+    assert "arn:aws:ssm:eu-west-2:123456789012:parameter/" in written
+    # The server's boot asks SSM and STS of the stack's region.
+    assert 'AWS_REGION="eu-west-2"' in (out / "consul-server-0/etc/consul.d/secrets.env").read_text()
+
+
+def test_without_aws_region_the_render_stands_in_us_east_1(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert render.main(["render", "--config", str(stack_in_region(tmp_path, None)), "--out", str(out)]) == 0
+    assert "- availability zones: us-east-1a, us-east-1b, us-east-1c (" in (out / "plan.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("region", "why"),
+    [
+        ("US-EAST-1", "is not an AWS region name"),
+        ("us-east", "is not an AWS region name"),
+        ("useast1", "is not an AWS region name"),
+        ("us-east-1\nx", "is not an AWS region name"),
+        ("", "is not an AWS region name"),
+        (1, "is not an AWS region name"),
+        (["us-east-1"], "is not an AWS region name"),
+        # A region of another partition: refused as `pulumi up` refuses it (program.partition_problems).
+        ("cn-north-1", "the 'aws-cn' partition is not supported"),
+        ("us-gov-west-1", "the 'aws-us-gov' partition is not supported"),
+    ],
+)
+def test_a_bad_region_is_refused_naming_the_key_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], region: object, why: str
+) -> None:
+    out = tmp_path / "out"
+    status = render.main(["render", "--config", str(stack_in_region(tmp_path, region)), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == render.CONFIG_ERROR, err
+    assert err.startswith("error: ") and "aws:region: " in err and why in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-2", "ap-southeast-5", "il-central-1", "mx-central-1"])
+def test_every_region_of_the_aws_partition_is_accepted(region: str) -> None:
+    assert render.check_region(region) == region
+    assert render.PlanMocks(region).zones_of() == [f"{region}a", f"{region}b", f"{region}c"]
+
+
+def test_diff_runs_in_the_stack_files_region_and_refuses_a_change_of_region(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = stack_in_region(tmp_path, "eu-west-2", "before.yaml")
+    assert render.main(["diff", "--stack", "dev", str(before), str(before)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "no changes"
+    after = stack_in_region(tmp_path, "eu-west-1", "after.yaml")
+    assert render.main(["diff", "--stack", "dev", str(before), str(after)]) == render.CONFIG_ERROR
+    assert "aws:region: changes from 'eu-west-2' to 'eu-west-1'" in capsys.readouterr().err
