@@ -566,14 +566,51 @@ def stand_ins(mocks: PlanMocks) -> dict[str, str]:
     }
 
 
-def plan_markdown(rows: Sequence[dict[str, Any]], stack: str, stand_in: Mapping[str, str]) -> str:
-    lines = [f"# Plan of stack {stack}", "", "Rendered offline under Pulumi's mocks. Stand-in values:", ""]
+def plan_markdown(
+    rows: Sequence[dict[str, Any]], stack: str, stand_in: Mapping[str, str], overview: Sequence[str] = ()
+) -> str:
+    lines = [f"# Plan of stack {stack}", "", *overview]
+    lines += ["## Resources", "", "Rendered offline under Pulumi's mocks. Stand-in values:", ""]
     lines += [f"- {what}: {value}" for what, value in stand_in.items()]
     lines += ["", "| type | name | parent | inputs |", "|---|---|---|---|"]
     for row in rows:
         keys = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(row["inputs"].items()))
         lines.append(f"| `{row['type']}` | {row['name']} | {row['parent'] or '-'} | {keys.replace('|', '&#124;')} |")
     return "\n".join(lines) + "\n"
+
+
+def overview(spec: MeshSpec) -> list[str]:
+    """plan.md's opening: each service in the config's order (its VMs, port, protocol, upstreams,
+    who may call it, its splits and the gateway's routes to it), then the gateway and the servers."""
+    intentions = (*spec.intentions, *(spec.gateway.intentions() if spec.gateway else ()))
+    header = ("service", "VMs", "port", "protocol", "upstreams", "called by (intentions; others denied)", "splits")
+    header += ("gateway routes",)
+    lines = ["## Overview", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, svc in spec.services.items():
+        vms = f"{svc.instances} in an Auto Scaling group" if svc.grouped else "1"
+        callers = [f"{i.source}: {intention_label(i)}" for i in intentions if i.destination == name]
+        splits = [f"{s.service} {s.weight:g}%" for s in spec.splits.get(name, ())]
+        routes = [label.removeprefix("route ") for _, target, label in route_edges(spec) if target == name]
+        cells = [name, f"{vms} ({svc.instance_type})", str(svc.port), svc.protocol, ", ".join(svc.upstreams)]
+        cells += ["; ".join(callers), ", ".join(splits), ", ".join(routes)]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    lines.append("")
+    if spec.gateway is not None:
+        allowed = ", ".join(spec.gateway.allow_cidrs)
+        lines.append(f"API gateway: {spec.gateway.name}, port {spec.gateway.port}, open to {allowed}.")
+    if spec.servers is not None:
+        lines.append(
+            f"Consul servers: {spec.servers.count} ({spec.servers.instance_type}), created by this stack, "
+            f"datacenter {spec.datacenter}, Consul {spec.consul_version}."
+        )
+    elif spec.consul is not None:
+        lines.append(f"Consul servers: an existing cluster at {spec.consul.http_addr}; none created.")
+    return [*lines, ""]
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: `|` written as its entity, `-` for nothing."""
+    return text.replace("|", "&#124;") or "-"
 
 
 def _label(svc: Any) -> str:
@@ -727,7 +764,7 @@ def render_files(
         files.update(vm_files(vm, data))
     rows = plan_rows(mocks)
     files["plan.json"] = OutFile(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-    files["plan.md"] = OutFile(plan_markdown(rows, stack, stand_ins(mocks)))
+    files["plan.md"] = OutFile(plan_markdown(rows, stack, stand_ins(mocks), overview(spec)))
     files["outputs.json"] = OutFile(json.dumps(masked_outputs(outputs), indent=2, sort_keys=True) + "\n")
     files["mesh.mmd"] = OutFile(mermaid(spec, stack))
     files["mesh.dot"] = OutFile(graphviz(spec, stack))

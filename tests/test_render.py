@@ -722,3 +722,67 @@ def test_diff_runs_in_the_stack_files_region_and_refuses_a_change_of_region(
     after = stack_in_region(tmp_path, "eu-west-1", "after.yaml")
     assert render.main(["diff", "--stack", "dev", str(before), str(after)]) == render.CONFIG_ERROR
     assert "aws:region: changes from 'eu-west-2' to 'eu-west-1'" in capsys.readouterr().err
+
+
+def test_plan_md_opens_with_an_overview_per_service(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = demo
+    text = (out / "plan.md").read_text()
+    # The overview comes before the stand-ins and the resource table.
+    assert text.index("## Overview") < text.index("## Resources") < text.index("| type | name | parent | inputs |")
+    assert "| web | 1 (t3.small) | 9090 | http | api | gateway: allow | - | /* |" in text
+    assert "| api | 1 (t3.small) | 9091 | http | - | web: allow | - | - |" in text
+    assert "Consul servers: 1 (t3.small), created by this stack, datacenter dc1, Consul " in text
+
+
+def test_the_overview_names_groups_l7_rules_denies_splits_routes_and_an_existing_cluster() -> None:
+    from components.spec import load_spec
+
+    spec = load_spec(
+        {
+            "adminCidrs": ["203.0.113.0/24"],
+            "consulHttpAddr": "https://consul.example.com:8501",
+            "consulRetryJoin": ["10.0.0.5"],
+            "consulToken": "placeholder",
+            "consulCaPem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            "services": {
+                "web": {"port": 9090, "upstreams": ["api"], "instances": 3, "instanceType": "t3.micro"},
+                "api": {
+                    "port": 9091,
+                    "protocol": "http",
+                    "splits": [{"weight": 90, "service": "api"}, {"weight": 10, "service": "canary"}],
+                },
+                "canary": {"port": 9091},
+            },
+            "intentions": [
+                {
+                    "source": "web",
+                    "destination": "api",
+                    "permissions": [
+                        {"action": "deny", "http": {"pathPrefix": "/admin"}},
+                        {"action": "allow", "http": {"pathPrefix": "/", "methods": ["GET", "HEAD"]}},
+                    ],
+                },
+                {"source": "web", "destination": "canary", "action": "allow"},
+                {"source": "canary", "destination": "web", "action": "deny"},
+            ],
+            "gateway": {
+                "port": 8080,
+                "routes": [{"pathPrefix": "/", "service": "web"}, {"pathExact": "/status", "service": "api"}],
+            },
+        }
+    )
+    lines = render.overview(spec)
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in lines if line.startswith("| ")}
+    assert (
+        rows["web"]
+        == "| web | 3 in an Auto Scaling group (t3.micro) | 9090 | http | api | canary: deny; gateway: allow | - | /* |"
+    )
+    assert rows["api"] == (
+        "| api | 1 (t3.small) | 9091 | http | - | web: L7: deny * /admin*; allow GET,HEAD /*; gateway: allow "
+        "| api 90%, canary 10% | =/status |"
+    )
+    assert rows["canary"] == "| canary | 1 (t3.small) | 9091 | http | - | web: allow | - | - |"
+    assert "API gateway: gateway, port 8080, open to 203.0.113.0/24." in lines
+    assert "Consul servers: an existing cluster at https://consul.example.com:8501; none created." in lines
+    # The same spec gives the same lines: the overview is a function of the config alone.
+    assert render.overview(spec) == lines
