@@ -1053,7 +1053,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deletes something (or what --fail-on names)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser("render", help="write every VM's files, the plan and a mesh diagram")
+    cmd = sub.add_parser(
+        "render",
+        help="write every VM's files, the plan and a mesh diagram",
+        description="Run the program for a stack under Pulumi's mocks (offline: no cloud account, no "
+        "secrets) and write into --out every VM's files, plan.md (an overview, then every resource), "
+        "plan.json, outputs.json and the mesh diagram. AWS answers are stand-ins, listed in plan.md; "
+        f"the region is the stack file's aws:region ({DEFAULT_REGION} when unset).",
+    )
     cmd.add_argument("--stack", help="stack name (names resources and tags): reads Pulumi.<stack>.yaml by default")
     cmd.add_argument("--config", type=Path, help="a stack config file to read instead (stack name from --stack)")
     cmd.add_argument(

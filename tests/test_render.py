@@ -786,3 +786,30 @@ def test_the_overview_names_groups_l7_rules_denies_splits_routes_and_an_existing
     assert "Consul servers: an existing cluster at https://consul.example.com:8501; none created." in lines
     # The same spec gives the same lines: the overview is a function of the config alone.
     assert render.overview(spec) == lines
+
+
+@pytest.mark.parametrize("command", [[], ["render"], ["diff"]])
+def test_the_installed_commands_help_names_itself_and_never_python_m(command: list[str]) -> None:
+    # The console script pip installs beside this interpreter (pyproject.toml [project.scripts]).
+    script = Path(sys.executable).parent / "consul-tproxy-vms-render"
+    wide = {**os.environ, "COLUMNS": "400"}  # argparse wraps help at the terminal's width, even inside a name
+    result = subprocess.run([script, *command, "--help"], capture_output=True, text=True, timeout=120, env=wide)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {' '.join(['consul-tproxy-vms-render', *command])} ")
+    assert "python -m" not in result.stdout and "components.render" not in result.stdout
+    if command == ["render"]:
+        assert "the stack file's aws:region (us-east-1 when unset)" in result.stdout
+
+
+def test_no_file_but_the_readme_sends_users_to_python_m_components_render() -> None:
+    # The README is the lead's to rewrite; tests may run the module, as they run the checkout.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    offenders = [
+        path
+        for path in tracked
+        if path != "README.md"
+        and not path.startswith("tests/")
+        and (ROOT / path).is_file()
+        and "python -m components.render" in (ROOT / path).read_text(errors="replace")
+    ]
+    assert offenders == []
