@@ -3,8 +3,15 @@ turns a missing one into a failure, on a fresh machine that has only what the ap
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+
+from tests.conftest import SLOW, is_slow
 
 ROOT = Path(__file__).resolve().parent.parent
 # The Debian/Ubuntu package that ships each tool the tests look up with conftest.tool() (dpkg -S).
@@ -53,3 +60,38 @@ def test_ci_installs_every_tool_the_tests_ask_for() -> None:
 
 def test_ci_installs_gnupg_and_graphviz() -> None:
     assert {"gnupg", "graphviz"} <= apt_packages()
+
+
+def collected(*args: str) -> list[str]:
+    """The node ids pytest collects from the project's testpaths with `args`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS",)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [line for line in done.stdout.splitlines() if "::" in line]
+
+
+def module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def test_the_quick_subset_leaves_out_only_what_conftest_marks_slow(pytestconfig: pytest.Config) -> None:
+    """`pytest -m "not slow"`: the marker is registered (--strict-markers would refuse it otherwise),
+    the slow tests are exactly SLOW's, every entry of SLOW still names a test (a renamed class would
+    otherwise turn fast unnoticed), and every module not listed whole keeps tests in the subset."""
+    assert any(m.startswith("slow:") for m in pytestconfig.getini("markers"))
+    fast, slow = collected("-m", "not slow"), collected("-m", "slow")
+    assert fast and slow and not set(fast) & set(slow)
+    assert all(is_slow(t) for t in slow) and not any(is_slow(t) for t in fast)
+    for prefix in SLOW:
+        assert any(t == prefix or t.startswith((f"{prefix}::", f"{prefix}[")) for t in slow), f"{prefix}: no such test"
+    whole = {prefix for prefix in SLOW if "::" not in prefix}
+    modules = {module(t) for t in fast + slow}
+    assert sorted(modules - whole - {module(t) for t in fast}) == []
+    assert len(fast) > len(slow)  # the subset is most of the tests: the slow ones are few and long
