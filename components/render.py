@@ -176,12 +176,12 @@ class PlanMocks(pulumi.runtime.Mocks):
             # A new template's first version, its default (EC2 CreateLaunchTemplate; terraform-provider-aws
             # ec2_launch_template.go); an update makes the next one.
             state.update(latestVersion=1, defaultVersion=1)
-            state["arn"] = f"arn:aws:ec2:us-east-1:123456789012:launch-template/{args.name}-id"
+            state["arn"] = f"arn:{self.partition}:ec2:{self.region}:123456789012:launch-template/{args.name}-id"
         elif args.typ == "aws:autoscaling/group:Group":
             # The group's id is its name (terraform-provider-aws autoscaling/group.go: d.SetId(asgName)).
             name = state.setdefault("name", args.name)
             state["arn"] = (
-                "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:"
+                f"arn:{self.partition}:autoscaling:{self.region}:123456789012:autoScalingGroup:"
                 f"00000000-0000-0000-0000-000000000000:autoScalingGroupName/{name}"
             )
             return name, state

@@ -710,7 +710,12 @@ def test_a_bad_region_is_refused_naming_the_key_and_writes_nothing(
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-2", "ap-southeast-5", "il-central-1", "mx-central-1"])
 def test_every_region_of_the_aws_partition_is_accepted(region: str) -> None:
     assert render.check_region(region) == region
-    assert render.PlanMocks(region).zones_of() == [f"{region}a", f"{region}b", f"{region}c"]
+    mocks = render.PlanMocks(region)
+    assert mocks.zones_of() == [f"{region}a", f"{region}b", f"{region}c"]
+    # Every stand-in ARN that names a region names this one (the demo has no group: asked here).
+    for typ in ("aws:ec2/launchTemplate:LaunchTemplate", "aws:autoscaling/group:Group", "aws:kms/key:Key"):
+        _, state = mocks.new_resource(pulumi.runtime.MockResourceArgs(typ, "api", {}))
+        assert state["arn"].startswith("arn:aws:") and f":{region}:123456789012:" in state["arn"], state["arn"]
 
 
 def test_diff_runs_in_the_stack_files_region_and_refuses_a_change_of_region(
@@ -758,8 +763,8 @@ def test_the_overview_names_groups_l7_rules_denies_splits_routes_and_an_existing
                     "source": "web",
                     "destination": "api",
                     "permissions": [
-                        {"action": "deny", "http": {"pathPrefix": "/admin"}},
-                        {"action": "allow", "http": {"pathPrefix": "/", "methods": ["GET", "HEAD"]}},
+                        {"action": "deny", "http": {"pathExact": "/admin"}},
+                        {"action": "allow", "http": {"methods": ["GET", "HEAD"]}},
                     ],
                 },
                 {"source": "web", "destination": "canary", "action": "allow"},
@@ -778,7 +783,7 @@ def test_the_overview_names_groups_l7_rules_denies_splits_routes_and_an_existing
         == "| web | 3 in an Auto Scaling group (t3.micro) | 9090 | http | api | canary: deny; gateway: allow | - | /* |"
     )
     assert rows["api"] == (
-        "| api | 1 (t3.small) | 9091 | http | - | web: L7: deny * /admin*; allow GET,HEAD /*; gateway: allow "
+        "| api | 1 (t3.small) | 9091 | http | - | web: L7: deny * =/admin; allow GET,HEAD /*; gateway: allow "
         "| api 90%, canary 10% | =/status |"
     )
     assert rows["canary"] == "| canary | 1 (t3.small) | 9091 | http | - | web: allow | - | - |"
