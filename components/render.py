@@ -50,7 +50,7 @@ from pulumi.runtime import settings
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 
-from .program import build, preflight, resolve_admin_cidrs
+from .program import build, partition_problems, preflight, resolve_admin_cidrs
 from .spec import PROJECT, SECRET_KEYS, IntentionSpec, MeshSpec, MeshSpecError, load_spec, stack_name_problem
 from .userdata import EC2_USER_DATA_LIMIT, decode_user_data
 
@@ -64,6 +64,48 @@ LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 READY = "pulumi-python:dynamic/consul-tproxy-vms:ConsulReady"
 # adminCidrs "deployer" stands for this machine's address; the render never goes online to learn it.
 DEPLOYER_STAND_IN = "192.0.2.1/32"
+# The region the render stands in for when the stack file sets no aws:region (`pulumi up` then
+# takes the provider's own default: AWS_REGION or the AWS profile's region).
+DEFAULT_REGION = "us-east-1"
+# An AWS region's name: <area>[-<sub-area>]-<direction>-<number>, as every partition's regionRegex in
+# botocore's endpoints.json (botocore/data/endpoints.json: us-east-1, us-gov-west-1, cn-north-1,
+# eu-isoe-west-1, eusc-de-east-1), lower case.
+REGION_NAME = re.compile(r"[a-z]{2,4}(-[a-z]+){1,2}-[1-9][0-9]?")
+# Each partition's regions, by botocore/data/endpoints.json's regionRegex (most specific first).
+PARTITIONS = (
+    ("aws-us-gov", re.compile(r"us-gov-")),
+    ("aws-iso-b", re.compile(r"us-isob-")),
+    ("aws-iso-f", re.compile(r"us-isof-")),
+    ("aws-iso", re.compile(r"us-iso-")),
+    ("aws-iso-e", re.compile(r"eu-isoe-")),
+    ("aws-eusc", re.compile(r"eusc-")),
+    ("aws-cn", re.compile(r"cn-")),
+)
+
+
+def partition_of(region: str) -> str:
+    """The AWS partition of a region name (aws unless another partition's regionRegex matches)."""
+    return next((name for name, prefix in PARTITIONS if prefix.match(region)), "aws")
+
+
+def check_region(region: Any) -> str:
+    """The stack's aws:region, or MeshSpecError naming the key: not a region name, or a region of a
+    partition the mesh refuses at `pulumi up` (program.partition_problems)."""
+    if not isinstance(region, str) or not REGION_NAME.fullmatch(region):
+        raise MeshSpecError(
+            [f"aws:region: {region!r} is not an AWS region name (lower case, like us-east-1 or eu-west-2)"]
+        )
+    problems = partition_problems(partition_of(region))
+    if problems:
+        raise MeshSpecError([f"{problem} ({region!r})" for problem in problems])
+    return region
+
+
+def zone_id_prefix(region: str) -> str:
+    """A stand-in for a region's zone-ID prefix (us-east-1 -> use1): AWS's own abbreviations
+    differ (ap-southeast-2 is apse2), and the program never reads zone IDs."""
+    area, *middle, number = region.split("-")
+    return area + "".join(part[0] for part in middle) + number
 
 
 def placeholder(what: str) -> str:
@@ -85,7 +127,10 @@ def stand_in_volume_id(name: str) -> str:
 class PlanMocks(pulumi.runtime.Mocks):
     """Answers for every resource and invoke the program uses, and a record of what it declared."""
 
-    def __init__(self) -> None:
+    def __init__(self, region: str = DEFAULT_REGION) -> None:
+        self.region = region
+        """The region every region invoke answers, its zones <region>a/b/c, and ARNs name."""
+        self.partition = partition_of(region)
         self.resources: list[pulumi.runtime.MockResourceArgs] = []
         self.calls: list[pulumi.runtime.MockCallArgs] = []
         self.parents: dict[str, str] = {}
@@ -131,12 +176,12 @@ class PlanMocks(pulumi.runtime.Mocks):
             # A new template's first version, its default (EC2 CreateLaunchTemplate; terraform-provider-aws
             # ec2_launch_template.go); an update makes the next one.
             state.update(latestVersion=1, defaultVersion=1)
-            state["arn"] = f"arn:aws:ec2:us-east-1:123456789012:launch-template/{args.name}-id"
+            state["arn"] = f"arn:{self.partition}:ec2:{self.region}:123456789012:launch-template/{args.name}-id"
         elif args.typ == "aws:autoscaling/group:Group":
             # The group's id is its name (terraform-provider-aws autoscaling/group.go: d.SetId(asgName)).
             name = state.setdefault("name", args.name)
             state["arn"] = (
-                "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:"
+                f"arn:{self.partition}:autoscaling:{self.region}:123456789012:autoScalingGroup:"
                 f"00000000-0000-0000-0000-000000000000:autoScalingGroupName/{name}"
             )
             return name, state
@@ -155,11 +200,11 @@ class PlanMocks(pulumi.runtime.Mocks):
             state["accessorId"] = f"accessor-{args.name}"
         elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             state.setdefault("name", args.name)
-            state["arn"] = f"arn:aws:iam::123456789012:role{state.get('path', '/')}{args.name}"
+            state["arn"] = f"arn:{self.partition}:iam::123456789012:role{state.get('path', '/')}{args.name}"
         elif args.typ == "aws:kms/key:Key":
-            state["arn"] = f"arn:aws:kms:us-east-1:123456789012:key/{args.name}"
+            state["arn"] = f"arn:{self.partition}:kms:{self.region}:123456789012:key/{args.name}"
         elif args.typ == "aws:ssm/parameter:Parameter":
-            state["arn"] = f"arn:aws:ssm:us-east-1:123456789012:parameter{state['name']}"
+            state["arn"] = f"arn:{self.partition}:ssm:{self.region}:123456789012:parameter{state['name']}"
         elif args.typ == "aws:ebs/volume:Volume":
             return stand_in_volume_id(args.name), state
         return f"{args.name}-id", state
@@ -175,19 +220,23 @@ class PlanMocks(pulumi.runtime.Mocks):
         if args.token == "aws:ec2/getSubnets:getSubnets":
             return {"ids": ["subnet-0bbbbbbbbbbbbbbbb", "subnet-0aaaaaaaaaaaaaaaa"]}
         if args.token == "aws:ec2/getSubnet:getSubnet":
-            return {"id": args.args["id"], "vpcId": "vpc-0fromsubnet000000", "availabilityZone": "us-east-1a"}
+            return {"id": args.args["id"], "vpcId": "vpc-0fromsubnet000000", "availabilityZone": self.zones_of()[0]}
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": "123456789012", "arn": "arn:aws:iam::123456789012:user/deployer", "userId": "AIDA"}
+            arn = f"arn:{self.partition}:iam::123456789012:user/deployer"
+            return {"accountId": "123456789012", "arn": arn, "userId": "AIDA"}
         if args.token == "aws:index/getPartition:getPartition":
-            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
+            # Only the aws partition gets this far (check_region refuses the others, as `up` does).
+            return {"partition": self.partition, "dnsSuffix": "amazonaws.com"}
         if args.token == "aws:index/getRegion:getRegion":
-            return {"name": "us-east-1", "region": "us-east-1"}
+            return {"name": self.region, "region": self.region}
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {
-                "names": ["us-east-1a", "us-east-1b", "us-east-1c"],
-                "zoneIds": ["use1-az1", "use1-az2", "use1-az4"],
-            }
+            prefix = zone_id_prefix(self.region)
+            return {"names": self.zones_of(), "zoneIds": [f"{prefix}-az{i}" for i in (1, 2, 4)]}
         return {}
+
+    def zones_of(self) -> list[str]:
+        """The stand-in zones of the region: <region>a, b and c."""
+        return [f"{self.region}{letter}" for letter in "abc"]
 
     def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
         """The resources of a type by name: the engine registers them in a different order each run."""
@@ -385,6 +434,17 @@ def load_stack_config(path: Path) -> dict[str, Any]:
     them. Another key holding a ciphertext is refused, naming it: the render cannot decrypt it,
     and `pulumi up` would run with the decrypted value, not the ciphertext.
     """
+    return load_stack(path)[0]
+
+
+def load_stack(path: Path) -> tuple[dict[str, Any], Any]:
+    """A stack file's config (load_stack_config) and its aws:region as written (DEFAULT_REGION when
+    unset; check_region judges it). Raises StackFileError."""
+    raw = _config_section(path)
+    return _project_config(path, raw), raw.get("aws:region", DEFAULT_REGION)
+
+
+def _config_section(path: Path) -> dict[Any, Any]:
     doc = read_stack_file(path)
     if doc is None:
         return {}
@@ -395,6 +455,10 @@ def load_stack_config(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise StackFileError(path, f"config: is a {type(raw).__name__}, not a map of key: value")
+    return raw
+
+
+def _project_config(path: Path, raw: Mapping[Any, Any]) -> dict[str, Any]:
     prefix = f"{PROJECT}:"
     config: dict[str, Any] = {}
     for key, val in raw.items():
@@ -432,9 +496,9 @@ def plan_spec(config: Mapping[str, Any], stack: str = "dev") -> tuple[MeshSpec, 
     return spec, gossip_key in config
 
 
-def plan(spec: MeshSpec, with_gossip_key: bool, stack: str) -> tuple[PlanMocks, dict]:
-    """Run the program for `spec` under mocks; return the record and the resolved outputs."""
-    mocks = PlanMocks()
+def plan(spec: MeshSpec, with_gossip_key: bool, stack: str, region: str = DEFAULT_REGION) -> tuple[PlanMocks, dict]:
+    """Run the program for `spec` under mocks in `region`; return the record and the resolved outputs."""
+    mocks = PlanMocks(region)
     program = stack_program(spec, with_gossip_key)
 
     async def run() -> dict:
@@ -488,26 +552,65 @@ def plan_rows(mocks: PlanMocks) -> list[dict[str, Any]]:
     return rows
 
 
-# Values the mock runtime makes up where AWS would answer: never real, and marked as such.
-STAND_INS = {
-    "AMI": "ami-0123456789abcdef0 (the newest Ubuntu 24.04 image, looked up at `pulumi up`)",
-    "account and region": "123456789012 in us-east-1 (the deployer's at `pulumi up`)",
-    "availability zones": "us-east-1a, us-east-1b, us-east-1c (the region's zones at `pulumi up`)",
-    "instance addresses": "10.42.x.y private and 198.51.100.x public, derived from the resource name",
-    "API address": "203.0.113.x, the Elastic IP of the servers' API",
-    "adminCidrs deployer": f"{DEPLOYER_STAND_IN} (this machine's public address at `pulumi up`)",
-    "secrets": "secret-not-rendered:<what> (tokens, keys and the gossip key are never rendered)",
-}
+def stand_ins(mocks: PlanMocks) -> dict[str, str]:
+    """Values the mock runtime makes up where AWS would answer: never real, and marked as such."""
+    return {
+        "AMI": "ami-0123456789abcdef0 (the newest Ubuntu 24.04 image, looked up at `pulumi up`)",
+        "account and region": f"123456789012 in {mocks.region} (the stack's aws:region, else {DEFAULT_REGION};"
+        " the deployer's account at `pulumi up`)",
+        "availability zones": f"{', '.join(mocks.zones_of())} (the region's zones at `pulumi up`)",
+        "instance addresses": "10.42.x.y private and 198.51.100.x public, derived from the resource name",
+        "API address": "203.0.113.x, the Elastic IP of the servers' API",
+        "adminCidrs deployer": f"{DEPLOYER_STAND_IN} (this machine's public address at `pulumi up`)",
+        "secrets": "secret-not-rendered:<what> (tokens, keys and the gossip key are never rendered)",
+    }
 
 
-def plan_markdown(rows: Sequence[dict[str, Any]], stack: str) -> str:
-    lines = [f"# Plan of stack {stack}", "", "Rendered offline under Pulumi's mocks. Stand-in values:", ""]
-    lines += [f"- {what}: {value}" for what, value in STAND_INS.items()]
+def plan_markdown(
+    rows: Sequence[dict[str, Any]], stack: str, stand_in: Mapping[str, str], overview: Sequence[str] = ()
+) -> str:
+    lines = [f"# Plan of stack {stack}", "", *overview]
+    lines += ["## Resources", "", "Rendered offline under Pulumi's mocks. Stand-in values:", ""]
+    lines += [f"- {what}: {value}" for what, value in stand_in.items()]
     lines += ["", "| type | name | parent | inputs |", "|---|---|---|---|"]
     for row in rows:
         keys = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(row["inputs"].items()))
         lines.append(f"| `{row['type']}` | {row['name']} | {row['parent'] or '-'} | {keys.replace('|', '&#124;')} |")
     return "\n".join(lines) + "\n"
+
+
+def overview(spec: MeshSpec) -> list[str]:
+    """plan.md's opening: each service in the config's order (its VMs, port, protocol, upstreams,
+    who may call it, its splits and the gateway's routes to it), then the gateway and the servers."""
+    intentions = (*spec.intentions, *(spec.gateway.intentions() if spec.gateway else ()))
+    header = ("service", "VMs", "port", "protocol", "upstreams", "called by (intentions; others denied)", "splits")
+    header += ("gateway routes",)
+    lines = ["## Overview", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, svc in spec.services.items():
+        vms = f"{svc.instances} in an Auto Scaling group" if svc.grouped else "1"
+        callers = [f"{i.source}: {intention_label(i)}" for i in intentions if i.destination == name]
+        splits = [f"{s.service} {s.weight:g}%" for s in spec.splits.get(name, ())]
+        routes = [label.removeprefix("route ") for _, target, label in route_edges(spec) if target == name]
+        cells = [name, f"{vms} ({svc.instance_type})", str(svc.port), svc.protocol, ", ".join(svc.upstreams)]
+        cells += ["; ".join(callers), ", ".join(splits), ", ".join(routes)]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    lines.append("")
+    if spec.gateway is not None:
+        allowed = ", ".join(spec.gateway.allow_cidrs)
+        lines.append(f"API gateway: {spec.gateway.name}, port {spec.gateway.port}, open to {allowed}.")
+    if spec.servers is not None:
+        lines.append(
+            f"Consul servers: {spec.servers.count} ({spec.servers.instance_type}), created by this stack, "
+            f"datacenter {spec.datacenter}, Consul {spec.consul_version}."
+        )
+    elif spec.consul is not None:
+        lines.append(f"Consul servers: an existing cluster at {spec.consul.http_addr}; none created.")
+    return [*lines, ""]
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: `|` written as its entity, `-` for nothing."""
+    return text.replace("|", "&#124;") or "-"
 
 
 def _label(svc: Any) -> str:
@@ -661,7 +764,7 @@ def render_files(
         files.update(vm_files(vm, data))
     rows = plan_rows(mocks)
     files["plan.json"] = OutFile(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-    files["plan.md"] = OutFile(plan_markdown(rows, stack))
+    files["plan.md"] = OutFile(plan_markdown(rows, stack, stand_ins(mocks), overview(spec)))
     files["outputs.json"] = OutFile(json.dumps(masked_outputs(outputs), indent=2, sort_keys=True) + "\n")
     files["mesh.mmd"] = OutFile(mermaid(spec, stack))
     files["mesh.dot"] = OutFile(graphviz(spec, stack))
@@ -780,13 +883,21 @@ def _create(path: Path, file: OutFile) -> None:
     path.chmod(file.mode)
 
 
-def render(config: Mapping[str, Any], out: Path, stack: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Render a stack's config into `out`. Raises MeshSpecError on bad config and OutRefused on an
-    `out` it may not write into, both before writing or deleting anything."""
+def render(
+    config: Mapping[str, Any],
+    out: Path,
+    stack: str,
+    echo: Callable[[str], None] = print,
+    region: str = DEFAULT_REGION,
+) -> dict[str, Any]:
+    """Render a stack's config into `out`, as in `region` (the stack file's aws:region). Raises
+    MeshSpecError on bad config or region and OutRefused on an `out` it may not write into, all
+    before writing or deleting anything."""
     check_stack_name(stack)
+    check_region(region)
     spec, with_gossip = plan_spec(config, stack)
     earlier_render(out)  # refused before the program runs; checked again before deleting
-    mocks, outputs = plan(spec, with_gossip, stack)
+    mocks, outputs = plan(spec, with_gossip, stack, region)
     dot = shutil.which("dot")
     files = render_files(spec, stack, mocks, outputs, dot)
     write_render(out, files)
@@ -812,16 +923,28 @@ FAIL_ON = ("replace", "delete", "any-change")
 DEFAULT_FAIL_ON = ("replace", "delete")
 
 
-def diff_plan(before: Mapping[str, Any], after: Mapping[str, Any], stack: str) -> Plan:
+def diff_plan(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    stack: str,
+    regions: tuple[Any, Any] = (DEFAULT_REGION, DEFAULT_REGION),
+) -> Plan:
     """The lifecycle simulator's plan for an `up` of `after` over the state a first `up` of `before`
-    left. Both configs are checked (plan_spec) before either runs: MeshSpecError."""
+    left, in the stack's region (`regions`: each file's aws:region). Both configs and regions are
+    checked before either runs: MeshSpecError."""
     # Imported here: the simulator builds on this module's mocks (lifecycle imports render).
     from .lifecycle import simulate
 
     check_stack_name(stack)
+    region = check_region(regions[1])
+    if check_region(regions[0]) != region:
+        # The provider's region is part of every AWS resource's identity: a new region is a new stack.
+        raise MeshSpecError(
+            [f"aws:region: changes from {regions[0]!r} to {region!r}: the diff judges a change within one region"]
+        )
     before_program = stack_program(*plan_spec(before, stack))
     after_program = stack_program(*plan_spec(after, stack))
-    return simulate(before_program, after_program, PlanMocks, stack=stack)
+    return simulate(before_program, after_program, lambda: PlanMocks(region), stack=stack)
 
 
 def diff_lines(plan: Plan) -> list[str]:
@@ -897,8 +1020,8 @@ def diff_main(before: Path, after: Path, stack: str | None, fail_on: Sequence[st
         print(f"error: {problem}" + ("" if named else " (from the file's name: give --stack)"), file=sys.stderr)
         return USAGE_ERROR
     try:
-        configs = [load_stack_config(path) for path in (before, after)]
-        plan = diff_plan(configs[0], configs[1], stack)
+        (config_before, region_before), (config_after, region_after) = (load_stack(p) for p in (before, after))
+        plan = diff_plan(config_before, config_after, stack, (region_before, region_after))
     except OneLineError as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
@@ -930,7 +1053,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deletes something (or what --fail-on names)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser("render", help="write every VM's files, the plan and a mesh diagram")
+    cmd = sub.add_parser(
+        "render",
+        help="write every VM's files, the plan and a mesh diagram",
+        description="Run the program for a stack under Pulumi's mocks (offline: no cloud account, no "
+        "secrets) and write into --out every VM's files, plan.md (an overview, then every resource), "
+        "plan.json, outputs.json and the mesh diagram. AWS answers are stand-ins, listed in plan.md; "
+        f"the region is the stack file's aws:region ({DEFAULT_REGION} when unset).",
+    )
     cmd.add_argument("--stack", help="stack name (names resources and tags): reads Pulumi.<stack>.yaml by default")
     cmd.add_argument("--config", type=Path, help="a stack config file to read instead (stack name from --stack)")
     cmd.add_argument(
@@ -978,7 +1108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no stack config at {path}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        render(load_stack_config(path), args.out, stack)
+        config, region = load_stack(path)
+        render(config, args.out, stack, region=region)
     except (OneLineError, OutRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import re
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -28,21 +30,35 @@ from typing import Any
 
 import pulumi
 
-from .program import build, instance_architectures, preflight, region_zones, resolve_admin_cidrs, resolve_zones
-from .render import (
-    DEPLOYER_STAND_IN,
-    INSTANCE,
-    PlanMocks,
-    _integers,
-    check_stack_name,
-    load_stack_config,
-    placeholder,
-    set_plan_mocks,
-    settle,
-    unwrap,
-)
-from .spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
-from .userdata import decode_user_data, unpack_cloud_config
+
+@contextlib.contextmanager
+def _provider_deprecations_ignored() -> Iterator[None]:
+    """The provider SDKs' own DeprecationWarnings, ignored while the kit imports and runs the program:
+    pulumi_consul warns on import about its getCatalog* functions and pulumi_aws about
+    ec2.EncryptionControl, none of which the program uses and none a kit user can act on. Scoped to
+    warnings raised in those packages' modules; every other warning reaches the user's own filters,
+    which are restored on the way out."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pulumi_(aws|consul)(\.|$)")
+        yield
+
+
+with _provider_deprecations_ignored():
+    from .program import build, instance_architectures, preflight, region_zones, resolve_admin_cidrs, resolve_zones
+    from .render import (
+        DEPLOYER_STAND_IN,
+        INSTANCE,
+        PlanMocks,
+        _integers,
+        check_stack_name,
+        load_stack_config,
+        placeholder,
+        set_plan_mocks,
+        settle,
+        unwrap,
+    )
+    from .spec import PROJECT, SECRET_KEYS, MeshSpec, MeshSpecError, load_spec
+    from .userdata import decode_user_data, unpack_cloud_config
 
 __all__ = [
     "CONSUL_SERVER",
@@ -213,7 +229,11 @@ class StackResult:
     outputs: dict[str, Any]
     """The stack outputs, resolved (secret outputs as their placeholder values)."""
     warnings: tuple[str, ...]
-    """Valid but probably unintended config (what `pulumi up` prints as warnings)."""
+    """Valid but probably unintended config, in the order the spec found it: each element one
+    message (a str, one line) that opens with the config key it concerns, e.g. `"adminCidrs:
+    0.0.0.0/0 opens SSH and the Consul API and UI to the whole internet"` or `"services.web.upstreams:
+    ..."`; the very text `pulumi up` prints as a warning (pulumi.log.warn). Empty: nothing to warn
+    about. Not Python `warnings.WarningMessage`s: the kit raises no Python warning for them."""
     spec: MeshSpec
     """The validated spec the program ran with."""
     mocks: StackMocks = field(repr=False)
@@ -350,7 +370,8 @@ def run_stack(
         pass
     else:
         raise RuntimeError("run_stack runs its own event loop: call it from a plain (not async) function")
-    outputs = _run_to_completion(run)
+    with _provider_deprecations_ignored():
+        outputs = _run_to_completion(run)
     (spec,) = validated
 
     resources = []

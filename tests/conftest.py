@@ -74,3 +74,50 @@ def systemd_verify(root: Path, units: list[str]) -> list[str]:
     if result.returncode != 0 and not lines:
         lines.append(f"systemd-analyze verify exited {result.returncode}")
     return lines
+
+
+# The slow tests, by node-id prefix (a module, a class, or one test, all its parameters), from
+# measured durations (`pytest --durations=40`, December 2026, 2 shared cores: the whole suite about
+# 10 minutes, the rest about 2). Each
+# is marked `slow` here, centrally: `pytest -m "not slow"` is the day-to-day subset (about a minute
+# or two), `pytest` and CI (.ci/run) run everything. A new slow module or class belongs here.
+SLOW = (
+    # Whole modules: each runs the program, a simulation, a fuzzer or a process per test.
+    "tests/test_benchmarks.py",
+    "tests/test_boot_login.py",
+    "tests/test_consumer.py",
+    "tests/test_day_two.py",
+    "tests/test_diff_cli.py",
+    "tests/test_fuzz_config.py",
+    "tests/test_imds_guard.py",
+    "tests/test_iptables_concurrency.py",
+    "tests/test_iptables_property.py",
+    "tests/test_lifecycle.py",
+    "tests/test_package.py",
+    # Classes that run a whole stack in setUpClass, and single slow tests.
+    "tests/test_acl.py::AclTable",
+    "tests/test_component_package.py::test_every_valid_mesh_stacks_consul_login_is_accepted",
+    "tests/test_consul_server.py::ConsulServerTest",
+    "tests/test_gateway.py::GatewayStack",
+    "tests/test_groups.py::AGroupOfThree",
+    "tests/test_intentions.py::StackEntries",
+    "tests/test_mesh_ready.py::Wiring",
+    "tests/test_program.py::BlastRadius",
+    "tests/test_program.py::NameLimits",
+    "tests/test_program.py::NewServers",
+    "tests/test_program.py::ProviderAfterTheGate",
+    "tests/test_server_boot.py::test_access_denied_until_the_deadline_writes_nothing",
+    "tests/test_server_boot.py::test_an_unreachable_endpoint_is_retried_until_the_deadline",
+    "tests/test_server_boot.py::test_no_valid_token_by_the_deadline_writes_nothing",
+)
+
+
+def is_slow(nodeid: str) -> bool:
+    """Whether a test's node id falls under one of SLOW's prefixes (a whole `::` part or `[`)."""
+    return any(nodeid == prefix or nodeid.startswith((f"{prefix}::", f"{prefix}[")) for prefix in SLOW)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_slow(item.nodeid):
+            item.add_marker(pytest.mark.slow)

@@ -14,7 +14,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "consumer"
@@ -33,6 +36,31 @@ def run(*args: str | Path, cwd: Path, timeout: int = 120) -> str:
     return done.stdout
 
 
+PACKAGE = "consul-tproxy-vms"
+
+
+def requirement_lines(project: Path) -> list[str]:
+    """The requirement lines of a project's requirements.txt, comments and blank lines left out."""
+    text = (project / "requirements.txt").read_text()
+    return [line.split(" #")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_example_copied_out_requires_the_release_not_the_checkout(tmp_path: Path) -> None:
+    """Copied anywhere, `pip install -r requirements.txt` needs no edit: every line is a requirement
+    (no path, no pip option that could reach into the checkout), the package pinned to the git tag
+    of this version. Nothing is installed here: the tag is on GitHub, out of reach offline."""
+    project = tmp_path / "my-consumer"
+    shutil.copytree(EXAMPLE, project, ignore=NOT_COPIED)
+    lines = requirement_lines(project)
+    for line in lines:
+        assert not line.startswith(("-", ".", "/", "file:")), f"requirements.txt: {line!r} is not a requirement"
+        assert not (project / line).exists(), f"requirements.txt: {line!r} names a path"
+    (package,) = [Requirement(line) for line in lines if Requirement(line).name == PACKAGE]
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert package.url is not None and package.url.startswith("git+https://github.com/")
+    assert package.url.endswith(f"/consul-tproxy-vms@v{version}"), package.url
+
+
 def test_the_consumer_example_works_copied_out_of_the_checkout(tmp_path: Path) -> None:
     assert not tmp_path.resolve().is_relative_to(ROOT)
     # The package's source as a user's clone would have it; pip builds there, not in this checkout.
@@ -48,16 +76,13 @@ def test_the_consumer_example_works_copied_out_of_the_checkout(tmp_path: Path) -
     site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=project).strip())
     (site / "zz_offline_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    # requirements.txt as a user outside this repository has it: the package's line points at its
-    # source (here the copy; for real use the git tag), the rest is already there (pytest).
-    requirements = project / "requirements.txt"
-    lines = requirements.read_text().splitlines()
-    assert "../.." in lines, "requirements.txt installs the package from the checkout by path"
-    assert any("consul-tproxy-vms @ git+https://github.com/" in line for line in lines)
-    requirements.write_text(
-        "\n".join(f"consul-tproxy-vms @ {source.as_uri()}" if line == "../.." else line for line in lines) + "\n"
-    )
-    run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-r", requirements, cwd=project)
+    # The package from the copy of the checkout, installed explicitly (the example's requirements.txt
+    # names the git release, which is offline out of reach); then the rest of requirements.txt.
+    pip = (python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation")
+    run(*pip, source, cwd=project)
+    others = [line for line in requirement_lines(project) if Requirement(line).name != PACKAGE]
+    assert others, "requirements.txt holds the consumer's own dependencies too"
+    run(*pip, *others, cwd=project)
 
     where = run(python, "-c", "import consul_tproxy_vms; print(consul_tproxy_vms.__file__)", cwd=project).strip()
     assert Path(where).is_relative_to(site), where  # the wheel install, not the checkout's editable one

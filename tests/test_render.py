@@ -648,3 +648,173 @@ def test_the_diagrams_draw_the_gateway_and_its_routes() -> None:
     dot = graphviz(spec, "dev").splitlines()
     assert '  "gateway" -> "web" [label="route /*", color="#1565c0", style=dotted];' in dot
     assert '  "gateway" [label="gateway\\nAPI gateway :8080", shape=cds];' in dot
+
+
+def stack_in_region(tmp_path: Path, region: object, name: str = "Pulumi.dev.yaml") -> Path:
+    """The demo stack file with `aws:region` set to `region` (or removed, for None)."""
+    doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    doc["config"].pop("aws:region")
+    if region is not None:
+        doc["config"]["aws:region"] = region
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_the_render_runs_in_the_stack_files_region(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert render.main(["render", "--config", str(stack_in_region(tmp_path, "eu-west-2")), "--out", str(out)]) == 0
+    written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+    # Every region invoke, zone and ARN is the stack's region: the default is named once, as the default.
+    assert written.count("us-east-1") == 1 and "aws:region, else us-east-1;" in written
+    plan_md = (out / "plan.md").read_text()
+    assert "- account and region: 123456789012 in eu-west-2 (the stack's aws:region" in plan_md
+    assert "- availability zones: eu-west-2a, eu-west-2b, eu-west-2c (" in plan_md
+    assert "arn:aws:ssm:eu-west-2:123456789012:parameter/" in written
+    # The server's boot asks SSM and STS of the stack's region.
+    assert 'AWS_REGION="eu-west-2"' in (out / "consul-server-0/etc/consul.d/secrets.env").read_text()
+
+
+def test_without_aws_region_the_render_stands_in_us_east_1(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert render.main(["render", "--config", str(stack_in_region(tmp_path, None)), "--out", str(out)]) == 0
+    assert "- availability zones: us-east-1a, us-east-1b, us-east-1c (" in (out / "plan.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("region", "why"),
+    [
+        ("US-EAST-1", "is not an AWS region name"),
+        ("us-east", "is not an AWS region name"),
+        ("useast1", "is not an AWS region name"),
+        ("us-east-1\nx", "is not an AWS region name"),
+        ("", "is not an AWS region name"),
+        (1, "is not an AWS region name"),
+        (["us-east-1"], "is not an AWS region name"),
+        # A region of another partition: refused as `pulumi up` refuses it (program.partition_problems).
+        ("cn-north-1", "the 'aws-cn' partition is not supported"),
+        ("us-gov-west-1", "the 'aws-us-gov' partition is not supported"),
+    ],
+)
+def test_a_bad_region_is_refused_naming_the_key_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], region: object, why: str
+) -> None:
+    out = tmp_path / "out"
+    status = render.main(["render", "--config", str(stack_in_region(tmp_path, region)), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == render.CONFIG_ERROR, err
+    assert err.startswith("error: ") and "aws:region: " in err and why in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-2", "ap-southeast-5", "il-central-1", "mx-central-1"])
+def test_every_region_of_the_aws_partition_is_accepted(region: str) -> None:
+    assert render.check_region(region) == region
+    mocks = render.PlanMocks(region)
+    assert mocks.zones_of() == [f"{region}a", f"{region}b", f"{region}c"]
+    # Every stand-in ARN that names a region names this one (the demo has no group: asked here).
+    for typ in ("aws:ec2/launchTemplate:LaunchTemplate", "aws:autoscaling/group:Group", "aws:kms/key:Key"):
+        _, state = mocks.new_resource(pulumi.runtime.MockResourceArgs(typ, "api", {}))
+        assert state["arn"].startswith("arn:aws:") and f":{region}:123456789012:" in state["arn"], state["arn"]
+
+
+def test_diff_runs_in_the_stack_files_region_and_refuses_a_change_of_region(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = stack_in_region(tmp_path, "eu-west-2", "before.yaml")
+    assert render.main(["diff", "--stack", "dev", str(before), str(before)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "no changes"
+    after = stack_in_region(tmp_path, "eu-west-1", "after.yaml")
+    assert render.main(["diff", "--stack", "dev", str(before), str(after)]) == render.CONFIG_ERROR
+    assert "aws:region: changes from 'eu-west-2' to 'eu-west-1'" in capsys.readouterr().err
+
+
+def test_plan_md_opens_with_an_overview_per_service(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = demo
+    text = (out / "plan.md").read_text()
+    # The overview comes before the stand-ins and the resource table.
+    assert text.index("## Overview") < text.index("## Resources") < text.index("| type | name | parent | inputs |")
+    assert "| web | 1 (t3.small) | 9090 | http | api | gateway: allow | - | /* |" in text
+    assert "| api | 1 (t3.small) | 9091 | http | - | web: allow | - | - |" in text
+    assert "Consul servers: 1 (t3.small), created by this stack, datacenter dc1, Consul " in text
+
+
+def test_the_overview_names_groups_l7_rules_denies_splits_routes_and_an_existing_cluster() -> None:
+    from components.spec import load_spec
+
+    spec = load_spec(
+        {
+            "adminCidrs": ["203.0.113.0/24"],
+            "consulHttpAddr": "https://consul.example.com:8501",
+            "consulRetryJoin": ["10.0.0.5"],
+            "consulToken": "placeholder",
+            "consulCaPem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            "services": {
+                "web": {"port": 9090, "upstreams": ["api"], "instances": 3, "instanceType": "t3.micro"},
+                "api": {
+                    "port": 9091,
+                    "protocol": "http",
+                    "splits": [{"weight": 90, "service": "api"}, {"weight": 10, "service": "canary"}],
+                },
+                "canary": {"port": 9091},
+            },
+            "intentions": [
+                {
+                    "source": "web",
+                    "destination": "api",
+                    "permissions": [
+                        {"action": "deny", "http": {"pathExact": "/admin"}},
+                        {"action": "allow", "http": {"methods": ["GET", "HEAD"]}},
+                    ],
+                },
+                {"source": "web", "destination": "canary", "action": "allow"},
+                {"source": "canary", "destination": "web", "action": "deny"},
+            ],
+            "gateway": {
+                "port": 8080,
+                "routes": [{"pathPrefix": "/", "service": "web"}, {"pathExact": "/status", "service": "api"}],
+            },
+        }
+    )
+    lines = render.overview(spec)
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in lines if line.startswith("| ")}
+    assert (
+        rows["web"]
+        == "| web | 3 in an Auto Scaling group (t3.micro) | 9090 | http | api | canary: deny; gateway: allow | - | /* |"
+    )
+    assert rows["api"] == (
+        "| api | 1 (t3.small) | 9091 | http | - | web: L7: deny * =/admin; allow GET,HEAD /*; gateway: allow "
+        "| api 90%, canary 10% | =/status |"
+    )
+    assert rows["canary"] == "| canary | 1 (t3.small) | 9091 | http | - | web: allow | - | - |"
+    assert "API gateway: gateway, port 8080, open to 203.0.113.0/24." in lines
+    assert "Consul servers: an existing cluster at https://consul.example.com:8501; none created." in lines
+    # The same spec gives the same lines: the overview is a function of the config alone.
+    assert render.overview(spec) == lines
+
+
+@pytest.mark.parametrize("command", [[], ["render"], ["diff"]])
+def test_the_installed_commands_help_names_itself_and_never_python_m(command: list[str]) -> None:
+    # The console script pip installs beside this interpreter (pyproject.toml [project.scripts]).
+    script = Path(sys.executable).parent / "consul-tproxy-vms-render"
+    wide = {**os.environ, "COLUMNS": "400"}  # argparse wraps help at the terminal's width, even inside a name
+    result = subprocess.run([script, *command, "--help"], capture_output=True, text=True, timeout=120, env=wide)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {' '.join(['consul-tproxy-vms-render', *command])} ")
+    assert "python -m" not in result.stdout and "components.render" not in result.stdout
+    if command == ["render"]:
+        assert "the stack file's aws:region (us-east-1 when unset)" in result.stdout
+
+
+def test_no_file_but_the_readme_sends_users_to_python_m_components_render() -> None:
+    # The README is the lead's to rewrite; tests may run the module, as they run the checkout.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    offenders = [
+        path
+        for path in tracked
+        if path != "README.md"
+        and not path.startswith("tests/")
+        and (ROOT / path).is_file()
+        and "python -m components.render" in (ROOT / path).read_text(errors="replace")
+    ]
+    assert offenders == []

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import re
 import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -222,3 +225,40 @@ def test_a_stack_name_pulumi_refuses_raises_meshspecerror(stack):
 def test_a_config_that_is_neither_a_mapping_nor_a_path_raises_meshspecerror():
     with pytest.raises(MeshSpecError, match="list is not a mapping of key to value"):
         run_stack([("services", {})])
+
+
+KIT_UNDER_ERROR = """
+import sys, warnings
+from pathlib import Path
+
+before = list(warnings.filters)
+from consul_tproxy_vms.testing import StackResult, run_stack
+
+result = run_stack(Path(sys.argv[1]), stack="dev")
+assert isinstance(result, StackResult) and result.of_type("consul-tproxy-vms:index:MeshVm"), result.resources
+# The kit's filter was scoped: the user's filters are as they were, and their own deprecations still raise.
+assert list(warnings.filters) == before, (warnings.filters, before)
+try:
+    warnings.warn("the user's own deprecation", DeprecationWarning)
+except DeprecationWarning:
+    print("raised")
+"""
+
+
+def test_the_providers_deprecation_warnings_never_reach_a_kit_user(tmp_path: Path) -> None:
+    """A user's tests run with DeprecationWarnings as errors (`-W error::DeprecationWarning`, or
+    pytest's filterwarnings = error): the provider SDKs warn on import (pulumi_consul's getCatalog*,
+    pulumi_aws.ec2.EncryptionControl), which the kit keeps to itself. A fresh interpreter, as the
+    kit's first import: in this one the providers are imported already."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONWARNINGS")}
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", KIT_UNDER_ERROR, ROOT / "Pulumi.dev.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout == "raised\n"
+    assert "DeprecationWarning" not in done.stderr
