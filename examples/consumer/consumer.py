@@ -62,7 +62,9 @@ from consul_tproxy_vms.spec import (
 PROJECT = "consul-tproxy-vms-consumer"
 MESH_STACK = re.compile(r"[^/\s]+/[^/\s]+/[^/\s]+")
 STACK_REFERENCE = "pulumi:pulumi:StackReference"
-KEYS = frozenset({"meshStack", "service", "port", "command", "allowFrom", "adminCidrs", "meshCreatesServers"})
+KEYS = frozenset(
+    {"meshStack", "service", "port", "command", "instances", "allowFrom", "adminCidrs", "meshCreatesServers"}
+)
 """This project's config keys (Pulumi.yaml); any other key in its namespace is refused by name."""
 
 
@@ -116,6 +118,12 @@ def load_consumer_spec(raw: Mapping[str, Any]) -> ConsumerSpec:
         service_raw["port"] = int(port) if isinstance(port, str) and re.fullmatch(r"\s*-?\d+\s*", port) else port
     if raw.get("command") not in (None, ""):
         service_raw["command"] = raw["command"]
+    instances = raw.get("instances")
+    if instances not in (None, ""):
+        # As `port`: `pulumi config set instances 3` stores text.
+        service_raw["instances"] = (
+            int(instances) if isinstance(instances, str) and re.fullmatch(r"\s*-?\d+\s*", instances) else instances
+        )
     service = None
     try:
         service = load_service(name, service_raw)

@@ -143,6 +143,17 @@ def test_bad_config_fails_before_any_resource(
     assert run.mocks.resources == []  # not even the stack reference
 
 
+def test_a_service_of_many_instances_is_a_group_over_the_mesh_stacks_subnets(demo_outputs: dict[str, Any]) -> None:
+    run = run_consumer({**DEV, "instances": "3"}, demo_outputs)
+    assert run.outputs["service"]["instances"] == 3 and "groupName" in run.outputs["service"]
+    assert run.mocks.of_type("aws:ec2/instance:Instance") == []
+    (group,) = run.mocks.of_type("aws:autoscaling/group:Group")
+    assert unwrap(group.inputs["vpcZoneIdentifiers"]) == demo_outputs["subnetIds"]
+    assert "/etc/consul.d/lifecycle.env" in files_of(run)
+    message, _ = fails({**DEV, "instances": 0}, demo_outputs)
+    assert "instances: 0 is out of range" in message, message
+
+
 def test_good_settings_pass(demo_outputs: dict[str, Any]) -> None:
     run = run_consumer(
         {**DEV, "port": 9500, "command": "/usr/bin/python3 -m http.server 9500", "adminCidrs": ["198.51.100.7/32"]},
