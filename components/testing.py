@@ -48,6 +48,7 @@ with _provider_deprecations_ignored():
     from .render import (
         DEPLOYER_STAND_IN,
         INSTANCE,
+        LAUNCH_TEMPLATE,
         PlanMocks,
         _integers,
         check_stack_name,
@@ -63,8 +64,10 @@ with _provider_deprecations_ignored():
 __all__ = [
     "CONSUL_SERVER",
     "DEPLOYER_STAND_IN",
+    "GROUP",
     "INSTANCE",
     "INTENTIONS",
+    "LAUNCH_TEMPLATE",
     "MESH_VM",
     "SECRET_PLACEHOLDER",
     "MeshSpecError",
@@ -84,6 +87,9 @@ CONSUL_SERVER = f"{PROJECT}:index:ConsulServer"
 """The component type of the Consul servers a stack creates."""
 INTENTIONS = "consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions"
 """One `service-intentions` config entry per destination service."""
+GROUP = "aws:autoscaling/group:Group"
+"""The Auto Scaling group of a service of many instances (`<service>-group`; its launch template,
+LAUNCH_TEMPLATE, is `<service>-template`)."""
 SECRET_PLACEHOLDER = "secret-not-rendered:"
 """How every secret value starts under the kit: no real secret is ever read or made up."""
 
@@ -257,16 +263,19 @@ class StackResult:
         return [r for r in self.resources if r.parent == parent]
 
     def vms(self) -> list[str]:
-        """The names of every VM that has user data: each service's MeshVm and each Consul server."""
-        return [r.name.removesuffix("-instance") for r in self.of_type(INSTANCE)]
+        """The names of every VM (or group of VMs) that has user data: each service's MeshVm (a lone
+        VM's instance, or a group's launch template), the gateway's and each Consul server's."""
+        lone = [r.name.removesuffix("-instance") for r in self.of_type(INSTANCE)]
+        return sorted(lone + [r.name.removesuffix("-template") for r in self.of_type(LAUNCH_TEMPLATE)])
 
     def user_data(self, vm: str) -> str:
-        """The cloud-config text cloud-init reads on `vm` (a service name, or a server's name)."""
-        names = {f"{vm}-instance", vm}
-        found = [r for r in self.of_type(INSTANCE) if r.name in names]
-        if not found:
-            raise KeyError(f"no VM {vm!r}; the VMs are: {', '.join(self.vms())}")
-        return decode_user_data(found[0].inputs["userDataBase64"])
+        """The cloud-config text cloud-init reads on `vm` (a service name, or a server's name); for a
+        service of many instances, what every VM of its group reads (its launch template's)."""
+        for typ, suffix, key in ((INSTANCE, "-instance", "userDataBase64"), (LAUNCH_TEMPLATE, "-template", "userData")):
+            found = [r for r in self.of_type(typ) if r.name in (f"{vm}{suffix}", vm)]
+            if found:
+                return decode_user_data(found[0].inputs[key])
+        raise KeyError(f"no VM {vm!r}; the VMs are: {', '.join(self.vms())}")
 
     def files(self, vm: str) -> dict[str, str]:
         """Path -> content of every file the cloud-config of `vm` writes on it."""

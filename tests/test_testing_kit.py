@@ -16,8 +16,10 @@ import consul_tproxy_vms.program
 import pytest
 import yaml
 from consul_tproxy_vms.testing import (
+    GROUP,
     INSTANCE,
     INTENTIONS,
+    LAUNCH_TEMPLATE,
     MESH_VM,
     SECRET_PLACEHOLDER,
     MeshSpecError,
@@ -262,3 +264,15 @@ def test_the_providers_deprecation_warnings_never_reach_a_kit_user(tmp_path: Pat
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout == "raised\n"
     assert "DeprecationWarning" not in done.stderr
+
+
+def test_a_service_of_many_instances_is_a_vm_of_the_kit_with_its_groups_user_data():
+    config = demo_config()
+    config["services"]["api"]["instances"] = 3
+    result = run_stack(config)
+    assert result.vms() == ["api", "consul-server-0", "web"]
+    assert "/etc/consul.d/lifecycle.env" in result.files("api")
+    (group,) = result.of_type(GROUP)
+    (template,) = result.of_type(LAUNCH_TEMPLATE)
+    assert (group.name, template.name, group.inputs["desiredCapacity"]) == ("api-group", "api-template", 3)
+    assert result.outputs["services"]["api"]["instances"] == 3
