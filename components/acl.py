@@ -79,6 +79,8 @@ class Call:
 # api.DefaultConfig() take the token from its environment.
 AGENT, DNS, REGISTRATION, REDIRECT, ENVOY = "agent", "dns", "registration", "redirect-traffic", "envoy"
 AGENT_CLIENT = "agent-api-client"
+# A group's VM only (scripts/mesh-lifecycle.sh): its launching hook's health checks, its leave.
+LIFECYCLE = "mesh-lifecycle"
 
 CALLS: tuple[Call, ...] = (
     Call(
@@ -160,6 +162,18 @@ CALLS: tuple[Call, ...] = (
         "agent/proxycfg (catalog and health watches need service and node read; the service identity "
         "grants service_prefix and node_prefix read for this)",
     ),
+    Call(
+        LIFECYCLE,
+        "mesh-lifecycle ready: GET /v1/agent/health/service/name/<service> and .../<proxy> (a group's VM)",
+        (("service", "{service}", READ), ("service", "{proxy}", READ)),
+        "agent/agent_endpoint.go AgentHealthServiceByName -> agentHealthService: service:read of the name",
+    ),
+    Call(
+        LIFECYCLE,
+        "mesh-lifecycle watch, on Terminated: PUT /v1/agent/service/maintenance/<service> (a group's VM)",
+        (("service", "{service}", WRITE),),
+        "agent/agent_endpoint.go AgentServiceMaintenance -> vetServiceUpdateWithAuthorizer: service:write",
+    ),
 )
 
 # The API gateway's VM (components/gateway_vm.py) runs its agent like a mesh VM (AGENT, AGENT_CLIENT
@@ -209,6 +223,7 @@ TOKEN_SOURCE = {
     REGISTRATION: "consul.d/tokens.hcl acl.tokens.config_file_service_registration (login to the service method)",
     REDIRECT: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN_FILE (the service token)",
     ENVOY: "/etc/envoy/<name>.env CONSUL_HTTP_TOKEN_FILE (the service token)",
+    LIFECYCLE: "scripts/mesh-lifecycle.sh TOKEN_FILE (the service token, /run/consul-login/service.token)",
 }
 # The login method each token comes from, by process.
 METHOD_OF = {
@@ -218,6 +233,7 @@ METHOD_OF = {
     REGISTRATION: "service",
     REDIRECT: "service",
     ENVOY: "service",
+    LIFECYCLE: "service",
 }
 # The demo application calls no Consul API: it only dials <upstream>.virtual.consul through Envoy.
 

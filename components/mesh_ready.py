@@ -59,7 +59,7 @@ ALIAS_CHECK_TYPE = "alias"
 PASSING = "passing"
 CONSOLE_TAIL_LINES = 25
 # Inputs whose change means "other instances, services or intentions": wait for the mesh again.
-WATCHED_INPUTS = ("http_addr", "ca_pem", "instances", "expected", "probes", "intentions")
+WATCHED_INPUTS = ("http_addr", "ca_pem", "instances", "expected", "probes", "intentions", "node_meta")
 
 # The steps an instance goes through, in order, and what to do when one is the first missing.
 BOOT = "boot or login"
@@ -106,6 +106,9 @@ class Expectation:
     sidecar: bool = True
     """A mesh service, with its sidecar; False: the API gateway, which is Envoy itself (registered by
     `consul connect envoy -gateway api -register`) and has no sidecar."""
+    node_meta: tuple[tuple[str, str], ...] = ()
+    """Count only nodes with this metadata (a group's VMs of the current recipe: userdata.group_node_meta);
+    empty: any node of the service."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ def expectations(props: Mapping[str, Any]) -> list[Expectation]:
     expected = props.get("expected") or {}
     probes = set(props.get("probes") or [])
     gateways = set(props.get("gateways") or [])
+    node_meta = props.get("node_meta") or {}
     return [
         Expectation(
             name,
@@ -165,6 +169,7 @@ def expectations(props: Mapping[str, Any]) -> list[Expectation]:
             tuple(str(i) for i in instances.get(name) or ()),
             name in probes,
             sidecar=name not in gateways,
+            node_meta=tuple(sorted((str(k), str(v)) for k, v in (node_meta.get(name) or {}).items())),
         )
         for name in sorted(expected)
     ]
@@ -305,8 +310,12 @@ def check_mesh_once(
     found: list[Missing] = []
     with talking_to(base):
         for exp in wanted:
-            entries = health(f"/v1/health/service/{quoted(exp.name)}")
-            sidecars = health(f"/v1/health/service/{quoted(exp.name + SIDECAR_SUFFIX)}") if exp.sidecar else []
+            # node-meta=key:value, repeatable, every pair to match (hashicorp/consul agent/http.go
+            # parseMetaFilter, into the request's NodeMetaFilters: agent/health_endpoint.go).
+            query = urllib.parse.urlencode([("node-meta", f"{k}:{v}") for k, v in exp.node_meta])
+            only = f"?{query}" if query else ""
+            entries = health(f"/v1/health/service/{quoted(exp.name)}{only}")
+            sidecars = health(f"/v1/health/service/{quoted(exp.name + SIDECAR_SUFFIX)}{only}") if exp.sidecar else []
             found += service_missing(exp, entries, sidecars, lambda node: health(f"/v1/health/node/{quoted(node)}"))
     return found
 
@@ -436,7 +445,9 @@ class MeshReady(Resource, module="consul-tproxy-vms", name="MeshReady"):
     -> how many instances must be ready (the API gateway too, named in `gateways`: it has no
     sidecar); `probes`: services whose upstream probe is awaited
     (probed_services); `intentions`: intention_keys, so a changed intention makes the next `up` wait
-    again. Make it depend on the VMs, the intentions and the mesh defaults.
+    again; `node_meta`: service -> the node metadata its counted nodes carry (a group's, and its
+    current recipe's: a new recipe makes the next `up` wait for the instance refresh's new VMs).
+    Make it depend on the VMs, the intentions and the mesh defaults.
     """
 
     seen: pulumi.Output[str]
@@ -455,6 +466,7 @@ class MeshReady(Resource, module="consul-tproxy-vms", name="MeshReady"):
         timeout_seconds: int,
         opts: pulumi.ResourceOptions | None = None,
         gateways: Sequence[str] = (),
+        node_meta: Mapping[str, pulumi.Input[Mapping[str, str]]] | None = None,
     ) -> None:
         super().__init__(
             MeshReadyProvider(),
@@ -470,6 +482,8 @@ class MeshReady(Resource, module="consul-tproxy-vms", name="MeshReady"):
                 "intentions": list(intentions),
                 # Only when there is a gateway: a stack without one keeps the inputs it had.
                 **({"gateways": list(gateways)} if gateways else {}),
+                # Only with groups: a stack without one keeps the inputs it had.
+                **({"node_meta": dict(node_meta)} if node_meta else {}),
                 "timeout_seconds": timeout_seconds,
                 "seen": None,
             },

@@ -12,7 +12,7 @@ import pulumi_random as random
 
 from . import acl, ec2, groups, identity
 from .spec import ENVOY_PUBLIC_PORT, PROJECT, SSH_PORT, ServiceSpec
-from .userdata import Login, VmRecipe, encode_user_data, render_cloud_config
+from .userdata import Login, VmRecipe, encode_user_data, group_node_meta, render_cloud_config
 
 
 @dataclass
@@ -208,6 +208,8 @@ class MeshVm(pulumi.ComponentResource):
     themselves the same way)."""
     group_name: pulumi.Output[str] | None
     """The Auto Scaling group's name; None for a lone VM."""
+    node_meta: pulumi.Output[dict[str, str]] | None
+    """The node metadata every VM of the group registers with (userdata.group_node_meta); None for a lone VM."""
     instances: int
     """How many VMs run the service."""
     virtual_hostname: pulumi.Output[str]
@@ -232,7 +234,11 @@ class MeshVm(pulumi.ComponentResource):
             with_consul,
         )
         group_name = declare_group_name(name, svc.name, args.login.prefix, self) if svc.grouped else None
-        self.cloud_config = user_data(name, args, group_name)
+        recipe = recipe_of(name, args, group_name)
+        self.cloud_config = recipe.apply(render_cloud_config)
+        # What a group's VMs register as node metadata (their group, their recipe): the mesh gate
+        # counts those nodes alone.
+        self.node_meta = recipe.apply(group_node_meta) if group_name is not None else None
         profile = ec2.instance_profile(
             name,
             f"VM of mesh service {svc.name}",
@@ -354,12 +360,12 @@ def hook_statements(group_name: pulumi.Output[str], parent: pulumi.Resource) -> 
     ).apply(lambda v: [ec2.allow(groups.HOOK_ACTIONS, [groups.group_arn_pattern(*v)])])
 
 
-def user_data(name: str, args: MeshVmArgs, group_name: pulumi.Output[str] | None) -> pulumi.Output[str]:
-    """The service's cloud-config, rendered once every boot input is known."""
+def recipe_of(name: str, args: MeshVmArgs, group_name: pulumi.Output[str] | None) -> pulumi.Output[VmRecipe]:
+    """What the service's VMs are made from, once every boot input is known."""
     svc = args.service
     auto_join = cloud_auto_join(args.cluster)
 
-    def render(inputs: list[object]) -> str:
+    def recipe(inputs: list[object]) -> VmRecipe:
         v, group = inputs
         recipe = VmRecipe(
             service=svc,
@@ -373,10 +379,10 @@ def user_data(name: str, args: MeshVmArgs, group_name: pulumi.Output[str] | None
         )
         if ec2.is_cloud_auto_join(recipe.retry_join) and not auto_join:
             raise ValueError(f"{name}: retry_join uses cloud auto-join, but cloud_auto_join is False")
-        return render_cloud_config(recipe)
+        return recipe
 
     inputs = boot_inputs(args.cluster, args.login, args.consul_version, args.envoy_version)
-    return pulumi.Output.all(inputs, group_name).apply(render)
+    return pulumi.Output.all(inputs, group_name).apply(recipe)
 
 
 def vm_security_group(

@@ -497,6 +497,9 @@ def declare_mesh_ready(
             depends_on=[*vms.values(), *config_entries, *gateway_vms.values(), *gateway_entries]
         ),
         gateways=list(gateway_vms),
+        # A group's nodes of its current recipe alone: not the lone VM it replaces, nor the VMs an
+        # instance refresh is replacing; a new recipe makes the gate wait for the refresh's VMs.
+        node_meta={name: vm.node_meta for name, vm in vms.items() if vm.node_meta is not None},
     )
 
 

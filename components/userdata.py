@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -279,13 +280,40 @@ def _agent_context(
     }
 
 
+# Node metadata of a group's VMs (consul.hcl's node_meta): the group, and the recipe the VM was made
+# from, so that the mesh gate counts this group's VMs of the current recipe and no other node of the
+# service (a lone VM it replaces, or the VMs an instance refresh is replacing).
+# Written unquoted in consul.hcl: HCL identifiers (letters, digits, '-', '_'), and Consul's node meta
+# keys (agent/structs/structs.go ValidateNodeMetadata: [a-zA-Z0-9_-], at most 128 characters; values
+# at most 512).
+GROUP_META_KEY = "consul-tproxy-vms-group"
+RECIPE_META_KEY = "consul-tproxy-vms-recipe"
+
+
+def group_node_meta(recipe: VmRecipe) -> dict[str, str]:
+    """The node metadata a group's VMs register with: {} for a lone VM.
+
+    The recipe is a hash of the VM's whole cloud-config rendered without it: any change to what the
+    VMs are made from (versions, image inputs, the service's settings, the shipped scripts) is a new
+    recipe, and the count, which never reaches the user data, is not."""
+    if recipe.group_name is None:
+        return {}
+    unmarked = _cloud_config_of(recipe, {GROUP_META_KEY: recipe.group_name, RECIPE_META_KEY: ""})
+    return {GROUP_META_KEY: recipe.group_name, RECIPE_META_KEY: hashlib.sha256(unmarked.encode()).hexdigest()[:16]}
+
+
 def vm_files(recipe: VmRecipe) -> list[VmFile]:
     """Every file the VM gets, in the order cloud-init writes them."""
+    return _vm_files(recipe, group_node_meta(recipe))
+
+
+def _vm_files(recipe: VmRecipe, node_meta: dict[str, str]) -> list[VmFile]:
     svc = recipe.service
     context: dict[str, Any] = {
         **_agent_context(svc.name, recipe.datacenter, recipe.retry_join, recipe.ca_pem, recipe.login),
         "service": svc,
         "grouped": recipe.group_name is not None,
+        "node_meta": node_meta,
         "envoy_public_port": ENVOY_PUBLIC_PORT,
         "envoy_outbound_port": ENVOY_OUTBOUND_PORT,
         "exclusions": redirect_exclusions(recipe),
@@ -442,13 +470,17 @@ def _cloud_config(
 
 def render_cloud_config(recipe: VmRecipe) -> str:
     """The cloud-config text for one mesh VM (the same for every instance of its service)."""
+    return _cloud_config_of(recipe, group_node_meta(recipe))
+
+
+def _cloud_config_of(recipe: VmRecipe, node_meta: dict[str, str]) -> str:
     svc = recipe.service
     return _cloud_config(
         title=f'Mesh VM for service "{svc.name}" (Consul nodes "{svc.name}-<instance id>", datacenter '
         f'"{recipe.datacenter}").',
         users=[CONSUL_USER, ENVOY_USER],
         packages=packages(recipe),
-        files=vm_files(recipe),
+        files=_vm_files(recipe, node_meta),
         restart=["systemd-resolved.service"],
         # Tokens first (the agent requires them), and the application before Envoy, whose
         # ExecStartPre redirects the VM's traffic.

@@ -30,6 +30,11 @@ autoscaling="${AUTOSCALING_ENDPOINT:-}"
 # sidecar (components/acl.py; the file is root:envoy 0640, written by consul-login).
 token_file="${TOKEN_FILE:-/run/consul-login/service.token}"
 systemctl="${SYSTEMCTL:-systemctl}"
+runuser="${RUNUSER:-runuser}"
+# The AWS call goes out as the consul user: the traffic redirect lets its connections through
+# (consul-redirect-traffic excludes its UID), where root's would go into Envoy's outbound listener,
+# which with meshDestinationsOnly refuses every address outside the mesh.
+aws_user="${LIFECYCLE_AWS_USER:-consul}"
 run_dir="${RUN_DIR:-/run/mesh-lifecycle}"
 retry="${LIFECYCLE_RETRY_SECONDS:-10}"
 poll="${LIFECYCLE_POLL_SECONDS:-5}"
@@ -70,11 +75,14 @@ imds() {
 }
 
 # target_state: sets state to autoscaling/target-lifecycle-state (InService, Terminated, ...; EC2
-# User Guide, "Instance metadata categories"), or to "" outside an Auto Scaling group.
+# User Guide, "Instance metadata categories"), or to "" outside an Auto Scaling group. The item is
+# written as the instance moves towards a steady state and answers 404 before that (EC2 Auto Scaling
+# user guide, "Retrieve the target lifecycle state through instance metadata"): with LIFECYCLE_GROUP
+# set the VM is a group's, so a 404 is "not yet", to be asked again, never "no group".
 target_state() {
   local got rc=0
   got="$(imds autoscaling/target-lifecycle-state)" || rc=$?
-  ((rc == 0 || rc == 4)) || return 1
+  [[ "${rc}" == 0 || ("${rc}" == 4 && -z "${LIFECYCLE_GROUP:-}") ]] || return 1
   state="${got}"
 }
 
@@ -125,7 +133,7 @@ if c["Code"] != "Success":
 print("user = \"%s:%s\"" % (c["AccessKeyId"], c["SecretAccessKey"]))
 print("header = \"x-amz-security-token: %s\"" % c["Token"])
 ')" || return 1
-  out="$(printf '%s\n' "${config}" | curl -sS --noproxy '*' --connect-timeout 5 --max-time 20 -K - \
+  out="$(printf '%s\n' "${config}" | "${runuser}" -u "${aws_user}" -- curl -sS --noproxy '*' --connect-timeout 5 --max-time 20 -K - \
     --aws-sigv4 "aws:amz:${region}:autoscaling" -w '\n%{http_code}' "${autoscaling:-https://autoscaling.${region}.amazonaws.com}/" \
     --data-urlencode Action=CompleteLifecycleAction --data-urlencode Version=2011-01-01 \
     --data-urlencode "AutoScalingGroupName=${group}" --data-urlencode "LifecycleHookName=$1" \
@@ -158,10 +166,11 @@ ready_once() {
 #    other sidecar drops this endpoint from its load assignment, while the agent keeps running: the
 #    application can still resolve *.virtual.consul and reach its upstreams to finish its work.
 # 2. Drain Envoy's inbound listeners only (POST /drain_listeners?inboundonly&graceful; Envoy docs,
-#    operations/admin): open connections are told to close (Connection: close, GOAWAY) and their
-#    clients reconnect to other instances; the outbound listeners stay, for the application's own
-#    calls (Consul's public listener is the INBOUND one, agent/xds/listeners.go; consul-dataplane
-#    and Istio drain inbound only for the same reason).
+#    operations/admin and "Draining"): Envoy starts asking HTTP clients to close their connections
+#    (Connection: close, GOAWAY), spread over its drain time (600 s by default), so step 1 is what
+#    moves the traffic; the outbound listeners stay, for the application's own calls (Consul's
+#    public listener is the INBOUND one, agent/xds/listeners.go; consul-dataplane and Istio drain
+#    inbound only for the same reason).
 # 3. A bounded wait (LIFECYCLE_DRAIN_SECONDS) for the requests in flight.
 # 4. Leave Consul: stopping the agent sends SIGTERM, and with leave_on_terminate it leaves
 #    gracefully (hashicorp/consul command/agent/agent.go: graceful on SIGTERM when LeaveOnTerm,

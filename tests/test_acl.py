@@ -159,6 +159,8 @@ class AclTable(MockedTestCase):
         (acl.AGENT, acl.Need("node", "web-i-1", acl.WRITE)),
         (acl.AGENT, acl.Need("key", "kv/gossip", acl.READ)),
         (acl.DNS, acl.Need("query", "*", acl.READ)),
+        (acl.LIFECYCLE, acl.Need("service", "web", acl.WRITE)),
+        (acl.LIFECYCLE, acl.Need("service", "web-sidecar-proxy", acl.READ)),
         (acl.GATEWAY, acl.Need("mesh", "", acl.READ)),
         (acl.GATEWAY, acl.Need("agent", "gateway-i-1", acl.READ)),
     ],
@@ -179,6 +181,7 @@ def test_a_rule_removed_from_a_token_is_caught(process: str, need: acl.Need) -> 
         acl.ENVOY: acl.service_identity("web") | acl.parse_rules(acl.agent_read_rules("web")),
         acl.AGENT: acl.parse_rules(acl.agent_rules("web", "kv/gossip")),
         acl.DNS: acl.parse_rules(acl.dns_rules()),
+        acl.LIFECYCLE: acl.service_identity("web") | acl.parse_rules(acl.agent_read_rules("web")),
     }[process]
     assert acl.grants_cover(full, need)
     concrete = acl.Need(need.resource, "" if need.name == "*" else need.name, need.access)
@@ -201,3 +204,14 @@ def test_rules_round_trip_through_hcl() -> None:
         acl.gateway_service_rules("gateway"),
     ):
         assert hcl2.loads(rules) and acl.parse_rules(rules)
+
+
+def test_the_lifecycle_program_uses_the_service_token() -> None:
+    """mesh-lifecycle's calls are the service token's (acl.METHOD_OF): the file it reads by default."""
+    import re as _re
+
+    from components.userdata import SCRIPTS, TOKEN_DIR
+
+    script = (SCRIPTS / "mesh-lifecycle.sh").read_text()
+    (default,) = _re.findall(r'token_file="\$\{TOKEN_FILE:-([^}]*)\}"', script)
+    assert default == f"{TOKEN_DIR}/service.token" and acl.METHOD_OF[acl.LIFECYCLE] == "service"

@@ -135,6 +135,12 @@ class AGroupOfThree(MockedTestCase):
         assert inputs["expected"] == {"api": 3, "web": 1}
         assert inputs["instances"]["api"] == [] and inputs["instances"]["web"] == ["web-instance-id"]
         assert self.mocks.of_type(READY)
+        # Only the group's VMs of the current recipe count: the node metadata they register with.
+        (meta,) = inputs["node_meta"].values()
+        assert list(inputs["node_meta"]) == ["api"]
+        assert meta["consul-tproxy-vms-group"] == outputs["services"]["api"]["groupName"]
+        hcl = files_of(user_data_by_vm(self.mocks)["api"])["/etc/consul.d/consul.hcl"]
+        assert f'consul-tproxy-vms-recipe = "{meta["consul-tproxy-vms-recipe"]}"' in hcl
 
 
 @pytest.mark.parametrize("count", [1, 2, 7])
@@ -207,6 +213,8 @@ def test_a_new_recipe_refreshes_the_group_after_the_servers_replacing_no_group()
     result = plan(grouped_config(3), after)
     assert "api-group" not in result.replaced and "api-template" not in result.replaced
     assert {"api-template", "api-group"} <= set(result.updated) and result.refreshed == ["api-group"]
+    # The gate waits again, for the refresh's VMs: the recipe in its node metadata is new.
+    assert "node_meta.api.consul-tproxy-vms-recipe" in result.step("mesh-ready").paths
     assert result.step("api-group").paths == ("launchTemplate.version",)
     # Servers first: the template's new version waits for the replaced server's gate.
     waves = result.order()

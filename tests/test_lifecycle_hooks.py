@@ -411,6 +411,7 @@ def vm(tmp_path: Path) -> Iterator[Vm]:
     token_file.write_text(CONSUL_TOKEN + "\n")
     argv_log = tmp_path / "curl-argv.log"
     argv_log.write_text("")
+    (tmp_path / "runuser-argv.log").write_text("")
     with serving(handlers[0]) as imds, serving(handlers[1]) as autoscaling, serving(handlers[2]) as consul:
         with serving(handlers[3]) as envoy:
             env = {
@@ -418,6 +419,8 @@ def vm(tmp_path: Path) -> Iterator[Vm]:
                 "HOME": str(tmp_path),
                 "REAL_CURL": real_curl,
                 "FAKE_CURL_ARGV": str(argv_log),
+                "RUNUSER": str(FIXTURES / "runuser"),
+                "FAKE_RUNUSER_ARGV": str(tmp_path / "runuser-argv.log"),
                 "FAKE_EVENTS": str(world.events_file),
                 "FAKE_SYSTEMCTL_UNITS": "consul.service consul-login.service envoy@web.service",
                 "MESH_SERVICE": "web",
@@ -465,6 +468,23 @@ def test_ready_completes_the_launch_hook_once_service_and_sidecar_pass(vm: Vm) -
     assert vm.world.active[TERMINATE_HOOK] == {INSTANCE_ID}
 
 
+def test_the_aws_call_goes_out_as_the_consul_user_whose_traffic_the_redirect_lets_through(vm: Vm) -> None:
+    """As root, the call would enter Envoy's outbound listener, which with meshDestinationsOnly refuses
+    everything outside the mesh (consul-redirect-traffic excludes the consul user's UID)."""
+    assert vm.run("ready").returncode == 0
+    runs = Path(vm.env["FAKE_RUNUSER_ARGV"]).read_text().splitlines()
+    assert runs == ["consul curl"]
+
+
+def test_a_missing_lifecycle_state_in_a_group_is_asked_again_never_taken_for_no_group(vm: Vm) -> None:
+    """The metadata item answers 404 until the instance moves towards a steady state: a group's VM
+    (LIFECYCLE_GROUP set) asks again, where it used to exit as if it were in no group."""
+    vm.world.states = [None, None, "InService"]
+    result = vm.run("ready")
+    assert result.returncode == 0, result.stderr
+    assert vm.world.actions()[-1] == LAUNCH_DONE
+
+
 def test_a_warning_counts_a_new_vm_serves_while_an_upstream_is_down(vm: Vm) -> None:
     """The demo app's upstream probe warns (429) while an upstream is down: Consul routes to a warning
     instance, and a group must be able to heal itself during a dependency's outage."""
@@ -510,7 +530,7 @@ def test_ready_after_a_reboot_finds_the_action_completed_and_is_done(vm: Vm) -> 
 
 def test_ready_outside_a_group_does_nothing(vm: Vm) -> None:
     vm.world.states = [None]
-    result = vm.run("ready")
+    result = vm.run("ready", LIFECYCLE_GROUP="")
     assert result.returncode == 0, result.stderr
     assert "target lifecycle state '': no launch hook to complete" in result.stdout
     assert vm.world.events() == ["imds target-lifecycle-state None"]
@@ -604,7 +624,7 @@ def test_the_leave_goes_on_when_a_step_is_refused(vm: Vm) -> None:
 
 def test_watch_outside_a_group_does_nothing(vm: Vm) -> None:
     vm.world.states = [None]
-    result = vm.run("watch")
+    result = vm.run("watch", LIFECYCLE_GROUP="")
     assert result.returncode == 0, result.stderr
     assert "nothing to watch" in result.stdout
     assert vm.world.actions() == []

@@ -78,6 +78,8 @@ class Instance:
     """The "Connect Sidecar Listening" check; None: no sidecar registered."""
     probe: tuple[str, str] | None = None
     """(status, output) of the upstream probe check; None: no probe registered."""
+    meta: dict[str, str] = field(default_factory=dict)
+    """The node's metadata beyond Consul's own (a group's VMs: their group and recipe)."""
 
     @property
     def node(self) -> str:
@@ -183,16 +185,22 @@ class FakeHealthApi:
             "Address": "10.42.1.20",
             "Datacenter": "dc1",
             "TaggedAddresses": {"lan": "10.42.1.20", "wan": "10.42.1.20"},
-            "Meta": {"consul-network-segment": ""},
+            "Meta": {"consul-network-segment": "", **instance.meta},
             "CreateIndex": 10,
             "ModifyIndex": 12,
         }
         checks = instance.sidecar_checks() if sidecar else instance.service_checks()
         return {"Node": node, "Service": service, "Checks": instance.node_checks() + checks}
 
-    def service(self, name: str) -> list[dict]:
+    def service(self, name: str, node_meta: list[str] = ()) -> list[dict]:  # type: ignore[assignment]
+        # node-meta=key:value filters, every one to match: the key is what precedes the first ':'
+        # (hashicorp/consul agent/http.go parseMetaFilter, ParseMetaPair; state store
+        # structs.SatisfiesMetaFilters).
+        wanted = dict(pair.partition(":")[::2] for pair in node_meta)
         found = []
         for instance in self.instances:
+            if any(instance.meta.get(k) != v for k, v in wanted.items()):
+                continue
             if instance.registered and name == instance.service:
                 found.append(self.entry(instance, sidecar=False))
             elif instance.registered and instance.sidecar is not None and name == f"{instance.service}-sidecar-proxy":
@@ -212,6 +220,7 @@ class FakeHealthApi:
             def do_GET(self) -> None:
                 token = self.headers.get("X-Consul-Token")
                 path = urllib.parse.urlsplit(self.path).path
+                node_meta = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("node-meta", [])
                 api.requests.append((path, token))
                 kind, _, name = path.removeprefix("/v1/health/").partition("/")
                 if kind not in ("service", "node") or not name:
@@ -222,7 +231,8 @@ class FakeHealthApi:
                     self.answer(200, "[]")  # anonymous: filtered down to nothing
                 else:
                     name = urllib.parse.unquote(name)
-                    self.answer(200, json.dumps(api.service(name) if kind == "service" else api.node(name)))
+                    answer = api.service(name, node_meta) if kind == "service" else api.node(name)
+                    self.answer(200, json.dumps(answer))
 
             def answer(self, status: int, body: str) -> None:
                 data = body.encode()
@@ -640,3 +650,22 @@ def test_the_timeout_defaults_to_fifteen_minutes_and_zero_turns_it_off() -> None
     assert load_spec(DEMO).mesh_ready_timeout_seconds == 900
     assert load_spec({**DEMO, "meshReadyTimeoutSeconds": "0"}).mesh_ready_timeout_seconds == 0
     assert load_spec({**DEMO, "meshReadyTimeoutSeconds": "60"}).mesh_ready_timeout_seconds == 60
+
+
+def test_a_group_counts_its_nodes_of_the_current_recipe_alone(pki: dict[str, Path]) -> None:
+    """A group's Expectation counts nodes with its group's and current recipe's metadata: not the
+    lone VM it replaces, nor the VMs of the recipe an instance refresh is replacing."""
+    group = {"consul-tproxy-vms-group": "g-api-0a1b2c3d"}
+    new, old = {**group, "consul-tproxy-vms-recipe": "new"}, {**group, "consul-tproxy-vms-recipe": "old"}
+    wanted = [Expectation("api", 2, (), node_meta=tuple(sorted(new.items())))]
+    api = FakeHealthApi(
+        [
+            Instance("api", "i-0000000000000000a", port=8080),  # the lone VM, not yet deleted
+            Instance("api", "i-0000000000000000b", port=8080, meta=old),
+            Instance("api", "i-0000000000000000c", port=8080, meta=old),
+            Instance("api", "i-0000000000000000d", port=8080, meta=new),
+        ]
+    )
+    assert "1 of 2 instances registered and passing" in line_of(failure(api, pki, wanted=wanted), "api")
+    api.instances.append(Instance("api", "i-0000000000000000e", port=8080, meta=new))
+    assert poll(api, pki, wanted)
