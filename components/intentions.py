@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,59 @@ def source_args(intention: IntentionSpec) -> consul.ConfigEntryServiceIntentions
     )
 
 
+# Consul's precedence of an intention between two exact service names in the default namespace
+# (developer.hashicorp.com/consul/docs/connect/intentions#precedence-and-match-order: exact source,
+# exact destination = 9), which Consul computes on every write and returns on every read.
+EXACT_PRECEDENCE = 9
+
+
+def needs_generic_entry(sources: Sequence[IntentionSpec]) -> bool:
+    """Whether a destination's entry holds a rule the typed resource cannot write: a path prefix.
+
+    pulumi-consul 3.15's ConfigEntryServiceIntentions sends every PathPrefix to Consul as ""
+    (terraform-provider-consul resource_consul_config_entry_service_intentions.go: its http block's
+    decode copies path_regex, present as "" in every set element, over PathPrefix), so such an entry
+    is written by a generic ConfigEntry instead (ServiceIntentions)."""
+    return any(p.path_prefix is not None for i in sources for p in i.permissions)
+
+
+def entry_json(sources: Sequence[IntentionSpec]) -> str:
+    """The destination's entry as the generic ConfigEntry's config_json: Consul's own field names
+    (the provider decodes them into api.ServiceIntentionsConfigEntry by name; a snake_case key would
+    be dropped without a word), and exactly what Consul answers back, so that the provider's
+    read-back compares equal and shows no diff on every `up` (resource_consul_config_entry.go
+    diffConfigJSON): Precedence and Type always present, no empty list, no Action beside Permissions.
+    Kind and Name are the resource's own arguments, not in the JSON."""
+
+    def permission(p: PermissionSpec) -> dict[str, Any]:
+        http: dict[str, Any] = {}
+        if p.path_exact is not None:
+            http["PathExact"] = p.path_exact
+        if p.path_prefix is not None:
+            http["PathPrefix"] = p.path_prefix
+        if p.methods:
+            http["Methods"] = list(p.methods)
+        return {"Action": p.action, "HTTP": http}
+
+    def source(i: IntentionSpec) -> dict[str, Any]:
+        entry: dict[str, Any] = {"Name": i.source, "Precedence": EXACT_PRECEDENCE, "Type": "consul"}
+        if i.is_l7:
+            entry["Permissions"] = [permission(p) for p in i.permissions]
+        else:
+            entry["Action"] = i.action
+        if i.description:
+            entry["Description"] = i.description
+        return entry
+
+    return json.dumps({"Sources": [source(i) for i in sources]}, sort_keys=True)
+
+
+def deny_all(sources: Sequence[IntentionSpec]) -> list[IntentionSpec]:
+    """What the typed resource writes first for a destination whose entry the generic one owns:
+    every source denied, so that nothing is wider than asked before the generic entry is written."""
+    return [IntentionSpec(i.source, i.destination, "deny", "held by the generic entry") for i in sources]
+
+
 def applied(intention: IntentionSpec) -> dict[str, Any]:
     """The intention as the stack's `intentions` output lists it: an L7 one has permissions, no action."""
     shown: dict[str, Any] = {"source": intention.source, "destination": intention.destination}
@@ -74,13 +128,44 @@ class ServiceIntentions(pulumi.ComponentResource):
         super().__init__(f"{PROJECT}:index:ServiceIntentions", name, None, opts)
         shown = []
         for destination, sources in by_destination(args.intentions).items():
-            consul.ConfigEntryServiceIntentions(
-                f"{name}-{destination}",
-                name=destination,
-                sources=[source_args(i) for i in sources],
-                opts=pulumi.ResourceOptions(parent=self),
-            )
+            if needs_generic_entry(sources):
+                self._generic_entry(name, destination, sources)
+            else:
+                consul.ConfigEntryServiceIntentions(
+                    f"{name}-{destination}",
+                    name=destination,
+                    sources=[source_args(i) for i in sources],
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
             shown += [applied(i) for i in sources]
 
         self.applied = pulumi.Output.from_input(shown)
         self.register_outputs({"intentions": self.applied})
+
+    def _generic_entry(self, name: str, destination: str, sources: Sequence[IntentionSpec]) -> None:
+        """A destination with a path prefix: the typed resource stays the entry's owner, the generic
+        ConfigEntry `<name>-<destination>-entry` writes its content.
+
+        Moving a live entry from one resource to another deletes it: the old resource's Delete
+        (DELETE /v1/config/service-intentions/<name>) runs at the end of the update that created the
+        new one, and an alias across the two types is a replacement whose delete is the old type's.
+        So the typed resource is never removed for this: it is declared with every source denied
+        (what it writes when it is new, before the generic entry) and its sources ignored from then
+        on (so it never writes again, and an existing entry stays until the generic one overwrites
+        it). The generic one is retained on delete: when the destination goes back to rules the
+        typed resource can write, the typed one updates the entry and the generic one goes without
+        deleting it; when the destination's intentions go altogether, the typed resource's delete
+        removes the entry."""
+        typed = consul.ConfigEntryServiceIntentions(
+            f"{name}-{destination}",
+            name=destination,
+            sources=[source_args(i) for i in deny_all(sources)],
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["sources"]),
+        )
+        consul.ConfigEntry(
+            f"{name}-{destination}-entry",
+            kind="service-intentions",
+            name=destination,
+            config_json=entry_json(sources),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[typed], retain_on_delete=True),
+        )

@@ -984,7 +984,10 @@ def _diff_notes(plan: Plan) -> list[str]:
     if plan.blocked():
         notes.append(f"note: protected, so `pulumi up` refuses to replace or delete them: {', '.join(plan.blocked())}")
     if plan.retained():
-        notes.append(f"note: left in AWS (retainOnDelete) while dropped from the state: {', '.join(plan.retained())}")
+        notes.append(
+            "note: left in place, in AWS or Consul (retainOnDelete), while dropped from the state: "
+            + ", ".join(plan.retained())
+        )
     if plan.unmodeled_types():
         types = ", ".join(plan.unmodeled_types())
         notes.append(f"note: any change counted as a replacement (types the simulator does not model): {types}")

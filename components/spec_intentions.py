@@ -125,22 +125,20 @@ def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None
         problems.add(f"{key}.http", http, "must be an object such as {pathExact: /api, methods: [GET]}")
         return None
     unknown_keys(http, PERMISSION_HTTP_KEYS, f"{key}.http", problems)
-    for unsupported in ("pathPrefix", "pathRegex", "header"):
+    for unsupported in ("pathRegex", "header"):
         if unsupported in http:
             # pulumi-consul 3.15 (terraform-provider-consul 86cfc3a, consul/resource_consul_config_entry_
             # service_intentions.go, the Decode of the http block) copies path_regex into PathPrefix
-            # whenever the key is present, and a field of a set element always is (terraform-plugin-sdk
-            # v1 field_reader.go readObjectField fills unset fields with their zero value): every
-            # PathPrefix reaches Consul as "". With methods, an allow for one prefix becomes an allow
-            # for every path; alone, Consul refuses the empty HTTP match. The headers it reads are never
-            # copied into HTTP.Header: a header-restricted allow would reach Consul as an allow for all.
-            # PathExact and Methods arrive as written.
+            # and never copies the headers it reads into HTTP.Header: a header-restricted allow would
+            # reach Consul as an allow for all. (A PathPrefix, which the same decode empties, is written
+            # by a generic config entry instead: components/intentions.py needs_generic_entry.) The
+            # generic entry could carry these too, once a regex is checked as Envoy's RE2 checks it.
             problems.add(
                 f"{key}.http.{unsupported}",
                 http[unsupported],
                 "is not supported: the consul provider (pulumi-consul 3.15) would pass it to Consul wrongly "
-                "(every path prefix and regex as an empty prefix, headers dropped), widening an allow; use "
-                "pathExact and methods",
+                "(a regex as an empty prefix, headers dropped), widening an allow; use pathExact, pathPrefix "
+                "and methods",
             )
     paths = {}
     for name in ("pathExact", "pathPrefix"):
@@ -163,7 +161,7 @@ def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None
         else:
             methods.append(method)
     if not paths and not methods and len(problems.items) == before:
-        problems.add(f"{key}.http", dict(http), "matches nothing: give pathExact or methods")
+        problems.add(f"{key}.http", dict(http), "matches nothing: give pathExact, pathPrefix or methods")
     if len(problems.items) != before:
         return None
     return PermissionSpec(

@@ -86,7 +86,10 @@ MESH_VM = f"{PROJECT}:index:MeshVm"
 CONSUL_SERVER = f"{PROJECT}:index:ConsulServer"
 """The component type of the Consul servers a stack creates."""
 INTENTIONS = "consul:index/configEntryServiceIntentions:ConfigEntryServiceIntentions"
-"""One `service-intentions` config entry per destination service."""
+"""One `service-intentions` config entry per destination service. For a destination with a
+`pathPrefix` rule its sources are all `deny`: the rules are in the generic config entry
+`intentions-<destination>-entry` (type consul:index/configEntry:ConfigEntry, kind
+service-intentions, its `configJson`), see components/intentions.py."""
 GROUP = "aws:autoscaling/group:Group"
 """The Auto Scaling group of a service of many instances (`<service>-group`; its launch template,
 LAUNCH_TEMPLATE, is `<service>-template`)."""

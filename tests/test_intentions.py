@@ -33,7 +33,7 @@ from components.spec import (
 from components.splits import TrafficSplits, TrafficSplitsArgs
 from components.userdata import redirect_exclusions, render_cloud_config
 from tests.helpers import recipe
-from tests.lifecycle import first_up
+from tests.lifecycle import first_up, plan
 from tests.mocks import MockedTestCase, demo_config, value
 from tests.test_iptables import REDIRECT, Netns, netns  # noqa: F401 (netns is a fixture)
 from tests.test_userdata import files_of
@@ -105,8 +105,9 @@ def test_an_l7_intention_carries_its_permissions_in_order_and_no_action() -> Non
         (l7("api", [{"action": "allow", "http": {}}]), "intentions[0].permissions[0].http: {} matches nothing"),
         (
             l7("api", [{"action": "allow", "http": {"pathExact": "/a", "pathPrefix": "/"}}]),
-            'http.pathPrefix: "/" is not supported',
+            "has both pathExact and pathPrefix",
         ),
+        (l7("api", [{"action": "allow", "http": {"pathPrefix": "api"}}]), 'http.pathPrefix: "api" must be a path'),
         (l7("api", [{"action": "allow", "http": {"pathExact": "api"}}]), 'http.pathExact: "api" must be a path'),
         (l7("api", [{"action": "allow", "http": {"pathExact": "/a\nb"}}]), "http.pathExact:"),
         (l7("api", [{"action": "allow", "http": {"methods": ["get"]}}]), 'http.methods[0]: "get" is not one of GET'),
@@ -133,13 +134,19 @@ def test_what_consul_refuses_in_an_intention_is_refused_naming_its_key(item: dic
     assert any(expected in p for p in found), found
 
 
-def test_prefix_regex_and_header_matches_are_refused_with_the_providers_reason() -> None:
-    """The consul provider sends every PathPrefix (and PathRegex) as "" and drops headers: an allow
-    of GET under /api would reach Consul as an allow of GET everywhere (terraform-provider-consul
+def test_a_path_prefix_is_kept_as_written() -> None:
+    (intention,) = load_spec(
+        config(intentions=[l7("api", [{"action": "allow", "http": {"pathPrefix": "/v1"}}])])
+    ).intentions
+    assert intention.permissions == (PermissionSpec("allow", path_prefix="/v1"),)
+
+
+def test_regex_and_header_matches_are_refused_with_the_providers_reason() -> None:
+    """The consul provider sends a PathRegex as an empty prefix and drops headers: a header-restricted
+    allow would reach Consul as an allow for all (terraform-provider-consul
     resource_consul_config_entry_service_intentions.go, the http block's Decode)."""
-    for http in ({"pathPrefix": "/api", "methods": ["GET"]}, {"pathPrefix": "/admin"}, {"pathRegex": "/v1/.*"}):
+    for key, http in (("pathRegex", {"pathRegex": "/v1/.*"}), ("header", {"header": [{"name": "x", "present": True}]})):
         found = one_problem(intentions=[l7("api", [{"action": "allow", "http": http}])])
-        key = next(iter(http))
         assert found.startswith(f"intentions[0].permissions[0].http.{key}:"), found
         assert "the consul provider (pulumi-consul 3.15) would pass it to Consul wrongly" in found, found
 
@@ -396,7 +403,7 @@ class DeclaredEntries(MockedTestCase):
     async def test_an_l7_source_has_permissions_and_no_action(self) -> None:
         given_ = [
             IntentionSpec(
-                "web", "api", None, "reads only", (PermissionSpec("allow", path_prefix="/", methods=("GET",)),)
+                "web", "api", None, "reads only", (PermissionSpec("allow", path_exact="/", methods=("GET",)),)
             ),
             IntentionSpec("batch", "api", "deny"),
         ]
@@ -409,7 +416,7 @@ class DeclaredEntries(MockedTestCase):
                 "name": "web",
                 "type": "consul",
                 "description": "reads only",
-                "permissions": [{"action": "allow", "https": [{"pathPrefix": "/", "methods": ["GET"]}]}],
+                "permissions": [{"action": "allow", "https": [{"pathExact": "/", "methods": ["GET"]}]}],
             },
         ]
         assert applied == [
@@ -417,9 +424,39 @@ class DeclaredEntries(MockedTestCase):
             {
                 "source": "web",
                 "destination": "api",
-                "permissions": [{"action": "allow", "http": {"pathPrefix": "/", "methods": ["GET"]}}],
+                "permissions": [{"action": "allow", "http": {"pathExact": "/", "methods": ["GET"]}}],
             },
         ]
+        # A destination the typed resource can write has no generic entry.
+        assert [r for r in self.mocks.of_type(CONFIG_ENTRY) if r.inputs["kind"] == "service-intentions"] == []
+
+    async def test_a_path_prefix_is_written_by_a_generic_entry_the_typed_one_denying_first(self) -> None:
+        """The typed resource would send the prefix as "" (an allow of GET everywhere): it writes every
+        source denied and then ignores its sources; the generic entry writes the rules as Consul takes them."""
+        given_ = [
+            IntentionSpec(
+                "web", "api", None, "reads only", (PermissionSpec("allow", path_prefix="/v1", methods=("GET",)),)
+            ),
+            IntentionSpec("batch", "api", "deny"),
+        ]
+        component = ServiceIntentions("mesh", ServiceIntentionsArgs(intentions=given_))
+        await value(component.applied)
+        (typed,) = self.mocks.of_type(INTENTIONS)
+        assert [(s["name"], s["action"]) for s in typed.inputs["sources"]] == [("batch", "deny"), ("web", "deny")]
+        (entry,) = [r for r in self.mocks.of_type(CONFIG_ENTRY) if r.inputs["kind"] == "service-intentions"]
+        assert (entry.name, entry.inputs["name"]) == ("mesh-api-entry", "api")
+        assert json.loads(entry.inputs["configJson"]) == {
+            "Sources": [
+                {"Name": "batch", "Action": "deny", "Precedence": 9, "Type": "consul"},
+                {
+                    "Name": "web",
+                    "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/v1", "Methods": ["GET"]}}],
+                    "Precedence": 9,
+                    "Type": "consul",
+                    "Description": "reads only",
+                },
+            ]
+        }
 
     async def test_a_splitter_per_split_service_with_its_weights_in_order(self) -> None:
         TrafficSplits("splits", TrafficSplitsArgs(splits={"api": (SplitSpec(90.0, "api"), SplitSpec(10.0, "canary"))}))
@@ -511,3 +548,38 @@ def test_splitters_follow_the_protocols_and_the_gate_follows_the_splitters() -> 
     splitter = lifecycle.urn_named(record, "splits-api")
     assert lifecycle.depends_transitively(record, splitter, lifecycle.urn_named(record, "defaults-api-defaults"))
     assert lifecycle.depends_transitively(record, lifecycle.urn_named(record, "mesh-ready"), splitter)
+
+
+# --- day two: moving a destination between the typed and the generic entry ------------------------
+
+PREFIXED = [
+    {
+        "source": "web",
+        "destination": "api",
+        "permissions": [{"action": "allow", "http": {"pathPrefix": "/", "methods": ["GET"]}}],
+    }
+]
+
+
+def test_a_destination_that_gains_a_prefix_keeps_its_live_entry_until_the_generic_one_writes_it() -> None:
+    """Nothing is deleted: the typed resource is unchanged (its sources ignored), the generic entry is
+    created after it. A new resource in place of the typed one would DELETE the live entry at the
+    end of the update (the old resource's delete)."""
+    result = plan(DEMO, {**DEMO, "intentions": PREFIXED})
+    assert result.deleted == [] and result.replaced == []
+    assert "intentions-api" not in result.updated
+    assert "intentions-api-entry" in result.created
+
+
+def test_a_destination_back_to_typed_rules_is_written_by_the_typed_entry_and_the_generic_one_goes_quietly() -> None:
+    result = plan({**DEMO, "intentions": PREFIXED}, DEMO)
+    assert "intentions-api" in result.updated
+    # Deleted from the state, left in Consul: its DELETE would remove what the typed one just wrote.
+    assert result.deleted == ["intentions-api-entry"] and result.retained() == ["intentions-api-entry"]
+
+
+def test_a_prefixed_destination_removed_is_deleted_by_its_typed_entry() -> None:
+    result = plan({**DEMO, "intentions": PREFIXED}, {**DEMO, "intentions": []})
+    assert sorted(result.deleted) == ["intentions-api", "intentions-api-entry"]
+    # The typed resource's delete (DELETE /v1/config/service-intentions/api) removes the entry.
+    assert result.retained() == ["intentions-api-entry"]
