@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import pulumi_consul as consul
 
-from .spec import PROJECT, IntentionSpec, PermissionSpec
+from .spec import PROJECT, HeaderSpec, IntentionSpec, PermissionSpec
 
 
 @dataclass
@@ -62,13 +62,15 @@ EXACT_PRECEDENCE = 9
 
 
 def needs_generic_entry(sources: Sequence[IntentionSpec]) -> bool:
-    """Whether a destination's entry holds a rule the typed resource cannot write: a path prefix.
+    """Whether a destination's entry holds a rule the typed resource cannot write: a path prefix, a
+    path regex or a header match.
 
-    pulumi-consul 3.15's ConfigEntryServiceIntentions sends every PathPrefix to Consul as ""
-    (terraform-provider-consul resource_consul_config_entry_service_intentions.go: its http block's
-    decode copies path_regex, present as "" in every set element, over PathPrefix), so such an entry
-    is written by a generic ConfigEntry instead (ServiceIntentions)."""
-    return any(p.path_prefix is not None for i in sources for p in i.permissions)
+    pulumi-consul 3.15's ConfigEntryServiceIntentions sends every PathPrefix and PathRegex to Consul
+    as an empty PathPrefix and drops header matches (terraform-provider-consul
+    resource_consul_config_entry_service_intentions.go: its http block's decode copies path_regex,
+    present as "" in every set element, over PathPrefix, and never sets HTTP.Header), so such an
+    entry is written by a generic ConfigEntry instead (ServiceIntentions)."""
+    return any(p.needs_generic_entry for i in sources for p in i.permissions)
 
 
 def entry_json(sources: Sequence[IntentionSpec]) -> str:
@@ -79,12 +81,24 @@ def entry_json(sources: Sequence[IntentionSpec]) -> str:
     diffConfigJSON): Precedence and Type always present, no empty list, no Action beside Permissions.
     Kind and Name are the resource's own arguments, not in the JSON."""
 
+    def header(h: HeaderSpec) -> dict[str, Any]:
+        # api.IntentionHTTPHeaderPermission: Name, then exactly one of Present, Exact, Prefix,
+        # Suffix and Regex, and Invert.
+        shown: dict[str, Any] = {"Name": h.name, h.match.capitalize(): True if h.match == "present" else h.value}
+        if h.invert:
+            shown["Invert"] = True
+        return shown
+
     def permission(p: PermissionSpec) -> dict[str, Any]:
         http: dict[str, Any] = {}
         if p.path_exact is not None:
             http["PathExact"] = p.path_exact
         if p.path_prefix is not None:
             http["PathPrefix"] = p.path_prefix
+        if p.path_regex is not None:
+            http["PathRegex"] = p.path_regex
+        if p.headers:
+            http["Header"] = [header(h) for h in p.headers]
         if p.methods:
             http["Methods"] = list(p.methods)
         return {"Action": p.action, "HTTP": http}
@@ -143,8 +157,8 @@ class ServiceIntentions(pulumi.ComponentResource):
         self.register_outputs({"intentions": self.applied})
 
     def _generic_entry(self, name: str, destination: str, sources: Sequence[IntentionSpec]) -> None:
-        """A destination with a path prefix: the typed resource stays the entry's owner, the generic
-        ConfigEntry `<name>-<destination>-entry` writes its content.
+        """A destination with a path prefix, a path regex or a header match: the typed resource stays
+        the entry's owner, the generic ConfigEntry `<name>-<destination>-entry` writes its content.
 
         Moving a live entry from one resource to another deletes it: the old resource's Delete
         (DELETE /v1/config/service-intentions/<name>) runs at the end of the update that created the

@@ -51,7 +51,17 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 
 from .program import build, partition_problems, preflight, resolve_admin_cidrs
-from .spec import PROJECT, SECRET_KEYS, IntentionSpec, MeshSpec, MeshSpecError, load_spec, stack_name_problem
+from .spec import (
+    PROJECT,
+    SECRET_KEYS,
+    IntentionSpec,
+    MeshSpec,
+    MeshSpecError,
+    headers_label,
+    load_spec,
+    path_label,
+    stack_name_problem,
+)
 from .userdata import EC2_USER_DATA_LIMIT, decode_user_data
 
 if TYPE_CHECKING:
@@ -625,10 +635,9 @@ def intention_label(intention: IntentionSpec) -> str:
     rules in order (`L7: deny * /admin*; allow GET,HEAD /*`: the first matching rule decides)."""
     if not intention.is_l7:
         return str(intention.action)
-    rules = []
-    for p in intention.permissions:
-        path = f"={p.path_exact}" if p.path_exact is not None else f"{p.path_prefix or '/'}*"
-        rules.append(f"{p.action} {','.join(p.methods) or '*'} {path}")
+    rules = [
+        f"{p.action} {','.join(p.methods) or '*'} {path_label(p)}{headers_label(p)}" for p in intention.permissions
+    ]
     return "L7: " + "; ".join(rules)
 
 

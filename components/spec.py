@@ -109,9 +109,12 @@ from .spec_gateway import (
 )
 from .spec_intentions import (
     PROBE_REQUEST,
+    HeaderSpec,
     IntentionSpec,
     PermissionSpec,
     _intentions,
+    headers_label,
+    path_label,
     probe_admitted,
 )
 from .spec_services import (
@@ -194,6 +197,7 @@ __all__ = [
     "ConsulClusterSpec",
     "EnvoyRange",
     "GatewaySpec",
+    "HeaderSpec",
     "IntentionSpec",
     "MeshSpec",
     "MeshSpecError",
@@ -210,11 +214,13 @@ __all__ = [
     "envoy_range",
     "envoy_supported",
     "footguns",
+    "headers_label",
     "https_addr",
     "load_service",
     "load_spec",
     "looks_secret",
     "node_prefix_clash",
+    "path_label",
     "probe_admitted",
     "retry_join_targets",
     "split_http_addr",

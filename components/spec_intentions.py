@@ -6,9 +6,12 @@ Part of the mesh spec (components/spec.py, which re-exports every public name).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import re2
 
 from .checks import (
     Problems,
@@ -27,29 +30,76 @@ from .spec_common import (
     unknown_keys,
 )
 
+# Envoy compiles a PathRegex or header regex with RE2 and refuses the whole configuration (the proxy
+# NACKs it) when its program is larger than re2.max_program_size.error_level, 100 by default (Envoy
+# docs, "Runtime: re2.max_program_size.error_level"; source/common/common/regex.cc).
+RE2_MAX_PROGRAM_SIZE = 100
+# An HTTP header name as Envoy matches it: a lower-case token (RFC 9110 tchar; Envoy keeps header
+# names in lower case, so an upper-case matcher name would never match), and no pseudo-header.
+HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,256}")
+HEADER_MATCHES = ("present", "exact", "prefix", "suffix", "regex")
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+def compile_re2(pattern: str) -> Any:
+    """The RE2 program Envoy builds from `pattern`; raises re2.error when RE2 refuses it."""
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+@dataclass(frozen=True)
+class HeaderSpec:
+    """One header match of an L7 rule (Consul's IntentionHTTPHeaderPermission): the header `name`,
+    one `match` of HEADER_MATCHES with its `value` (none for present), `invert` to negate it."""
+
+    name: str
+    match: str
+    value: str = ""
+    invert: bool = False
+
+    def as_config(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"name": self.name, self.match: True if self.match == "present" else self.value}
+        if self.invert:
+            shown["invert"] = True
+        return shown
+
 
 @dataclass(frozen=True)
 class PermissionSpec:
     """One L7 rule of an intention: `action` for the HTTP requests it matches (Consul's
-    IntentionPermission). No path and no methods match nothing; Consul refuses that, and so does
-    the spec. Header and regex matches are refused (see _permission)."""
+    IntentionPermission): at most one path match, methods, header matches, all of them to hold. No
+    match at all matches nothing; Consul refuses that, and so does the spec."""
 
     action: str
     path_exact: str | None = None
     path_prefix: str | None = None
     methods: tuple[str, ...] = ()
     """Upper-case HTTP methods; empty: any method."""
+    path_regex: str | None = None
+    """An RE2 expression the whole path must match."""
+    headers: tuple[HeaderSpec, ...] = ()
 
-    def matches(self, method: str, path: str) -> bool:
-        """Whether a request `method path` (no query) is one this permission matches. Envoy's RBAC
-        compares the path without its query: exactly, or as a plain string prefix."""
+    def matches(self, method: str, path: str) -> bool | None:
+        """Whether a request `method path` (no query) is one this permission matches; None when that
+        depends on its headers, which the mesh's proxies add to and the spec cannot know. Envoy's
+        RBAC compares the path without its query: exactly, as a plain string prefix, or as a whole
+        match of the RE2 expression; every header match must hold too."""
         if self.methods and method not in self.methods:
             return False
         if self.path_exact is not None:
-            return path == self.path_exact
-        if self.path_prefix is not None:
-            return path.startswith(self.path_prefix)
-        return True
+            found = path == self.path_exact
+        elif self.path_prefix is not None:
+            found = path.startswith(self.path_prefix)
+        elif self.path_regex is not None:
+            found = compile_re2(self.path_regex).fullmatch(path) is not None
+        else:
+            found = True
+        return None if found and self.headers else found
+
+    @property
+    def needs_generic_entry(self) -> bool:
+        """A rule pulumi-consul 3.15's typed resource cannot write (components/intentions.py)."""
+        return self.path_prefix is not None or self.path_regex is not None or bool(self.headers)
 
     def as_config(self) -> dict[str, Any]:
         """The permission as the stack config spells it (camelCase), for the `intentions` output."""
@@ -58,8 +108,12 @@ class PermissionSpec:
             http["pathExact"] = self.path_exact
         if self.path_prefix is not None:
             http["pathPrefix"] = self.path_prefix
+        if self.path_regex is not None:
+            http["pathRegex"] = self.path_regex
         if self.methods:
             http["methods"] = list(self.methods)
+        if self.headers:
+            http["header"] = [h.as_config() for h in self.headers]
         return {"action": self.action, "http": http}
 
 
@@ -88,7 +142,14 @@ class IntentionSpec:
         if not self.is_l7:
             return self.action == "allow"
         for permission in self.permissions:
-            if permission.matches(method, path):
+            matched = permission.matches(method, path)
+            if matched is None:
+                # Header-dependent: a deny that may match leaves nothing certain; an allow that may
+                # not leaves it to the rules after it.
+                if permission.action == "deny":
+                    return False
+                continue
+            if matched:
                 return permission.action == "allow"
         return False
 
@@ -101,19 +162,37 @@ class IntentionSpec:
         if not self.is_l7:
             return f"{self.source}->{self.destination}:{self.action}"
         rules = ",".join(
-            f"{p.action} {'|'.join(p.methods) or '*'} "
-            + (f"={p.path_exact}" if p.path_exact is not None else f"{p.path_prefix or '/'}*")
-            for p in self.permissions
+            f"{p.action} {'|'.join(p.methods) or '*'} {path_label(p)}{headers_label(p)}" for p in self.permissions
         )
         return f"{self.source}->{self.destination}:l7[{rules}]"
+
+
+def path_label(p: PermissionSpec) -> str:
+    """A rule's path match in one word: =exact, prefix*, ~regex (the gate's keys, the diagrams)."""
+    if p.path_exact is not None:
+        return f"={p.path_exact}"
+    if p.path_regex is not None:
+        return f"~{p.path_regex}"
+    return f"{p.path_prefix or '/'}*"
+
+
+def headers_label(p: PermissionSpec) -> str:
+    """A rule's header matches, bracketed (` [x-a; !x-b exact v]`), or nothing."""
+    shown = [
+        f"{'!' if h.invert else ''}{h.name}" + ("" if h.match == "present" else f" {h.match} {h.value}")
+        for h in p.headers
+    ]
+    return f" [{'; '.join(shown)}]" if shown else ""
 
 
 def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None:
     """One L7 permission, checked as Consul checks it (agent/structs/config_entry_intentions.go
     ServiceIntentionsConfigEntry.validate): action allow|deny, an HTTP match that is not empty, at
-    most one path match, PathExact/PathPrefix starting with "/", known methods, none twice."""
+    most one of PathExact, PathPrefix and PathRegex, PathExact/PathPrefix starting with "/", known
+    methods, none twice, headers each with a Name and exactly one of Present, Exact, Prefix, Suffix
+    and Regex; and regexes as Envoy compiles them (RE2, within its program size)."""
     if not isinstance(raw, Mapping):
-        problems.add(key, raw, "must be an object such as {action: allow, http: {pathExact: /, methods: [GET]}}")
+        problems.add(key, raw, "must be an object such as {action: allow, http: {pathPrefix: /, methods: [GET]}}")
         return None
     before = len(problems.items)
     unknown_keys(raw, PERMISSION_KEYS, key, problems)
@@ -122,24 +201,9 @@ def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None
         problems.add(f"{key}.action", action, "must be allow or deny")
     http = raw.get("http")
     if not isinstance(http, Mapping):
-        problems.add(f"{key}.http", http, "must be an object such as {pathExact: /api, methods: [GET]}")
+        problems.add(f"{key}.http", http, "must be an object such as {pathPrefix: /api, methods: [GET]}")
         return None
     unknown_keys(http, PERMISSION_HTTP_KEYS, f"{key}.http", problems)
-    for unsupported in ("pathRegex", "header"):
-        if unsupported in http:
-            # pulumi-consul 3.15 (terraform-provider-consul 86cfc3a, consul/resource_consul_config_entry_
-            # service_intentions.go, the Decode of the http block) copies path_regex into PathPrefix
-            # and never copies the headers it reads into HTTP.Header: a header-restricted allow would
-            # reach Consul as an allow for all. (A PathPrefix, which the same decode empties, is written
-            # by a generic config entry instead: components/intentions.py needs_generic_entry.) The
-            # generic entry could carry these too, once a regex is checked as Envoy's RE2 checks it.
-            problems.add(
-                f"{key}.http.{unsupported}",
-                http[unsupported],
-                "is not supported: the consul provider (pulumi-consul 3.15) would pass it to Consul wrongly "
-                "(a regex as an empty prefix, headers dropped), widening an allow; use pathExact, pathPrefix "
-                "and methods",
-            )
     paths = {}
     for name in ("pathExact", "pathPrefix"):
         if name in http:
@@ -148,8 +212,11 @@ def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None
                 problems.add(f"{key}.http.{name}", value, "must be a path starting with / (printable characters)")
             else:
                 paths[name] = value
-    if "pathExact" in http and "pathPrefix" in http:
-        problems.add(f"{key}.http", dict(http), "has both pathExact and pathPrefix: give at most one")
+    if "pathRegex" in http and _regex(http["pathRegex"], f"{key}.http.pathRegex", problems):
+        paths["pathRegex"] = http["pathRegex"]
+    given = [name for name in ("pathExact", "pathPrefix", "pathRegex") if name in http]
+    if len(given) > 1:
+        problems.add(f"{key}.http", dict(http), f"has {' and '.join(given)}: give at most one path match")
     methods = []
     for i, method in enumerate(json_list(http.get("methods", []), f"{key}.http.methods", problems)):
         if method not in HTTP_METHODS:
@@ -160,8 +227,13 @@ def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None
             problems.add(f"{key}.http.methods[{i}]", method, "is listed twice (Consul refuses repeats)")
         else:
             methods.append(method)
-    if not paths and not methods and len(problems.items) == before:
-        problems.add(f"{key}.http", dict(http), "matches nothing: give pathExact, pathPrefix or methods")
+    headers = [
+        h
+        for i, raw_header in enumerate(json_list(http.get("header", []), f"{key}.http.header", problems))
+        if (h := _header(raw_header, f"{key}.http.header[{i}]", problems)) is not None
+    ]
+    if not paths and not methods and not headers and len(problems.items) == before:
+        problems.add(f"{key}.http", dict(http), "matches nothing: give a path match, methods or a header")
     if len(problems.items) != before:
         return None
     return PermissionSpec(
@@ -169,7 +241,70 @@ def _permission(raw: Any, key: str, problems: Problems) -> PermissionSpec | None
         path_exact=paths.get("pathExact"),
         path_prefix=paths.get("pathPrefix"),
         methods=tuple(methods),
+        path_regex=paths.get("pathRegex"),
+        headers=tuple(headers),
     )
+
+
+def _regex(value: Any, key: str, problems: Problems) -> bool:
+    """A regex Envoy accepts: one printable line that RE2 compiles within RE2_MAX_PROGRAM_SIZE."""
+    if not isinstance(value, str) or not value or not value.isprintable():
+        problems.add(key, value, "must be a regular expression (RE2 syntax) on one printable line")
+        return False
+    try:
+        size = compile_re2(value).programsize
+    except re2.error as err:
+        problems.add(key, value, f"is not an RE2 regular expression, which Envoy needs: {_re2_message(err)}")
+        return False
+    if size > RE2_MAX_PROGRAM_SIZE:
+        problems.add(
+            key,
+            value,
+            f"compiles to an RE2 program of size {size}, over the {RE2_MAX_PROGRAM_SIZE} Envoy accepts "
+            "(re2.max_program_size.error_level): every proxy of the destination would refuse its configuration",
+        )
+        return False
+    return True
+
+
+def _re2_message(err: Exception) -> str:
+    text = err.args[0] if err.args else err
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+
+
+HEADER_KEYS = frozenset({"name", "invert", *HEADER_MATCHES})
+
+
+def _header(raw: Any, key: str, problems: Problems) -> HeaderSpec | None:
+    """One header match: a name, exactly one of present (true), exact, prefix, suffix and regex, and
+    an optional invert (Consul: IntentionHTTPHeaderPermission, validate)."""
+    if not isinstance(raw, Mapping):
+        problems.add(key, raw, "must be an object such as {name: x-debug, present: true}")
+        return None
+    before = len(problems.items)
+    unknown_keys(raw, HEADER_KEYS, key, problems)
+    name = raw.get("name")
+    if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+        problems.add(f"{key}.name", name, "must be a lower-case HTTP header name (letters, digits, -_.!#$%&'*+^`|~)")
+    matches = [m for m in HEADER_MATCHES if m in raw]
+    if len(matches) != 1:
+        problems.add(key, dict(raw), f"needs exactly one of {', '.join(HEADER_MATCHES)}")
+        return None
+    (match,) = matches
+    value = raw[match]
+    if match == "present":
+        if value is not True:
+            problems.add(f"{key}.present", value, "must be true (use invert: true for an absent header)")
+    elif match == "regex":
+        _regex(value, f"{key}.regex", problems)
+    elif not isinstance(value, str) or not value or not value.isprintable():
+        problems.add(f"{key}.{match}", value, "must be a non-empty value on one printable line")
+    invert = raw.get("invert", False)
+    if not isinstance(invert, bool):
+        problems.add(f"{key}.invert", invert, "must be true or false")
+    if len(problems.items) != before:
+        return None
+    return HeaderSpec(name, match, "" if match == "present" else value, invert)
 
 
 def _permissions(raw: Any, key: str, problems: Problems) -> tuple[PermissionSpec, ...] | None:

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components import lifecycle, program
@@ -22,6 +22,7 @@ from components.spec import (
     ENVOY_METRICS_PORT,
     HTTP_METHODS,
     RESERVED_PORTS,
+    HeaderSpec,
     IntentionSpec,
     MeshSpecError,
     PermissionSpec,
@@ -105,7 +106,7 @@ def test_an_l7_intention_carries_its_permissions_in_order_and_no_action() -> Non
         (l7("api", [{"action": "allow", "http": {}}]), "intentions[0].permissions[0].http: {} matches nothing"),
         (
             l7("api", [{"action": "allow", "http": {"pathExact": "/a", "pathPrefix": "/"}}]),
-            "has both pathExact and pathPrefix",
+            "has pathExact and pathPrefix: give at most one path match",
         ),
         (l7("api", [{"action": "allow", "http": {"pathPrefix": "api"}}]), 'http.pathPrefix: "api" must be a path'),
         (l7("api", [{"action": "allow", "http": {"pathExact": "api"}}]), 'http.pathExact: "api" must be a path'),
@@ -116,11 +117,11 @@ def test_an_l7_intention_carries_its_permissions_in_order_and_no_action() -> Non
             l7("api", [{"action": "allow", "http": {"methods": ["GET", "GET"]}}]),
             'http.methods[1]: "GET" is listed twice',
         ),
-        (l7("api", [{"action": "allow", "http": {"pathRegex": "/v[0-9]+/.*"}}]), "http.pathRegex:"),
-        (
-            l7("api", [{"action": "allow", "http": {"pathExact": "/", "header": [{"name": "x", "present": True}]}}]),
-            "http.header:",
-        ),
+        (l7("api", [{"action": "allow", "http": {"pathRegex": "/v(?=1)"}}]), 'http.pathRegex: "/v(?=1)" is not an RE2'),
+        (l7("api", [{"action": "allow", "http": {"pathRegex": "(" * 60 + ")" * 60}}]), "over the 100 Envoy accepts"),
+        (l7("api", [{"action": "allow", "http": {"header": [{"name": "x-a"}]}}]), "http.header[0]: {"),
+        (l7("api", [{"action": "allow", "http": {"header": [{"name": "X-A", "present": True}]}}]), "header[0].name:"),
+        (l7("api", [{"action": "allow", "http": {"header": [{"name": "x", "present": False}]}}]), "present: false"),
         (l7("api", [{"action": "allow", "http": {"path": "/"}}]), 'http.path: "/" is not a known key'),
         (l7("db", HEALTH_ONLY), 'intentions[0].permissions: "db" needs an HTTP destination'),
         (
@@ -141,14 +142,17 @@ def test_a_path_prefix_is_kept_as_written() -> None:
     assert intention.permissions == (PermissionSpec("allow", path_prefix="/v1"),)
 
 
-def test_regex_and_header_matches_are_refused_with_the_providers_reason() -> None:
-    """The consul provider sends a PathRegex as an empty prefix and drops headers: a header-restricted
-    allow would reach Consul as an allow for all (terraform-provider-consul
-    resource_consul_config_entry_service_intentions.go, the http block's Decode)."""
-    for key, http in (("pathRegex", {"pathRegex": "/v1/.*"}), ("header", {"header": [{"name": "x", "present": True}]})):
-        found = one_problem(intentions=[l7("api", [{"action": "allow", "http": http}])])
-        assert found.startswith(f"intentions[0].permissions[0].http.{key}:"), found
-        assert "the consul provider (pulumi-consul 3.15) would pass it to Consul wrongly" in found, found
+def test_regex_and_header_matches_are_kept_as_written() -> None:
+    rules = [
+        {"action": "deny", "http": {"pathRegex": "/admin(/.*)?", "header": [{"name": "x-canary", "present": True}]}},
+        {"action": "allow", "http": {"header": [{"name": "x-tenant", "exact": "acme", "invert": True}]}},
+    ]
+    (intention,) = load_spec(config(intentions=[l7("api", rules)])).intentions
+    assert intention.permissions == (
+        PermissionSpec("deny", path_regex="/admin(/.*)?", headers=(HeaderSpec("x-canary", "present"),)),
+        PermissionSpec("allow", headers=(HeaderSpec("x-tenant", "exact", "acme", invert=True),)),
+    )
+    assert [p.as_config() for p in intention.permissions] == rules
 
 
 def test_a_grpc_or_http2_destination_takes_l7_rules() -> None:
@@ -222,6 +226,30 @@ def intention(*rules: PermissionSpec, source: str = "web", destination: str = "a
         ((PermissionSpec("allow", methods=("POST",)),), False),
         ((PermissionSpec("allow", path_exact="/healthz"),), False),
         ((PermissionSpec("deny", path_prefix="/"),), False),  # only denies: nothing gets through
+        # A regex matches the whole path (Envoy's RE2 safe_regex), not a part of it.
+        ((PermissionSpec("allow", path_regex="/he.*"),), True),
+        ((PermissionSpec("allow", path_regex="/h"),), False),
+        # Header-dependent rules are not certain (the proxies add headers): an allow that may not
+        # match leaves it to the rules after it, a deny that may match leaves nothing certain.
+        ((PermissionSpec("allow", headers=(HeaderSpec("x-a", "present"),)),), False),
+        (
+            (
+                PermissionSpec("allow", headers=(HeaderSpec("x-a", "present"),)),
+                PermissionSpec("allow", path_prefix="/"),
+            ),
+            True,
+        ),
+        (
+            (PermissionSpec("deny", headers=(HeaderSpec("x-a", "present"),)), PermissionSpec("allow", path_prefix="/")),
+            False,
+        ),
+        (
+            (
+                PermissionSpec("deny", path_exact="/x", headers=(HeaderSpec("x-a", "present"),)),
+                PermissionSpec("allow", path_prefix="/"),
+            ),
+            True,
+        ),
     ],
 )
 def test_the_first_matching_rule_decides_whether_the_probe_gets_through(
@@ -458,6 +486,36 @@ class DeclaredEntries(MockedTestCase):
             ]
         }
 
+    async def test_regexes_and_headers_are_written_by_the_generic_entry_in_consuls_own_fields(self) -> None:
+        given_ = [
+            IntentionSpec(
+                "web",
+                "api",
+                None,
+                "",
+                (
+                    PermissionSpec("deny", path_regex="/admin(/.*)?", headers=(HeaderSpec("x-canary", "present"),)),
+                    PermissionSpec("allow", methods=("GET",), headers=(HeaderSpec("x-tenant", "exact", "acme", True),)),
+                ),
+            )
+        ]
+        ServiceIntentions("mesh", ServiceIntentionsArgs(intentions=given_))
+        await value(self.mocks.resources)
+        (entry,) = [r for r in self.mocks.of_type(CONFIG_ENTRY) if r.inputs["kind"] == "service-intentions"]
+        (source,) = json.loads(entry.inputs["configJson"])["Sources"]
+        assert source["Permissions"] == [
+            {
+                "Action": "deny",
+                "HTTP": {"PathRegex": "/admin(/.*)?", "Header": [{"Name": "x-canary", "Present": True}]},
+            },
+            {
+                "Action": "allow",
+                "HTTP": {"Header": [{"Name": "x-tenant", "Exact": "acme", "Invert": True}], "Methods": ["GET"]},
+            },
+        ]
+        (typed,) = self.mocks.of_type(INTENTIONS)
+        assert [(s["name"], s["action"]) for s in typed.inputs["sources"]] == [("web", "deny")]
+
     async def test_a_splitter_per_split_service_with_its_weights_in_order(self) -> None:
         TrafficSplits("splits", TrafficSplitsArgs(splits={"api": (SplitSpec(90.0, "api"), SplitSpec(10.0, "canary"))}))
         await value(self.mocks.resources)
@@ -583,3 +641,26 @@ def test_a_prefixed_destination_removed_is_deleted_by_its_typed_entry() -> None:
     assert sorted(result.deleted) == ["intentions-api", "intentions-api-entry"]
     # The typed resource's delete (DELETE /v1/config/service-intentions/api) removes the entry.
     assert result.retained() == ["intentions-api-entry"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.one_of(st.text(max_size=60), st.integers(), st.none(), st.lists(st.text(max_size=5), max_size=2)),
+    st.sampled_from(["pathRegex", "header-regex", "header-exact", "header-name"]),
+)
+def test_any_regex_or_header_value_is_accepted_or_refused_naming_its_key(value: Any, where: str) -> None:
+    """Whatever a user writes into a regex or a header match, the spec answers with a problem naming
+    the key, never another error (RE2 refusals included)."""
+    if where == "pathRegex":
+        http: dict[str, Any] = {"pathRegex": value}
+    elif where == "header-name":
+        http = {"header": [{"name": value, "present": True}]}
+    else:
+        http = {"header": [{"name": "x-a", where.removeprefix("header-"): value}]}
+    try:
+        (intention,) = load_spec(config(intentions=[l7("api", [{"action": "allow", "http": http}])])).intentions
+    except MeshSpecError as err:
+        assert all(p.startswith("intentions[0].permissions[0].http") for p in err.problems), err.problems
+    else:
+        (permission,) = intention.permissions
+        assert permission.as_config()["http"] == http
