@@ -113,7 +113,15 @@ def entry_json(sources: Sequence[IntentionSpec]) -> str:
             entry["Description"] = i.description
         return entry
 
-    return json.dumps({"Sources": [source(i) for i in sources]}, sort_keys=True)
+    return json.dumps({"Meta": GENERIC_ENTRY_META, "Sources": [source(i) for i in sources]}, sort_keys=True)
+
+
+# The typed resource's Meta while the generic entry holds its destination's rules: an input it does
+# not ignore, so that going back to rules it can write is a change it writes (its sources, ignored
+# meanwhile, were kept as they were before: pulumi step_generator.go processIgnoreChanges), and one
+# the generic entry writes too, so that neither sees the other's write as drift. Not "consul-...":
+# Consul reserves that prefix (agent/structs/structs.go MetaKeyReservedPrefix, validateConfigEntryMeta).
+GENERIC_ENTRY_META = {"tproxy-vms-rules": "generic-entry"}
 
 
 def deny_all(sources: Sequence[IntentionSpec]) -> list[IntentionSpec]:
@@ -164,16 +172,18 @@ class ServiceIntentions(pulumi.ComponentResource):
         (DELETE /v1/config/service-intentions/<name>) runs at the end of the update that created the
         new one, and an alias across the two types is a replacement whose delete is the old type's.
         So the typed resource is never removed for this: it is declared with every source denied
-        (what it writes when it is new, before the generic entry) and its sources ignored from then
-        on (so it never writes again, and an existing entry stays until the generic one overwrites
-        it). The generic one is retained on delete: when the destination goes back to rules the
-        typed resource can write, the typed one updates the entry and the generic one goes without
-        deleting it; when the destination's intentions go altogether, the typed resource's delete
-        removes the entry."""
+        (what it writes when it is new, before the generic entry), its sources ignored from then on
+        (an existing entry stays until the generic one overwrites it) and GENERIC_ENTRY_META, which
+        it writes once when the destination moves here (its kept sources, what is live already).
+        The generic one is retained on delete: when the destination goes back to rules the typed
+        resource can write, the typed one (its meta gone) writes the entry and the generic one goes
+        without deleting it; when the destination's intentions go altogether, the typed resource's
+        delete removes the entry."""
         typed = consul.ConfigEntryServiceIntentions(
             f"{name}-{destination}",
             name=destination,
             sources=[source_args(i) for i in deny_all(sources)],
+            meta=GENERIC_ENTRY_META,
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["sources"]),
         )
         consul.ConfigEntry(

@@ -631,6 +631,24 @@ def decide(
     return _update(new, changed)
 
 
+def kept_ignored(
+    old_inputs: Mapping[str, Any], new_inputs: Mapping[str, Any], ignore_changes: Iterable[str]
+) -> dict[str, Any]:
+    """The inputs the engine stores for a resource it had before: the new ones, with each ignored
+    top-level input as it was (pulumi/pkg/resource/deploy/step_generator.go processIgnoreChanges:
+    the old value is copied over the new one), so the next `up` compares with what was kept, not with
+    what was declared. Nested paths are kept as declared (the program ignores top-level inputs only)."""
+    kept = dict(new_inputs)
+    for path in ignore_changes:
+        if "." in path or "[" in path:
+            continue
+        if path in old_inputs:
+            kept[path] = old_inputs[path]
+        else:
+            kept.pop(path, None)
+    return kept
+
+
 def _decide_dynamic(old: Registration, new: Registration, changed: list[str]) -> Step:
     kind = new.type.rsplit(":", 1)[-1]
     factory = DYNAMIC_PROVIDERS.get(kind)
@@ -930,6 +948,8 @@ class EngineMocks(pulumi.runtime.Mocks):
             provider = self.record.get(registration.provider)
         provider_unknown = provider is not None and contains_unknown(provider.inputs)
         step = decide(old, registration, registration.name in self.renewed, provider_unknown)
+        if old is not None and registration.options.ignore_changes:
+            registration.inputs = kept_ignored(old.inputs, registration.inputs, registration.options.ignore_changes)
         rid, outputs = self._answer(step, old, registration, args.inputs, fresh_id, fresh)
         registration.id, registration.outputs = rid, outputs
         with self._lock:

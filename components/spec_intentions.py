@@ -34,8 +34,9 @@ from .spec_common import (
 # NACKs it) when its program is larger than re2.max_program_size.error_level, 100 by default (Envoy
 # docs, "Runtime: re2.max_program_size.error_level"; source/common/common/regex.cc).
 RE2_MAX_PROGRAM_SIZE = 100
-# An HTTP header name as Envoy matches it: a lower-case token (RFC 9110 tchar; Envoy keeps header
-# names in lower case, so an upper-case matcher name would never match), and no pseudo-header.
+# An HTTP header name: a lower-case token (RFC 9110 tchar). Envoy compares names without case (its
+# HeaderMatcher keeps a LowerCaseString), so lower case is the one spelling; pseudo-headers such as
+# :authority are not taken.
 HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,256}")
 HEADER_MATCHES = ("present", "exact", "prefix", "suffix", "regex")
 _RE2_OPTIONS = re2.Options()

@@ -284,10 +284,11 @@ def _agent_context(
 # from, so that the mesh gate counts this group's VMs of the current recipe and no other node of the
 # service (a lone VM it replaces, or the VMs an instance refresh is replacing).
 # Written unquoted in consul.hcl: HCL identifiers (letters, digits, '-', '_'), and Consul's node meta
-# keys (agent/structs/structs.go ValidateNodeMetadata: [a-zA-Z0-9_-], at most 128 characters; values
-# at most 512).
-GROUP_META_KEY = "consul-tproxy-vms-group"
-RECIPE_META_KEY = "consul-tproxy-vms-recipe"
+# keys (agent/structs/structs.go ValidateNodeMetadata: [a-zA-Z0-9_-], at most 128 characters, values
+# at most 512, and no key starting with "consul-", MetaKeyReservedPrefix, which the agent refuses to
+# start with: agent/config/builder.go validates node_meta without the reserved prefix allowed).
+GROUP_META_KEY = "tproxy-vms-group"
+RECIPE_META_KEY = "tproxy-vms-recipe"
 
 
 def group_node_meta(recipe: VmRecipe) -> dict[str, str]:

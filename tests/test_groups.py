@@ -4,6 +4,7 @@ under Pulumi's mocks; the pure parts (names, ARNs, subnet shares) without them."
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any
 from unittest import mock
@@ -138,9 +139,9 @@ class AGroupOfThree(MockedTestCase):
         # Only the group's VMs of the current recipe count: the node metadata they register with.
         (meta,) = inputs["node_meta"].values()
         assert list(inputs["node_meta"]) == ["api"]
-        assert meta["consul-tproxy-vms-group"] == outputs["services"]["api"]["groupName"]
+        assert meta["tproxy-vms-group"] == outputs["services"]["api"]["groupName"]
         hcl = files_of(user_data_by_vm(self.mocks)["api"])["/etc/consul.d/consul.hcl"]
-        assert f'consul-tproxy-vms-recipe = "{meta["consul-tproxy-vms-recipe"]}"' in hcl
+        assert f'tproxy-vms-recipe = "{meta["tproxy-vms-recipe"]}"' in hcl
 
 
 @pytest.mark.parametrize("count", [1, 2, 7])
@@ -214,7 +215,7 @@ def test_a_new_recipe_refreshes_the_group_after_the_servers_replacing_no_group()
     assert "api-group" not in result.replaced and "api-template" not in result.replaced
     assert {"api-template", "api-group"} <= set(result.updated) and result.refreshed == ["api-group"]
     # The gate waits again, for the refresh's VMs: the recipe in its node metadata is new.
-    assert "node_meta.api.consul-tproxy-vms-recipe" in result.step("mesh-ready").paths
+    assert "node_meta.api.tproxy-vms-recipe" in result.step("mesh-ready").paths
     assert result.step("api-group").paths == ("launchTemplate.version",)
     # Servers first: the template's new version waits for the replaced server's gate.
     waves = result.order()
@@ -241,3 +242,14 @@ def test_a_lone_vm_becomes_a_group_created_before_the_vm_goes() -> None:
         waves[lifecycle.urn_named(result.after, "api-group")]
         < waves[lifecycle.urn_named(result.before, "api-instance")]
     )
+
+
+def test_no_metadata_key_of_ours_is_one_consul_reserves() -> None:
+    """Consul reserves meta keys starting with "consul-" (agent/structs/structs.go
+    MetaKeyReservedPrefix): an agent with such a node_meta key refuses to start, a config entry with
+    such a Meta is refused."""
+    from components.intentions import GENERIC_ENTRY_META
+    from components.userdata import GROUP_META_KEY, RECIPE_META_KEY
+
+    for key in (GROUP_META_KEY, RECIPE_META_KEY, *GENERIC_ENTRY_META):
+        assert not key.startswith("consul-") and re.fullmatch(r"[a-zA-Z0-9_-]{1,128}", key), key

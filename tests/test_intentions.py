@@ -34,8 +34,8 @@ from components.spec import (
 from components.splits import TrafficSplits, TrafficSplitsArgs
 from components.userdata import redirect_exclusions, render_cloud_config
 from tests.helpers import recipe
-from tests.lifecycle import first_up, plan
-from tests.mocks import MockedTestCase, demo_config, value
+from tests.lifecycle import first_up, plan, stack_program
+from tests.mocks import MeshMocks, MockedTestCase, demo_config, value
 from tests.test_iptables import REDIRECT, Netns, netns  # noqa: F401 (netns is a fixture)
 from tests.test_userdata import files_of
 
@@ -473,7 +473,9 @@ class DeclaredEntries(MockedTestCase):
         assert [(s["name"], s["action"]) for s in typed.inputs["sources"]] == [("batch", "deny"), ("web", "deny")]
         (entry,) = [r for r in self.mocks.of_type(CONFIG_ENTRY) if r.inputs["kind"] == "service-intentions"]
         assert (entry.name, entry.inputs["name"]) == ("mesh-api-entry", "api")
+        assert typed.inputs["meta"] == {"tproxy-vms-rules": "generic-entry"}
         assert json.loads(entry.inputs["configJson"]) == {
+            "Meta": {"tproxy-vms-rules": "generic-entry"},
             "Sources": [
                 {"Name": "batch", "Action": "deny", "Precedence": 9, "Type": "consul"},
                 {
@@ -483,7 +485,7 @@ class DeclaredEntries(MockedTestCase):
                     "Type": "consul",
                     "Description": "reads only",
                 },
-            ]
+            ],
         }
 
     async def test_regexes_and_headers_are_written_by_the_generic_entry_in_consuls_own_fields(self) -> None:
@@ -625,8 +627,14 @@ def test_a_destination_that_gains_a_prefix_keeps_its_live_entry_until_the_generi
     end of the update (the old resource's delete)."""
     result = plan(DEMO, {**DEMO, "intentions": PREFIXED})
     assert result.deleted == [] and result.replaced == []
-    assert "intentions-api" not in result.updated
+    # The typed resource writes its meta alone, with the sources it kept (what is live already) ...
+    assert result.step("intentions-api").paths == ("meta",)
+    typed = result.after[lifecycle.urn_named(result.after, "intentions-api")]
+    assert typed.inputs["sources"] == result.before[typed.urn].inputs["sources"]
+    # ... and the generic entry writes the rules after it.
     assert "intentions-api-entry" in result.created
+    waves = result.order()
+    assert waves[typed.urn] < waves[lifecycle.urn_named(result.after, "intentions-api-entry")]
 
 
 def test_a_destination_back_to_typed_rules_is_written_by_the_typed_entry_and_the_generic_one_goes_quietly() -> None:
@@ -664,3 +672,13 @@ def test_any_regex_or_header_value_is_accepted_or_refused_naming_its_key(value: 
     else:
         (permission,) = intention.permissions
         assert permission.as_config()["http"] == http
+
+
+def test_undoing_a_prefix_rule_writes_the_typed_entry_again() -> None:
+    """DEMO -> PREFIXED -> DEMO, each `up` over the state the one before left: the typed resource's
+    sources were kept as they were while ignored (the engine's processIgnoreChanges), so only its
+    mode's meta tells it to write again; without it Consul would keep the generic entry's rules."""
+    second = lifecycle.run(stack_program({**DEMO, "intentions": PREFIXED}), MeshMocks(), first_up(DEMO).record)
+    result = lifecycle.plan_after(second, stack_program(DEMO), MeshMocks())
+    assert "intentions-api" in result.updated, result.changed()
+    assert result.deleted == ["intentions-api-entry"] and result.retained() == ["intentions-api-entry"]

@@ -655,8 +655,8 @@ def test_the_timeout_defaults_to_fifteen_minutes_and_zero_turns_it_off() -> None
 def test_a_group_counts_its_nodes_of_the_current_recipe_alone(pki: dict[str, Path]) -> None:
     """A group's Expectation counts nodes with its group's and current recipe's metadata: not the
     lone VM it replaces, nor the VMs of the recipe an instance refresh is replacing."""
-    group = {"consul-tproxy-vms-group": "g-api-0a1b2c3d"}
-    new, old = {**group, "consul-tproxy-vms-recipe": "new"}, {**group, "consul-tproxy-vms-recipe": "old"}
+    group = {"tproxy-vms-group": "g-api-0a1b2c3d"}
+    new, old = {**group, "tproxy-vms-recipe": "new"}, {**group, "tproxy-vms-recipe": "old"}
     wanted = [Expectation("api", 2, (), node_meta=tuple(sorted(new.items())))]
     api = FakeHealthApi(
         [
