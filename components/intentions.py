@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import pulumi_consul as consul
 
-from .spec import PROJECT, HeaderSpec, IntentionSpec, PermissionSpec
+from .spec import PROJECT, IntentionSpec, PermissionSpec
 
 
 @dataclass
@@ -81,32 +81,10 @@ def entry_json(sources: Sequence[IntentionSpec]) -> str:
     diffConfigJSON): Precedence and Type always present, no empty list, no Action beside Permissions.
     Kind and Name are the resource's own arguments, not in the JSON."""
 
-    def header(h: HeaderSpec) -> dict[str, Any]:
-        # api.IntentionHTTPHeaderPermission: Name, then exactly one of Present, Exact, Prefix,
-        # Suffix and Regex, and Invert.
-        shown: dict[str, Any] = {"Name": h.name, h.match.capitalize(): True if h.match == "present" else h.value}
-        if h.invert:
-            shown["Invert"] = True
-        return shown
-
-    def permission(p: PermissionSpec) -> dict[str, Any]:
-        http: dict[str, Any] = {}
-        if p.path_exact is not None:
-            http["PathExact"] = p.path_exact
-        if p.path_prefix is not None:
-            http["PathPrefix"] = p.path_prefix
-        if p.path_regex is not None:
-            http["PathRegex"] = p.path_regex
-        if p.headers:
-            http["Header"] = [header(h) for h in p.headers]
-        if p.methods:
-            http["Methods"] = list(p.methods)
-        return {"Action": p.action, "HTTP": http}
-
     def source(i: IntentionSpec) -> dict[str, Any]:
         entry: dict[str, Any] = {"Name": i.source, "Precedence": EXACT_PRECEDENCE, "Type": "consul"}
         if i.is_l7:
-            entry["Permissions"] = [permission(p) for p in i.permissions]
+            entry["Permissions"] = [consul_fields(p.as_config()) for p in i.permissions]
         else:
             entry["Action"] = i.action
         if i.description:
@@ -122,6 +100,17 @@ def entry_json(sources: Sequence[IntentionSpec]) -> str:
 # the generic entry writes too, so that neither sees the other's write as drift. Not "consul-...":
 # Consul reserves that prefix (agent/structs/structs.go MetaKeyReservedPrefix, validateConfigEntryMeta).
 GENERIC_ENTRY_META = {"tproxy-vms-rules": "generic-entry"}
+
+
+def consul_fields(value: Any) -> Any:
+    """A permission as the stack config spells it (PermissionSpec.as_config: camelCase) in Consul's
+    field names (api.IntentionPermission, IntentionHTTPPermission, IntentionHTTPHeaderPermission:
+    the same names with a capital, and HTTP)."""
+    if isinstance(value, dict):
+        return {("HTTP" if k == "http" else k[:1].upper() + k[1:]): consul_fields(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [consul_fields(v) for v in value]
+    return value
 
 
 def deny_all(sources: Sequence[IntentionSpec]) -> list[IntentionSpec]:
