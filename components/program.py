@@ -391,33 +391,41 @@ def vm_join_and_login(spec: MeshSpec, stack: str, cluster: Cluster) -> tuple[Con
 
 def declare_vms(spec: MeshSpec, join: ConsulJoinArgs, login: LoginArgs, placement: Placement) -> dict[str, MeshVm]:
     """Each service's VMs (components/mesh_vm.py): one VM, or an Auto Scaling group of them."""
-    network = placement.network
     return {
         name: MeshVm(
             name,
             MeshVmArgs(
                 service=svc,
-                consul_version=spec.consul_version,
-                envoy_version=spec.envoy_version,
-                cluster=join,
-                login=login,
-                # Placement by the service's name alone: other services never move it. A group
-                # spreads over every subnet.
-                subnet_id=network.subnet_for(name),
-                subnet_ids=network.subnet_ids,
-                vpc_id=network.vpc_id,
-                mesh_security_group_id=network.mesh_security_group_id,
-                admin_cidrs=spec.admin_cidrs,
-                ami_id=placement.image.image_id,
-                key_name=spec.ssh_key_name,
-                tags=placement.tags,
-                instance_after=placement.after,
-                # To its Consul resources alone: the instance does not wait for the gate.
-                consul_provider=placement.provider,
+                # A group spreads over every subnet.
+                subnet_ids=placement.network.subnet_ids,
                 metrics_port=ENVOY_METRICS_PORT if spec.envoy_metrics else None,
+                **vm_args(spec, name, join, login, placement),
             ),
         )
         for name, svc in sorted(spec.services.items())
+    }
+
+
+def vm_args(spec: MeshSpec, name: str, join: ConsulJoinArgs, login: LoginArgs, placement: Placement) -> dict[str, Any]:
+    """What every VM of the stack is given, a mesh service's or the gateway's (MeshVmArgs,
+    GatewayVmArgs): versions, cluster and login, placement, access, image, tags and ordering."""
+    network = placement.network
+    return {
+        "consul_version": spec.consul_version,
+        "envoy_version": spec.envoy_version,
+        "cluster": join,
+        "login": login,
+        # Placement by the VM's name alone: other services never move it.
+        "subnet_id": network.subnet_for(name),
+        "vpc_id": network.vpc_id,
+        "mesh_security_group_id": network.mesh_security_group_id,
+        "admin_cidrs": spec.admin_cidrs,
+        "ami_id": placement.image.image_id,
+        "key_name": spec.ssh_key_name,
+        "tags": placement.tags,
+        "instance_after": placement.after,
+        # To its Consul resources alone: the instance does not wait for the gate.
+        "consul_provider": placement.provider,
     }
 
 
@@ -429,26 +437,7 @@ def declare_gateway(
     if spec.gateway is None:
         return None
     gateway = spec.gateway
-    network = placement.network
-    vm = GatewayVm(
-        gateway.name,
-        GatewayVmArgs(
-            gateway=gateway,
-            consul_version=spec.consul_version,
-            envoy_version=spec.envoy_version,
-            cluster=join,
-            login=login,
-            subnet_id=network.subnet_for(gateway.name),
-            vpc_id=network.vpc_id,
-            mesh_security_group_id=network.mesh_security_group_id,
-            admin_cidrs=spec.admin_cidrs,
-            ami_id=placement.image.image_id,
-            key_name=spec.ssh_key_name,
-            tags=placement.tags,
-            instance_after=placement.after,
-            consul_provider=placement.provider,
-        ),
-    )
+    vm = GatewayVm(gateway.name, GatewayVmArgs(gateway=gateway, **vm_args(spec, gateway.name, join, login, placement)))
     entries = ApiGatewayEntries(
         f"{gateway.name}-entries",
         ApiGatewayEntriesArgs(gateway=gateway),
