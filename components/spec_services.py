@@ -131,15 +131,59 @@ class ServiceSpec:
 
 
 def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems) -> ServiceSpec | None:
+    """One service's settings, each key checked in turn; None (with its problems) when any is bad."""
     key = f"services.{name}"
+    if not _usable_name(name, key, problems):
+        return None
+    if not isinstance(raw, Mapping):
+        problems.add(key, raw, "must be an object such as {port: 8080}")
+        return None
+    unknown_keys(raw, SERVICE_KEYS, key, problems)
+    before = len(problems.items)
+    port = _port(raw, key, problems)
+    for retired in sorted(RETIRED_SERVICE_KEYS.keys() & raw.keys()):
+        problems.add(f"{key}.{retired}", raw[retired], RETIRED_SERVICE_KEYS[retired])
+    protocol = raw.get("protocol", "http")
+    if protocol not in PROTOCOLS:
+        problems.add(f"{key}.protocol", protocol, f"is not one of {', '.join(PROTOCOLS)}")
+    upstreams = [
+        up
+        for i, up in enumerate(json_list(raw.get("upstreams", []), f"{key}.upstreams", problems))
+        if string(up, f"{key}.upstreams[{i}]", problems, DNS_LABEL, "a service name") is not None
+    ]
+    command = _command(raw, key, problems)
+    packages = _packages(raw, key, problems)
+    health = _health_check_path(raw, command, key, problems)
+    instance_type = raw.get("instanceType", default_instance_type)
+    string(instance_type, f"{key}.instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
+    instances = raw.get("instances")
+    if instances is not None:
+        instances = integer(instances, f"{key}.instances", problems, 1, MAX_INSTANCES, "a group size")
+    exclusions = _exclusions(raw, key, problems)
+    if len(problems.items) != before or port is None:
+        return None
+    return ServiceSpec(
+        name=name,
+        port=port,
+        protocol=protocol,
+        upstreams=tuple(upstreams),
+        app=AppSpec(command=command, packages=tuple(packages), health_check_path=health),
+        instance_type=instance_type,
+        exclusions=exclusions,
+        instances=instances,
+    )
+
+
+def _usable_name(name: Any, key: str, problems: Problems) -> bool:
+    """A DNS label (so <name>.virtual.consul resolves) that the stack does not use itself."""
     if not isinstance(name, str) or not DNS_LABEL.fullmatch(name):
         problems.add(
-            f"services.{name}",
+            key,
             name,
             "is not a valid service name: use a DNS label (lowercase letters, digits and '-', "
             "starting with a letter, at most 63 characters) so <name>.virtual.consul resolves",
         )
-        return None
+        return False
     if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIX):
         problems.add(
             key,
@@ -147,32 +191,23 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
             f"is a name the stack uses itself ({', '.join(sorted(RESERVED_NAMES))}, "
             f"{RESERVED_PREFIX}*): choose another service name",
         )
-        return None
-    if not isinstance(raw, Mapping):
-        problems.add(key, raw, "must be an object such as {port: 8080}")
-        return None
-    unknown_keys(raw, SERVICE_KEYS, key, problems)
-    before = len(problems.items)
+        return False
+    return True
 
-    port = None
+
+def _port(raw: Mapping[str, Any], key: str, problems: Problems) -> int | None:
+    """The application's port: required, a TCP port, none the VM uses itself."""
     if "port" not in raw:
         problems.add(f"{key}.port", None, "is missing: every service needs the port its application listens on")
-    else:
-        port = integer(raw["port"], f"{key}.port", problems, 1, 65535, "a TCP port")
-        if port in RESERVED_PORTS:
-            problems.add(f"{key}.port", port, f"is reserved on mesh VMs for {RESERVED_PORTS[port]}")
+        return None
+    port = integer(raw["port"], f"{key}.port", problems, 1, 65535, "a TCP port")
+    if port in RESERVED_PORTS:
+        problems.add(f"{key}.port", port, f"is reserved on mesh VMs for {RESERVED_PORTS[port]}")
+    return port
 
-    for retired in sorted(RETIRED_SERVICE_KEYS.keys() & raw.keys()):
-        problems.add(f"{key}.{retired}", raw[retired], RETIRED_SERVICE_KEYS[retired])
-    protocol = raw.get("protocol", "http")
-    if protocol not in PROTOCOLS:
-        problems.add(f"{key}.protocol", protocol, f"is not one of {', '.join(PROTOCOLS)}")
 
-    upstreams = []
-    for i, up in enumerate(json_list(raw.get("upstreams", []), f"{key}.upstreams", problems)):
-        if string(up, f"{key}.upstreams[{i}]", problems, DNS_LABEL, "a service name") is not None:
-            upstreams.append(up)
-
+def _command(raw: Mapping[str, Any], key: str, problems: Problems) -> Any:
+    """The application's command line, which lands on a unit file's ExecStart= line."""
     command = raw.get("command")
     if command is not None and (
         not isinstance(command, str)
@@ -190,71 +225,53 @@ def _service(name: Any, raw: Any, default_instance_type: str, problems: Problems
             f"must be a one-line command starting with an absolute path: printable characters only, "
             f"no trailing backslash, at most {MAX_COMMAND} characters",
         )
+    return command
+
+
+def _packages(raw: Mapping[str, Any], key: str, problems: Problems) -> list[str]:
+    """Debian packages the application needs, none of those the mesh pins itself."""
     packages = []
     for i, pkg in enumerate(json_list(raw.get("packages", []), f"{key}.packages", problems)):
-        if (
-            string(
-                pkg,
+        what = "a Debian package name (optionally name=version)"
+        if string(pkg, f"{key}.packages[{i}]", problems, DEBIAN_PACKAGE, what) is None:
+            continue
+        if pkg.partition("=")[0] in MESH_PACKAGES:
+            problems.add(
                 f"{key}.packages[{i}]",
-                problems,
-                DEBIAN_PACKAGE,
-                "a Debian package name (optionally name=version)",
+                pkg,
+                f"is installed and pinned by the mesh itself ({', '.join(MESH_PACKAGES)}): "
+                "set consulVersion or envoyVersion instead",
             )
-            is not None
-        ):
-            if pkg.partition("=")[0] in MESH_PACKAGES:
-                problems.add(
-                    f"{key}.packages[{i}]",
-                    pkg,
-                    f"is installed and pinned by the mesh itself ({', '.join(MESH_PACKAGES)}): "
-                    "set consulVersion or envoyVersion instead",
-                )
-            else:
-                packages.append(pkg)
+        else:
+            packages.append(pkg)
+    return packages
+
+
+def _health_check_path(raw: Mapping[str, Any], command: Any, key: str, problems: Problems) -> str | None:
+    """The HTTP check's path (the demo app's /health by default); None: a TCP check."""
     health = raw.get("healthCheckPath", DEMO_HEALTH_PATH if command is None else None)
-    if (
-        health is not None
-        and string(
-            health,
-            f"{key}.healthCheckPath",
-            problems,
-            URL_PATH,
-            "an absolute URL path such as /health",
-        )
-        is None
-    ):
-        health = None
-    elif health is not None and ("${" in health or "%{" in health):
+    if health is None:
+        return None
+    if string(health, f"{key}.healthCheckPath", problems, URL_PATH, "an absolute URL path such as /health") is None:
+        return None
+    if "${" in health or "%{" in health:
         # HCL reads ${ and %{ in a quoted string as a template (escape.hcl).
         problems.add(f"{key}.healthCheckPath", health, "must not contain ${ or %{")
-        health = None
+        return None
+    return health
 
-    instance_type = raw.get("instanceType", default_instance_type)
-    string(instance_type, f"{key}.instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
-    instances = raw.get("instances")
-    if instances is not None:
-        instances = integer(instances, f"{key}.instances", problems, 1, MAX_INSTANCES, "a group size")
+
+def _exclusions(raw: Mapping[str, Any], key: str, problems: Problems) -> RedirectExclusions:
+    """The traffic the redirect leaves alone: ports in and out, CIDRs out, user IDs."""
     uids = (
         integer(u, f"{key}.excludeUids[{i}]", problems, 0, 2**31 - 1, "a user ID")
         for i, u in enumerate(json_list(raw.get("excludeUids", []), f"{key}.excludeUids", problems))
     )
-    exclusions = RedirectExclusions(
+    return RedirectExclusions(
         inbound_ports=ports(raw.get("excludeInboundPorts", []), f"{key}.excludeInboundPorts", problems),
         outbound_ports=ports(raw.get("excludeOutboundPorts", []), f"{key}.excludeOutboundPorts", problems),
         outbound_cidrs=cidr_list(raw.get("excludeOutboundCidrs", []), f"{key}.excludeOutboundCidrs", problems),
         uids=tuple(sorted({u for u in uids if u is not None})),
-    )
-    if len(problems.items) != before or port is None:
-        return None
-    return ServiceSpec(
-        name=name,
-        port=port,
-        protocol=protocol,
-        upstreams=tuple(upstreams),
-        app=AppSpec(command=command, packages=tuple(packages), health_check_path=health),
-        instance_type=instance_type,
-        exclusions=exclusions,
-        instances=instances,
     )
 
 
