@@ -294,30 +294,10 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         string(get("instanceType"), "instanceType", problems, INSTANCE_TYPE, "an EC2 instance type such as t3.small")
         or DEFAULTS["instanceType"]
     )
-    services: dict[str, ServiceSpec] = {}
-    raw_services = decode(raw.get("services"), "services", problems)
-    if raw_services is not None and not isinstance(raw_services, Mapping):
-        problems.add("services", raw_services, "must be a map of service name to {port: ...}")
-        raw_services = None  # one message per cause: not also "is empty"
-    elif raw_services is not None and not raw_services and "services" in raw:
-        problems.add("services", raw_services, "is empty: the mesh needs at least one service")
-    for name in sorted(raw_services or {}, key=str):
-        svc = _service(name, raw_services[name], instance_type, problems)
-        if svc is not None:
-            services[name] = svc
-    known = set(raw_services or {})
-
-    for svc in services.values():
-        clash = node_prefix_clash(svc.name, services)
-        if clash:
-            problems.add(f"services.{svc.name}", svc.name, clash)
-        for up in svc.upstreams:
-            if up not in known:
-                problems.add(f"services.{svc.name}.upstreams", up, "is not a service of this stack")
-            elif up == svc.name:
-                problems.add(f"services.{svc.name}.upstreams", up, "is the service itself")
-
-    splits = _splits(raw_services or {}, services, problems)
+    raw_services = _raw_services(raw, problems)
+    services = _services(raw_services, instance_type, problems)
+    known = set(raw_services)
+    splits = _splits(raw_services, services, problems)
     protocols = {name: svc.protocol for name, svc in services.items()}
     intentions = _intentions(get("intentions"), known, problems, protocols)
     datacenter = string(
@@ -400,6 +380,37 @@ def load_spec(raw: Mapping[str, Any]) -> MeshSpec:
         gateway=gateway,
         warnings=warnings,
     )
+
+
+def _raw_services(raw: Mapping[str, Any], problems: Problems) -> Mapping[str, Any]:
+    """Config `services` as a map (decoded from Pulumi's JSON text); {} when it is not one."""
+    raw_services = decode(raw.get("services"), "services", problems)
+    if raw_services is not None and not isinstance(raw_services, Mapping):
+        problems.add("services", raw_services, "must be a map of service name to {port: ...}")
+        return {}  # one message per cause: not also "is empty"
+    if raw_services is not None and not raw_services and "services" in raw:
+        problems.add("services", raw_services, "is empty: the mesh needs at least one service")
+    return raw_services or {}
+
+
+def _services(raw_services: Mapping[str, Any], instance_type: str, problems: Problems) -> dict[str, ServiceSpec]:
+    """Each valid service, then what they say of each other: node prefixes that clash, upstreams
+    that are not services of the stack."""
+    services: dict[str, ServiceSpec] = {}
+    for name in sorted(raw_services, key=str):
+        svc = _service(name, raw_services[name], instance_type, problems)
+        if svc is not None:
+            services[name] = svc
+    for svc in services.values():
+        clash = node_prefix_clash(svc.name, services)
+        if clash:
+            problems.add(f"services.{svc.name}", svc.name, clash)
+        for up in svc.upstreams:
+            if up not in raw_services:
+                problems.add(f"services.{svc.name}.upstreams", up, "is not a service of this stack")
+            elif up == svc.name:
+                problems.add(f"services.{svc.name}.upstreams", up, "is the service itself")
+    return services
 
 
 # Shorter than this, a first `up` fails before a VM can boot and join (0 turns the wait off).
